@@ -1,0 +1,1 @@
+"""Pipeline stages, one ``run(cfg)`` each: generate -> score -> pairs -> train -> merge -> eval."""
