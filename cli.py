@@ -83,9 +83,10 @@ def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_
 @main.command(name="ls")
 @click.argument("kind", required=False)
 def ls_(kind):
-    """List registered names: selectors, objectives, transforms (more as they are built)."""
-    from capo.registry import ALL
+    """List registered names: models, rewards, selectors, objectives, transforms."""
+    from capo.registry import all_registries
 
+    ALL = all_registries()
     kinds = [kind] if kind else sorted(ALL)
     for k in kinds:
         if k not in ALL:

@@ -161,14 +161,17 @@ def versions(packages: Iterable[str] = ("capo", "numpy", "pandas", "torch", "dif
     return out
 
 
-def make_manifest(stage: str, config: dict, inputs: dict[str, str | os.PathLike], **extra) -> dict:
-    """A manifest for a stage's output; ``inputs`` maps a role name to a path (fingerprinted)."""
-    fps = {name: fingerprint(p) for name, p in inputs.items()}
+def make_manifest(stage: str, config: dict, inputs: dict[str, Any], **extra) -> dict:
+    """A manifest for a stage's output. ``inputs`` maps a role name to a path (fingerprinted
+    here) or to a ``{"path": ..., "sha256": ...}`` dict whose fingerprint is already known
+    (a registered model's identity, a named prompt set's content hash)."""
+    ins = {name: dict(v) if isinstance(v, dict) else {"path": str(v), "sha256": fingerprint(v)}
+           for name, v in inputs.items()}
     return {
         "stage": stage,
         "config": config,
-        "inputs": {name: {"path": str(p), "sha256": fps[name]} for name, p in inputs.items()},
-        "run_key": run_key(config, fps),
+        "inputs": ins,
+        "run_key": run_key(config, {name: v["sha256"] for name, v in ins.items()}),
         "versions": versions(),
         "git_commit": git_commit(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

@@ -76,3 +76,11 @@ TRANSFORMS.register("logit", "capo.method.calibration:bt_transform", "probabilit
 TRANSFORMS.register("temperature:T", "capo.method.calibration:bt_transform", "bounded scores: R / T")
 
 ALL = {"selectors": SELECTORS, "objectives": OBJECTIVES, "transforms": TRANSFORMS}
+
+
+def all_registries() -> dict[str, Registry]:
+    """Every registry, the model and reward ones included (imported here to avoid cycles)."""
+    from capo.models import MODELS
+    from capo.rewards import REWARDS
+
+    return {**ALL, "models": MODELS, "rewards": REWARDS}

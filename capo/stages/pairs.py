@@ -102,6 +102,27 @@ def load_rewards(paths: list[str], rewards: list[str] | None):
     return df.sort_values(list(KEYS), kind="stable").reset_index(drop=True), names
 
 
+def table_provenance(paths: list[str]) -> tuple[dict | None, dict[str, str]]:
+    """The samples run that ``capo score`` tables came from (must be one) and the BT
+    transforms their rewards declared. Tables without a score manifest contribute nothing."""
+    samples, declared = {}, {}
+    for p in paths:
+        mf = Path(p).parent / artifacts.MANIFEST
+        if not mf.is_file():
+            continue
+        m = artifacts.read_json(mf)
+        if m.get("stage") != "score":
+            continue
+        s = m["inputs"]["samples"]
+        samples[p] = s
+        if m.get("bt_transform"):
+            declared[m["config"]["reward"]] = m["bt_transform"]
+    if len({s["sha256"] for s in samples.values()}) > 1:
+        lines = "; ".join(f"{p} scored {s['path']} ({s['sha256'][:12]})" for p, s in samples.items())
+        raise PairsError(f"the reward tables come from different samples directories: {lines}")
+    return (next(iter(samples.values())) if samples else None), declared
+
+
 def run(cfg: PairsConfig) -> dict:
     import pandas as pd
 
@@ -113,6 +134,9 @@ def run(cfg: PairsConfig) -> dict:
         "pairs", to_dict(cfg) | {"out": None, "overwrite": None},
         {f"rewards_table_{i}": p for i, p in enumerate(cfg.rewards_tables)},
     )
+    samples, declared = table_provenance(cfg.rewards_tables)
+    if samples:
+        manifest["samples"] = samples
     out = Path(cfg.out)
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
@@ -121,7 +145,7 @@ def run(cfg: PairsConfig) -> dict:
     unknown_t = sorted(set(cfg.transforms) - set(names))
     if unknown_t:
         raise PairsError(f"transforms given for reward(s) not selected: {', '.join(unknown_t)} (rewards: {', '.join(names)})")
-    transforms = {r: cfg.transforms.get(r, "identity") for r in names}
+    transforms = {r: cfg.transforms.get(r, declared.get(r, "identity")) for r in names}
     if cfg.selector == "best-worst" and len(names) != 1:
         raise PairsError(f"best-worst selects on one reward, got {len(names)} ({', '.join(names)}); "
                          "pass --rewards NAME, or use --selector sum|frs")

@@ -1,0 +1,127 @@
+"""Stage `score`: reward models over a samples directory, one table per reward model.
+
+For each reward ``name`` it writes ``<out>/<name>/scores.parquet`` (``prompt_id``,
+``sample_id``, ``<name>``) and a ``manifest.json`` naming the samples run it scored and
+the reward's declared BT transform, so adding a reward never re-scores the others and
+``capo pairs`` can refuse tables of different samples directories. ``out`` defaults to
+``<samples>/rewards``. Under ``accelerate launch`` the images are split across processes
+(row ``i`` to process ``i % world``) and gathered by the main process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from capo import artifacts
+from capo.config import to_dict
+from capo.progress import progress
+
+
+@dataclass
+class ScoreConfig:
+    samples: str  # a `capo generate` output directory
+    rewards: list[str]  # reward model names (capo ls rewards)
+    out: str | None = None  # default: <samples>/rewards
+    batch_size: int = 64  # images per reward-model call
+    reward_paths: dict[str, str] = field(default_factory=dict)  # reward -> local weights directory
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def load_samples(samples) -> tuple[dict, "object"]:
+    """A complete samples directory's manifest and index table (clear errors otherwise)."""
+    d = Path(samples)
+    if not (d / artifacts.MANIFEST).is_file():
+        raise artifacts.ArtifactError(f"{d}: not a samples directory (no {artifacts.MANIFEST}); run `capo generate` first")
+    m = artifacts.read_json(d / artifacts.MANIFEST)
+    if m.get("stage") != "generate":
+        raise artifacts.ArtifactError(f"{d}: holds a {m.get('stage')!r} run, not generated samples")
+    if not m.get("complete"):
+        raise artifacts.ArtifactError(f"{d}: generation is unfinished; re-run the same `capo generate` to resume it")
+    return m, artifacts.read_table(d / "index.parquet")
+
+
+def load_images(root: Path, paths) -> np.ndarray:
+    """uint8 (B, H, W, 3) images; a missing or unreadable file is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for rel in paths:
+        f = root / rel
+        try:
+            with Image.open(f) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        except FileNotFoundError:
+            raise artifacts.ArtifactError(f"{f}: image file missing (re-run `capo generate` on the same "
+                                          "directory with --overwrite to regenerate it)") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise artifacts.ArtifactError(f"{f}: corrupt image ({type(e).__name__}: {e})") from None
+    return np.stack(out)
+
+
+def run(cfg: ScoreConfig) -> dict:
+    import pandas as pd
+    from accelerate import PartialState
+
+    from capo.rewards import load_reward
+    from capo.rewards import REWARDS
+
+    t0 = time.time()
+    state = PartialState()
+    for name in cfg.rewards:
+        REWARDS.get(name)  # unknown names fail before any work
+    samples = Path(cfg.samples)
+    smanifest, index = load_samples(samples)
+    out_root = Path(cfg.out) if cfg.out else samples / "rewards"
+    results = {}
+    for name in cfg.rewards:
+        rdir = out_root / name
+        config = {"reward": name, "batch_size": cfg.batch_size, "reward_path": cfg.reward_paths.get(name)}
+        inputs = {"samples": {"path": str(samples), "sha256": smanifest["run_key"]}}
+        if cfg.reward_paths.get(name):
+            inputs["reward_weights"] = cfg.reward_paths[name]
+        manifest = artifacts.make_manifest("score", config, inputs)
+        if state.is_main_process:
+            done = artifacts.prepare_out_dir(rdir, manifest, cfg.overwrite)
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            done = artifacts.read_json(rdir / artifacts.MANIFEST).get("complete", False)
+        if done:
+            results[name] = {"table": str(rdir / "scores.parquet"), "skipped": True}
+            continue
+        kwargs = {"path": cfg.reward_paths[name]} if cfg.reward_paths.get(name) else {}
+        reward = load_reward(name, device=state.device, **kwargs)
+        mine = index.iloc[state.process_index::state.num_processes]
+        scores = np.empty(len(mine))
+        bar = progress(total=len(mine), desc=f"score {name}", unit="img",
+                       disable=cfg.quiet or not state.is_local_main_process)
+        for i in range(0, len(mine), cfg.batch_size):
+            rows = mine.iloc[i:i + cfg.batch_size]
+            scores[i:i + len(rows)] = np.asarray(reward(load_images(samples, rows["path"]), rows["prompt"].tolist()),
+                                                 dtype=np.float64)
+            bar.update(len(rows))
+        bar.close()
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            rows = mine.loc[bad, ["prompt_id", "sample_id"]].head(10).to_dict("records")
+            raise ValueError(f"reward {name!r} returned {int(bad.sum())} NaN/inf score(s), e.g. {rows}; "
+                             "nothing was written")
+        part = pd.DataFrame({"prompt_id": mine["prompt_id"].to_numpy(), "sample_id": mine["sample_id"].to_numpy(),
+                             "_row": mine.index.to_numpy(), name: scores})
+        artifacts.write_table(part, rdir / f"part-{state.process_index:03d}.parquet")
+        state.wait_for_everyone()
+        if state.is_main_process:
+            parts = [artifacts.read_table(rdir / f"part-{r:03d}.parquet") for r in range(state.num_processes)]
+            table = pd.concat(parts).sort_values("_row").drop(columns="_row").reset_index(drop=True)
+            artifacts.write_table(table, rdir / "scores.parquet")
+            for r in range(state.num_processes):
+                (rdir / f"part-{r:03d}.parquet").unlink()
+            artifacts.finish(rdir, manifest, bt_transform=reward.bt_transform, counts={"images": len(table)},
+                             mean=float(table[name].mean()), seconds=round(time.time() - t0, 3))
+        state.wait_for_everyone()
+        results[name] = {"table": str(rdir / "scores.parquet"), "skipped": False}
+    return {"rewards": results, "seconds": round(time.time() - t0, 3)}

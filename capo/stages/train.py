@@ -1,0 +1,414 @@
+"""Stage `train`: preference fine-tuning of a diffusion model's denoiser (DPO / IPO / CaPO).
+
+One step, for B pairs ``(x+, x-)`` of cached latents with the prompt's cached text
+embeddings (paper Eq. 5 and 8; METHOD.md):
+
+1. draw ``t`` per pair (DDPM: integer timestep uniform in [0, T); flow: uniform in
+   (0, 1)) and noise ``eps+``, ``eps-`` (shared by default, or independent);
+2. ``x+_t = alpha_t x+ + sigma_t eps+`` and likewise ``x-_t`` (same ``t``);
+3. squared eps errors of the policy and the frozen reference (under LoRA: the same
+   network with its adapter disabled), model outputs converted to eps first;
+4. ``R_theta = (-w_t lambda'_t)(err_ref - err_theta)`` with constant or sigmoid weighting;
+5. the objective's loss on ``beta (R+ - R-)`` (CaPO's target: the pair's calibrated gap).
+
+Pairs: the ``capo pairs`` table; with FRS and ``frs_fresh`` (the paper) a fresh pair is
+drawn per prompt at every step from its ``X+`` / ``X-`` (``candidates.parquet``).
+
+Reproducible and resumable: which prompts a micro-batch holds, its pair draws, ``t`` and
+noise depend only on ``(seed, global micro-batch index, position)``, so a run resumed from
+a checkpoint, or split over K processes with ``grad_accum / K``, sees the same data.
+Checkpoints (``checkpoints/step-XXXXXX``) hold model, optimizer, scheduler, EMA and RNG
+state; the final weights are a capo checkpoint in ``final/`` that ``load_model`` reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from capo import artifacts
+from capo.config import to_dict
+from capo.progress import progress
+
+
+@dataclass
+class TrainConfig:
+    model: str  # base model: registered name, pipeline dir or capo checkpoint
+    pairs: str  # a `capo pairs` output directory
+    out: str  # output directory
+    samples: str | None = None  # default: the samples directory recorded by the pairs' reward tables
+    objective: str = "capo"  # dpo | ipo | capo
+    beta: float = 500.0  # KL strength; errors are means over C x H x W (see capo.method.implicit)
+    weighting: str = "constant"  # constant | sigmoid (w_t = sigmoid(-lambda_t + b))
+    bias: float = 1.5  # b of the sigmoid weighting
+    noise: str = "shared"  # shared | independent (eps+ and eps- of a pair)
+    frs_fresh: bool = True  # FRS pairs: draw a fresh pair per prompt at each step
+    lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA of this rank on attention projections
+    lora_alpha: float | None = None  # LoRA alpha (default: rank)
+    lr: float = 1e-5  # AdamW learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up, then constant
+    steps: int = 100  # optimizer steps
+    batch_size: int = 8  # pairs per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step per process
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    ema: float = 0.0  # EMA decay of the trained weights (0: off); the final checkpoint uses EMA
+    checkpoint_every: int = 50  # optimizer steps between checkpoints
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    log_every: int = 10  # optimizer steps between metric lines
+    seed: int = 0
+    stop_after: int | None = None  # stop (as if killed) after this many steps; for tests and budgets
+    overwrite: bool = False
+    quiet: bool = False
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- data
+class LatentCache:
+    """Cached latents and text embeddings of a samples directory, read lazily per shard."""
+
+    def __init__(self, samples: Path):
+        self.samples = samples
+        self.where: dict[tuple[str, int], tuple[int, int]] = {}  # (prompt_id, sample_id) -> (shard, row)
+        self.prompt_where: dict[str, tuple[int, int]] = {}
+        for f in sorted((samples / "cache").glob("shard-*.json")):
+            meta = artifacts.read_json(f)
+            s = meta["shard"]
+            if not (samples / "cache" / f"shard-{s:05d}.safetensors").is_file():
+                raise artifacts.ArtifactError(f"{samples}: shard {s} has no cached latents; generate with cache=true")
+            for i, r in enumerate(meta["rows"]):
+                self.where[(r["prompt_id"], int(r["sample_id"]))] = (s, i)
+            for r in meta["rows"]:
+                self.prompt_where.setdefault(r["prompt_id"], (s, meta["prompts"].index(r["prompt_idx"])))
+        self._open: dict[int, dict] = {}
+
+    def _shard(self, s: int) -> dict:
+        if s not in self._open:
+            from safetensors.torch import load_file
+
+            self._open = {s: load_file(str(self.samples / "cache" / f"shard-{s:05d}.safetensors"))}  # one at a time
+        return self._open[s]
+
+    def latents(self, keys) -> "torch.Tensor":
+        import torch
+
+        out = []
+        for k in keys:
+            if k not in self.where:
+                raise artifacts.ArtifactError(f"{self.samples}: no cached latent for prompt_id={k[0]!r}, sample_id={k[1]}")
+            s, i = self.where[k]
+            out.append(self._shard(s)["latents"][i])
+        return torch.stack(out)
+
+    def text(self, prompt_ids) -> tuple["torch.Tensor", "torch.Tensor"]:
+        import torch
+
+        hs, ps = [], []
+        for pid in prompt_ids:
+            s, j = self.prompt_where[pid]
+            sh = self._shard(s)
+            hs.append(sh["hidden"][j]), ps.append(sh["pooled"][j])
+        return torch.stack(hs), torch.stack(ps)
+
+
+class PairSource:
+    """The training pairs: fixed pairs from ``pairs.parquet`` or fresh FRS draws."""
+
+    def __init__(self, pairs_dir: Path, fresh: bool):
+        import pandas as pd
+
+        self.manifest = artifacts.read_json(pairs_dir / artifacts.MANIFEST)
+        pairs = artifacts.read_table(pairs_dir / "pairs.parquet")
+        first = pairs[pairs["draw"] == pairs.groupby("prompt_id")["draw"].transform("min")]
+        self.prompts = first["prompt_id"].tolist()  # prompts with at least one pair
+        self.fixed = {r.prompt_id: (int(r.pos_sample_id), int(r.neg_sample_id), float(r.target_gap))
+                      for r in first.itertuples()}
+        self.fresh = fresh and self.manifest["config"]["selector"] == "frs"
+        if self.fresh:
+            cand = artifacts.read_table(pairs_dir / "candidates.parquet")
+            names = self.manifest["rewards"]
+            sizes = cand.groupby("prompt_id").size()
+            if sizes.nunique() != 1:
+                raise ValueError("fresh FRS draws need the same number of samples for every prompt; "
+                                 "set frs_fresh=false to train on the drawn pairs")
+            N = int(sizes.iloc[0])
+            cand = cand.set_index("prompt_id").loc[self.prompts].reset_index()
+            self.N = N
+            self.points = cand[[f"{r}_ca" for r in names]].to_numpy().reshape(len(self.prompts), N, len(names))
+            self.sample_ids = cand["sample_id"].to_numpy().reshape(len(self.prompts), N)
+            self.row = {p: i for i, p in enumerate(self.prompts)}
+            self.weights = self.manifest["config"].get("weights")
+            self.max_tries = self.manifest["config"].get("max_tries", 16)
+        if not self.prompts:
+            raise ValueError(f"{pairs_dir}: no pairs to train on")
+
+    def micro_batch(self, seed: int, m: int, B: int) -> list[tuple[str, int, int, float]]:
+        """Micro-batch ``m`` (global index): B (prompt_id, pos, neg, target_gap), from
+        epoch permutations of the prompts that depend only on ``(seed, epoch)``."""
+        n = len(self.prompts)
+        start = m * B
+        ids = []
+        while len(ids) < B:
+            epoch, off = divmod(start + len(ids), n)
+            perm = np.random.default_rng([seed, 7, epoch]).permutation(n)
+            ids += [self.prompts[i] for i in perm[off: off + B - len(ids)]]
+        if not self.fresh:
+            return [(p, *self.fixed[p]) for p in ids]
+        from capo.method.selection import frs
+
+        rows = [self.row[p] for p in ids]
+        sel = frs(self.points[rows], np.random.default_rng([seed, 11, m]), max_tries=self.max_tries,
+                  weights=self.weights)
+        out = []
+        for j, p in enumerate(ids):
+            if sel.valid[j, 0]:
+                out.append((p, int(self.sample_ids[rows[j], sel.pos[j, 0]]), int(self.sample_ids[rows[j], sel.neg[j, 0]]),
+                            float(sel.target_gap[j, 0])))
+            else:  # every draw rejected: use the pair drawn by `capo pairs`
+                out.append((p, *self.fixed[p]))
+        return out
+
+
+# ----------------------------------------------------------------------------- noise and times
+def draw_times_and_noise(model, latents_shape, seed: int, m: int, shared: bool):
+    """Per-pair ``t`` and noises for micro-batch ``m``; pair j's draws come from a generator
+    seeded by ``(seed, m, j)`` alone. Returns (terms, t_model, eps_w, eps_l)."""
+    import torch
+
+    from capo.method.schedules import alphas_cumprod_of, ddpm_terms, flow_terms
+
+    B = latents_shape[0]
+    gens = [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 13, m, j]).generate_state(1)[0]))
+            for j in range(B)]
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens])
+    eps_w = torch.stack([torch.randn(latents_shape[1:], generator=g) for g in gens])
+    eps_l = eps_w.clone() if shared else torch.stack([torch.randn(latents_shape[1:], generator=g) for g in gens])
+    if model.prediction_type == "flow":
+        t = u.clamp(1e-3, 1 - 1e-3)
+        return flow_terms(t), (t * 1000).float(), eps_w, eps_l
+    abar = alphas_cumprod_of(model.train_scheduler())
+    ts = (u * len(abar)).long().clamp(max=len(abar) - 1)
+    return ddpm_terms(abar, ts), ts, eps_w, eps_l
+
+
+# ----------------------------------------------------------------------------- helpers
+def _latest_checkpoint(out: Path) -> Path | None:
+    done = sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))
+    return done[-1] if done else None
+
+
+def _check_inputs(cfg: TrainConfig, pairs_dir: Path, samples: Path):
+    from capo.models import model_fingerprint
+
+    pm = artifacts.read_json(pairs_dir / artifacts.MANIFEST) if (pairs_dir / artifacts.MANIFEST).is_file() else None
+    if not pm or pm.get("stage") != "pairs" or not pm.get("complete"):
+        raise artifacts.ArtifactError(f"{pairs_dir}: not a complete `capo pairs` output")
+    sm = artifacts.read_json(samples / artifacts.MANIFEST)
+    if pm.get("samples") and pm["samples"]["sha256"] != sm["run_key"]:
+        raise artifacts.ArtifactError(
+            f"{pairs_dir} was built from samples {pm['samples']['path']} ({pm['samples']['sha256'][:12]}), "
+            f"not from {samples} ({sm['run_key'][:12]})")
+    want = model_fingerprint(cfg.model)
+    if sm["inputs"]["model"]["sha256"] != want:
+        raise artifacts.ArtifactError(
+            f"{samples} holds samples of model {sm['inputs']['model']['path']!r}, not of {cfg.model!r}: "
+            "preference pairs must come from the model being trained (the paper uses only the base model's own samples)")
+    return pm, sm
+
+
+# ----------------------------------------------------------------------------- run
+def run(cfg: TrainConfig) -> dict:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from capo.method.implicit import implicit_reward, loss_factor, squared_error
+    from capo.method.schedules import add_noise, eps_from_prediction
+    from capo.models import load_model, save_checkpoint
+    from capo.registry import OBJECTIVES
+
+    t_start = time.time()
+    objective = OBJECTIVES.get(cfg.objective)
+    loss_factor(torch.zeros(1), torch.zeros(1), cfg.weighting, cfg.bias)  # validates the weighting name
+    if cfg.noise not in ("shared", "independent"):
+        raise ValueError(f"unknown noise {cfg.noise!r}; known: shared, independent")
+    pairs_dir = Path(cfg.pairs)
+    pm_path = pairs_dir / artifacts.MANIFEST
+    if not pm_path.is_file():
+        raise artifacts.ArtifactError(f"{pairs_dir}: not a `capo pairs` output (no {artifacts.MANIFEST})")
+    pm = artifacts.read_json(pm_path)
+    samples = Path(cfg.samples or (pm.get("samples") or {}).get("path") or "")
+    if not cfg.samples and not pm.get("samples"):
+        raise ValueError(f"{pairs_dir}: its reward tables do not name a samples directory; pass samples=DIR")
+    pm, sm = _check_inputs(cfg, pairs_dir, samples)
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    out = Path(cfg.out)
+    config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "stop_after": None}
+    manifest = artifacts.make_manifest("train", config, {
+        "model": {"path": cfg.model, "sha256": sm["inputs"]["model"]["sha256"]},
+        "pairs": {"path": str(pairs_dir), "sha256": pm["run_key"]},
+        "samples": {"path": str(samples), "sha256": sm["run_key"]},
+    }, processes=accelerator.num_processes)
+    manifest["config"]["effective_batch_pairs"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    if accelerator.is_main_process:
+        done = artifacts.prepare_out_dir(out, manifest, cfg.overwrite)
+    accelerator.wait_for_everyone()
+    if artifacts.read_json(out / artifacts.MANIFEST).get("complete"):
+        return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
+
+    set_seed(cfg.seed)
+    model = load_model(cfg.model)
+    model.to(accelerator.device)
+    for mod in (model.text_encoder, model.vae) if hasattr(model, "vae") else ():
+        mod.requires_grad_(False)
+    base = model.denoiser
+    if cfg.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        targets = sorted({n.split(".")[-1] for n, m in base.named_modules() if n.endswith(("to_q", "to_k", "to_v"))}
+                         | {"to_out.0"})
+        policy = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                                 init_lora_weights="gaussian", target_modules=targets))
+        reference = None  # the adapter-disabled policy
+    else:
+        reference = copy.deepcopy(base).requires_grad_(False).eval()
+        policy = base
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    policy, opt, sched = accelerator.prepare(policy, opt, sched)
+    ema = [p.detach().clone() for p in params] if cfg.ema > 0 else None
+
+    source = PairSource(pairs_dir, cfg.frs_fresh)
+    cache = LatentCache(samples)
+    step = 0
+    ckpt = _latest_checkpoint(out)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        st = json.loads((ckpt / "trainer_state.json").read_text())
+        step = st["step"]
+        if ema is not None:
+            saved = torch.load(ckpt / "ema.pt")
+            for e, s in zip(ema, saved):
+                e.copy_(s)
+        if not cfg.quiet and accelerator.is_main_process:
+            print(f"train: resuming from {ckpt} (step {step})")
+
+    unwrapped = accelerator.unwrap_model(policy)
+
+    def errors(net, x_t, t_model, hidden, pooled, terms, eps):
+        model.denoiser = net  # model.predict runs model.denoiser
+        pred = model.predict(x_t, t_model, hidden, pooled)
+        eps_hat = eps_from_prediction(pred.float(), x_t, terms.alpha, terms.sigma, model.prediction_type)
+        return squared_error(eps_hat, eps)
+
+    def reference_errors(x_t, t_model, hidden, pooled, terms, eps):
+        with torch.no_grad():
+            if reference is None:
+                with unwrapped.disable_adapter():
+                    return errors(unwrapped, x_t, t_model, hidden, pooled, terms, eps)
+            return errors(reference, x_t, t_model, hidden, pooled, terms, eps)
+
+    metrics_f = out / "metrics.jsonl"
+    world, rank, B = accelerator.num_processes, accelerator.process_index, cfg.batch_size
+    bar = progress(total=cfg.steps, initial=step, desc="train", unit="step",
+                   disable=cfg.quiet or not accelerator.is_local_main_process)
+    window: list[dict] = []
+    t_window = time.time()
+    while step < cfg.steps:
+        for a in range(cfg.grad_accum):
+            m = step * cfg.grad_accum * world + a * world + rank  # global micro-batch index
+            batch = source.micro_batch(cfg.seed, m, B)
+            pids = [b[0] for b in batch]
+            x_w = cache.latents([(p, b[1]) for p, b in zip(pids, batch)]).to(accelerator.device)
+            x_l = cache.latents([(p, b[2]) for p, b in zip(pids, batch)]).to(accelerator.device)
+            gap = torch.tensor([b[3] for b in batch], device=accelerator.device)
+            hidden, pooled = (v.to(accelerator.device) for v in cache.text(pids))
+            terms, t_model, eps_w, eps_l = draw_times_and_noise(model, x_w.shape, cfg.seed, m, cfg.noise == "shared")
+            terms = type(terms)(*(v.to(accelerator.device) for v in terms))
+            t_model, eps_w, eps_l = t_model.to(accelerator.device), eps_w.to(accelerator.device), eps_l.to(accelerator.device)
+            x_t = torch.cat([add_noise(x_w, eps_w, terms.alpha, terms.sigma), add_noise(x_l, eps_l, terms.alpha, terms.sigma)])
+            eps = torch.cat([eps_w, eps_l])
+            terms2 = type(terms)(*(torch.cat([v, v]) for v in terms))
+            t2, h2, p2 = torch.cat([t_model, t_model]), torch.cat([hidden, hidden]), torch.cat([pooled, pooled])
+            ref_err = reference_errors(x_t, t2, h2, p2, terms2, eps)
+            with accelerator.accumulate(policy):
+                with accelerator.autocast():
+                    err = errors(policy, x_t, t2, h2, p2, terms2, eps)
+                factor = loss_factor(terms.log_snr, terms.dlog_snr_dt, cfg.weighting, cfg.bias).float()
+                r = implicit_reward(err, ref_err, torch.cat([factor, factor]))
+                loss, met = objective(r[:B], r[B:], cfg.beta, gap)
+                if not torch.isfinite(loss):
+                    last = _latest_checkpoint(out)
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {step} (micro-batch {m}); stopped. "
+                        f"Last good checkpoint: {last or 'none'}. Lower lr or beta, or check the pairs' target gaps.")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            window.append({"loss": loss.item(), **{k: v.item() for k, v in met.items()}})
+        step += 1
+        bar.update(1)
+        if ema is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.mul_(cfg.ema).add_(p.detach(), alpha=1 - cfg.ema)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            rec = accelerator.reduce({k: torch.tensor(v, device=accelerator.device) for k, v in rec.items()}, "mean")
+            rec = {"step": step, **{k: round(float(v), 6) for k, v in rec.items()}, "lr": sched.get_last_lr()[0],
+                   "pairs_per_s": round(len(window) * B * world / (time.time() - t_window), 2)}
+            if accelerator.is_main_process:
+                with open(metrics_f, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=rec["loss"], acc=rec["implicit_acc"])
+            window, t_window = [], time.time()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            d = out / "checkpoints" / f"step-{step:06d}"
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(d))
+            if accelerator.is_main_process:
+                if ema is not None:
+                    torch.save([e.cpu() for e in ema], d / "ema.pt")
+                artifacts.write_json(d / "trainer_state.json", {"step": step})  # written last: checkpoint complete
+                import shutil
+
+                for old in sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))[:-cfg.keep_checkpoints]:
+                    shutil.rmtree(old)
+            accelerator.wait_for_everyone()
+        if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps:
+            bar.close()
+            return {"stopped_at": step, "skipped": False, "complete": False}
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:  # the final weights are the EMA weights
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    p.copy_(e)
+        extra = {"objective": cfg.objective, "beta": cfg.beta, "steps": cfg.steps, "train_run": manifest["run_key"]}
+        if cfg.lora_rank > 0:
+            save_checkpoint(out / "final", cfg.model, lora_model=unwrapped, extra=extra)
+        else:
+            save_checkpoint(out / "final", cfg.model, denoiser_state=unwrapped.state_dict(), extra=extra)
+        lines = [json.loads(x) for x in metrics_f.read_text().splitlines()] if metrics_f.is_file() else []
+        artifacts.finish(out, manifest, counts={"steps": cfg.steps, "prompts_with_pairs": len(source.prompts)},
+                         final_metrics=lines[-1] if lines else None, seconds=round(time.time() - t_start, 3))
+    accelerator.wait_for_everyone()
+    return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": False}
