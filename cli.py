@@ -3,15 +3,13 @@ and call ``capo.stages.<stage>.run(cfg)``. Heavy imports happen inside the comma
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 
 import click
 
 NOT_BUILT = {
-    "generate": "issue #4 (pipeline: generate)",
-    "score": "issue #4 (pipeline: score)",
-    "train": "issue #4 (pipeline: train)",
-    "merge": "issue #4 (pipeline: merge)",
     "eval": "issue #5 (evaluation modules)",
     "compare": "issue #5 (checkpoint comparison)",
     "tables": "issue #5 (Tables 1-5)",
@@ -95,6 +93,102 @@ def ls_(kind):
         reg = ALL[k]
         for name in reg.names():
             click.echo(f"  {name:<16} {reg.doc(name)}")
+
+
+STAGES = {  # command -> (module, config class, one-line help)
+    "generate": ("capo.stages.generate", "GenerateConfig", "Sample N images per prompt from a base model (per-item seeds)."),
+    "score": ("capo.stages.score", "ScoreConfig", "Score a samples directory with reward models, one table each."),
+    "train": ("capo.stages.train", "TrainConfig", "Preference fine-tuning: DPO / IPO / CaPO, full or LoRA."),
+    "merge": ("capo.stages.merge", "MergeConfig", "SOUP: merge fine-tuned checkpoints (slerp or linear)."),
+}
+
+
+def _fields_help(module: str, cls_name: str) -> str:
+    """The config's fields with their defaults and comments, read from the dataclass source."""
+    import importlib
+    import inspect
+
+    src = inspect.getsource(getattr(importlib.import_module(module), cls_name)).splitlines()[2:]
+    rows = []
+    for line in src:
+        m = re.match(r"\s+(\w+): ([^=#]+?)(?: = ([^#]+?))?\s*(?:# (.*))?$", line)
+        if m:
+            name, _, default, comment = m.groups()
+            rows.append(f"  {name:<16} {('= ' + default) if default else '(required)':<22} {comment or ''}")
+    return "\b\nKeys (key=value or --key value; a YAML --config file gives defaults):\n" + "\n".join(rows)
+
+
+def _relaunch(k: int) -> None:
+    """Re-run this command under torchrun with k processes (gloo on CPU, nccl on GPUs)."""
+    import os
+    import socket
+    import subprocess
+
+    argv = sys.argv[1:]
+    i = argv.index("--num-processes") if "--num-processes" in argv else None
+    if i is not None:
+        del argv[i:i + 2]
+    else:
+        argv = [a for a in argv if not a.startswith("--num-processes=")]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # The command's own arguments travel in CAPO_ARGV: torchrun's parser would take
+    # abbreviations of its options (--n, --no...) out of them otherwise.
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={k}", f"--master_port={port}",
+           "-m", "capo"]
+    import json
+
+    sys.exit(subprocess.run(cmd, env={**os.environ, "CAPO_ARGV": json.dumps(argv)}).returncode)
+
+
+def _stage_command(name: str, module: str, cls_name: str, doc: str):
+    @main.command(name=name, help=doc + "\n\n" + _fields_help(module, cls_name),
+                  context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+    @click.option("--num-processes", default=1, show_default=True,
+                  help="Processes to launch (torchrun); or use `accelerate launch -m capo ...`.")
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def _cmd(config_path, num_processes, args):
+        import importlib
+        import os
+
+        from capo.artifacts import ArtifactError
+        from capo.config import ConfigError, build
+        from capo.models import ModelLoadError
+        from capo.registry import UnknownNameError
+
+        if num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            _relaunch(num_processes)
+        stage = importlib.import_module(module)
+        t0 = time.time()
+        try:
+            cfg = build(getattr(stage, cls_name), config_path, args)
+            res = stage.run(cfg)
+        except (ConfigError, ValueError, ArtifactError, UnknownNameError, ModelLoadError, FileNotFoundError) as e:
+            _fail(str(e))
+        except RuntimeError as e:
+            if type(e).__name__ in ("TrainingDiverged", "RewardLoadError"):
+                _fail(str(e))
+            raise
+        if not getattr(cfg, "quiet", False) and int(os.environ.get("RANK", "0")) == 0:
+            click.echo(_summary(name, cfg, res, time.time() - t0))
+
+    return _cmd
+
+
+def _summary(name: str, cfg, res: dict, seconds: float) -> str:
+    out = getattr(cfg, "out", None) or getattr(cfg, "samples", "")
+    if res.get("skipped"):
+        return f"{name}: {out} already holds this run (complete); nothing to do"
+    if res.get("complete") is False:
+        return f"{name}: stopped at step {res.get('stopped_at')} (resume by running the same command) -> {out}"
+    counts = res.get("counts") or {k: v["table"] for k, v in res.get("rewards", {}).items()}
+    return f"{name}: {counts} -> {out} in {seconds:.1f}s"
+
+
+for _name, (_module, _cls, _doc) in STAGES.items():
+    _stage_command(_name, _module, _cls, _doc)
 
 
 def _not_built(name: str, where: str):

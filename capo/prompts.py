@@ -56,7 +56,7 @@ def _named(spec: str) -> list[dict]:
     if spec.startswith("shapes:"):
         from capo.worlds.shapes.grammar import prompt_sets
 
-        sets = prompt_sets()
+        sets = prompt_sets(distinct=True)  # each prompt once (the sets repeat prompts to fill tags)
         name = spec.split(":", 1)[1]
         if name not in sets:
             raise PromptError(f"unknown shapes prompt set {name!r}; known: {', '.join('shapes:' + k for k in sets)}")

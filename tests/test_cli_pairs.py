@@ -136,5 +136,5 @@ def test_error_best_worst_needs_one_reward_and_corrupt_file(tmp_path):
 
 
 def test_unbuilt_commands_say_so():
-    r = CliRunner().invoke(main, ["train"])
+    r = CliRunner().invoke(main, ["eval"])
     assert r.exit_code == 2 and "not built yet" in r.output

@@ -132,3 +132,10 @@ def load_checkpoint(path):
         raise ModelLoadError(f"{p}: unknown checkpoint format {meta['format']!r}")
     model.denoiser.eval()
     return model
+
+# Real base models (capo.models.diffusers_backends): a hub id from the local HF cache, or path=DIR.
+MODELS.register("sdxl", "capo.models.diffusers_backends:load_sdxl",
+                "SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0): DDPM eps, DDIM, guidance 7.5, 50 steps")
+MODELS.register("sd3-medium", "capo.models.diffusers_backends:load_sd3_medium",
+                "SD3 medium (stabilityai/stable-diffusion-3-medium-diffusers): rectified flow, flow DPM-solver, "
+                "guidance 5.0, 50 steps")

@@ -33,3 +33,12 @@ class RewardLoadError(RuntimeError):
 
 def load_reward(name: str, **kwargs) -> RewardModel:
     return REWARDS.get(name)(**kwargs)
+
+# The paper's reward models, real implementations (capo.rewards.real).
+REWARDS.register("pickscore", "capo.rewards.real:pickscore", "PickScore v1 (yuvalkirstain/PickScore_v1): logit_scale * cos")
+REWARDS.register("hps", "capo.rewards.real:hps", "HPSv2.1 (xswu/HPSv2, OpenCLIP ViT-H-14): cos(image, text)")
+REWARDS.register("imagereward", "capo.rewards.real:imagereward", "ImageReward v1.0 (THUDM/ImageReward; pip image-reward)")
+REWARDS.register("aesthetic", "capo.rewards.real:aesthetic", "LAION improved aesthetic predictor on CLIP ViT-L/14, ~1-10")
+REWARDS.register("clipscore", "capo.rewards.real:clipscore", "CLIPScore 2.5 * max(cos, 0), CLIP ViT-B/32 (Hessel et al.)")
+REWARDS.register("vqascore", "capo.rewards.real:vqascore", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base)")
+REWARDS.register("mps", "capo.rewards.real:mps", "MPS (Kwai-Kolors/MPS): unsupported, raises RewardLoadError explaining why")

@@ -32,6 +32,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import to_dict
+from capo.dist import partial_state
 from capo.progress import progress
 
 
@@ -72,14 +73,13 @@ def write_png(path: Path, image: np.ndarray) -> None:
 def run(cfg: GenerateConfig) -> dict:
     import pandas as pd
     import torch
-    from accelerate import PartialState
     from safetensors.torch import save_file
 
     from capo.models import load_model, model_fingerprint
     from capo.prompts import load_prompts, records_fingerprint
 
     t0 = time.time()
-    state = PartialState()
+    state = partial_state()
     records = load_prompts(cfg.prompts, limit=cfg.limit)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}
     manifest = artifacts.make_manifest("generate", config, {

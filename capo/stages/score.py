@@ -18,6 +18,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import to_dict
+from capo.dist import partial_state
 from capo.progress import progress
 
 
@@ -65,13 +66,12 @@ def load_images(root: Path, paths) -> np.ndarray:
 
 def run(cfg: ScoreConfig) -> dict:
     import pandas as pd
-    from accelerate import PartialState
 
     from capo.rewards import load_reward
     from capo.rewards import REWARDS
 
     t0 = time.time()
-    state = PartialState()
+    state = partial_state()
     for name in cfg.rewards:
         REWARDS.get(name)  # unknown names fail before any work
     samples = Path(cfg.samples)

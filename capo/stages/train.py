@@ -34,6 +34,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import to_dict
+from capo.dist import accelerator as make_accelerator
 from capo.progress import progress
 
 
@@ -229,7 +230,6 @@ def _check_inputs(cfg: TrainConfig, pairs_dir: Path, samples: Path):
 # ----------------------------------------------------------------------------- run
 def run(cfg: TrainConfig) -> dict:
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from capo.method.implicit import implicit_reward, loss_factor, squared_error
@@ -252,7 +252,7 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError(f"{pairs_dir}: its reward tables do not name a samples directory; pass samples=DIR")
     pm, sm = _check_inputs(cfg, pairs_dir, samples)
 
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     out = Path(cfg.out)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "stop_after": None}
     manifest = artifacts.make_manifest("train", config, {
@@ -326,6 +326,7 @@ def run(cfg: TrainConfig) -> dict:
     bar = progress(total=cfg.steps, initial=step, desc="train", unit="step",
                    disable=cfg.quiet or not accelerator.is_local_main_process)
     window: list[dict] = []
+    grad_norms: list[float] = []
     t_window = time.time()
     while step < cfg.steps:
         for a in range(cfg.grad_accum):
@@ -356,12 +357,19 @@ def run(cfg: TrainConfig) -> dict:
                         f"loss is {loss.item()} at step {step} (micro-batch {m}); stopped. "
                         f"Last good checkpoint: {last or 'none'}. Lower lr or beta, or check the pairs' target gaps.")
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                if accelerator.sync_gradients:
+                    gn = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm or float("inf"))
+                    if not torch.isfinite(gn):
+                        raise TrainingDiverged(
+                            f"gradient norm is {gn.item()} at step {step}; stopped before the update. "
+                            f"Last good checkpoint: {_latest_checkpoint(out) or 'none'}. Lower lr or beta.")
+                    met["grad_norm"] = gn.detach()
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-            window.append({"loss": loss.item(), **{k: v.item() for k, v in met.items()}})
+            window.append({"loss": loss.item(), **{k: v.item() for k, v in met.items() if k != "grad_norm"}})
+            if "grad_norm" in met:
+                grad_norms.append(met["grad_norm"].item())
         step += 1
         bar.update(1)
         if ema is not None:
@@ -372,12 +380,13 @@ def run(cfg: TrainConfig) -> dict:
             rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             rec = accelerator.reduce({k: torch.tensor(v, device=accelerator.device) for k, v in rec.items()}, "mean")
             rec = {"step": step, **{k: round(float(v), 6) for k, v in rec.items()}, "lr": sched.get_last_lr()[0],
+                   "grad_norm": round(float(np.mean(grad_norms)), 6),
                    "pairs_per_s": round(len(window) * B * world / (time.time() - t_window), 2)}
             if accelerator.is_main_process:
                 with open(metrics_f, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=rec["loss"], acc=rec["implicit_acc"])
-            window, t_window = [], time.time()
+            window, grad_norms, t_window = [], [], time.time()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             d = out / "checkpoints" / f"step-{step:06d}"
             accelerator.wait_for_everyone()

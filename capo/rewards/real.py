@@ -1,0 +1,508 @@
+"""The paper's reward models (and their usual companions), real implementations.
+
+Every factory returns an object with ``name``, ``bt_transform`` and
+``__call__(images uint8 (B, H, W, 3), prompts) -> np.ndarray float64 (B,)``; scoring is
+batched (``batch_size``) under ``torch.no_grad``, and an item's score does not depend on
+the batch it is scored in. Factories take ``path`` (a local copy instead of the hub id),
+``device`` (default: CUDA if available) and ``local_files_only`` (never touch the
+network); heavy imports happen inside them. Missing weights or packages raise
+``RewardLoadError`` naming the weights (hub id / URL) and the pip package.
+
+=============  =============================================================  ===============
+name           score                                                          bt_transform
+=============  =============================================================  ===============
+pickscore      ``logit_scale * cos(img, txt)`` of the PickScore CLIP-H         identity
+hps            HPSv2.1: ``cos(img, txt)`` of the HPS OpenCLIP ViT-H-14         temperature:1/s
+imagereward    ImageReward (BLIP): ``(r - mean) / std``                        temperature:1/std
+aesthetic      LAION improved aesthetic predictor, ~1..10                     temperature:1
+clipscore      ``2.5 * max(cos, 0)`` of CLIP ViT-B/32 (Hessel et al., 2021)   temperature:2.5/s
+vqascore       ``P("yes" | image, question(prompt))`` of a BLIP VQA model      logit
+mps            not supported: raises ``RewardLoadError`` (see ``mps``)          -
+=============  =============================================================  ===============
+
+(``s`` is the model's CLIP ``logit_scale.exp()``, 100 for the released checkpoints.)
+
+Facts and sources:
+
+* PickScore: model ``yuvalkirstain/PickScore_v1``, processor
+  ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``; text padded/truncated to 77 tokens; score
+  ``model.logit_scale.exp() * text_embs @ image_embs.T`` of L2-normalised projections
+  (PickScore model card / repo README). Trained as a BT/softmax model on these logits:
+  identity.
+* HPSv2.1: ``create_model_and_transforms('ViT-H-14', ...)`` + ``xswu/HPSv2`` file
+  ``HPS_v2.1_compressed.pt`` (``checkpoint['state_dict']``), tokenizer
+  ``get_tokenizer('ViT-H-14')``; validation transform resizes the longest side to 224
+  and pads (``resize_longest_max=True``), OpenAI mean/std; score
+  ``diag(image_features @ text_features.T)`` of normalised features, i.e. the cosine
+  (~0.2-0.35) (tgxs002/HPSv2 ``hpsv2/img_score.py``, ``utils.py``). HPS is trained
+  with cross-entropy on ``logit_scale * cos`` with ``logit_scale`` clamped to ln 100
+  (``hpsv2/src/training/train.py``), so its BT logit is ``s * cos``:
+  ``temperature:1/s`` with ``s`` read from the checkpoint.
+* ImageReward: package ``image-reward`` (``import ImageReward``), weights
+  ``THUDM/ImageReward`` (``ImageReward.pt``, ``med_config.json``); BLIP ViT-L image
+  encoder, prompt tokenised to 35 tokens, [CLS] feature of the image-grounded text
+  encoder -> MLP -> ``(r - 0.16717362830052426) / 1.0333394966054072``
+  (THUDM/ImageReward ``ImageReward/ImageReward.py``). ``r`` is trained with a pairwise
+  BT loss, so the BT logit is ``std * score``: ``temperature:1/std``.
+* Aesthetic: CLIP ViT-L/14 (``openai/clip-vit-large-patch14``) image embedding,
+  L2-normalised, then the MLP ``768-1024-128-64-16-1`` (Linear layers with Dropout
+  0.2/0.2/0.1 between the first four, no activations) with weights
+  ``sac+logos+ava1-l14-linearMSE.pth`` (christophschuhmann/improved-aesthetic-predictor
+  ``simple_inference.py``); a regression onto mean ratings on a 1-10 scale. Temperature
+  ``T = 1.0`` (``temperature=`` to change it): a one-point gap reads as a 73%
+  preference. Not from the paper, whose aesthetic reward is VILA; a declared default.
+* CLIPScore: ``w * max(cos(E_img, E_txt), 0)`` with ``w = 2.5``, CLIP ViT-B/32
+  (``openai/clip-vit-base-patch32``), text prefixed with ``"A photo depicts "``
+  (Hessel et al., 2021, "CLIPScore", and jmhessel/clipscore). CLIP's own contrastive
+  logit is ``s * cos``, so ``temperature:w/s`` (0.025) maps a positive score back to it.
+* VQAScore: question ``'Does this figure show "{prompt}"? Please answer yes or no.'``,
+  answer ``"Yes"`` and score ``exp(-mean token cross-entropy of the answer)`` (the
+  answer's tokens including the end token) as in linzhiqiu/t2v_metrics
+  (``t2v_metrics/models/vqascore_models/clip_t5_model.py``). The paper's model is
+  CLIP-FlanT5-XXL (``zhiqiulin/clip-flant5-xxl``), which needs t2v_metrics' own model code;
+  capo implements the same score over a transformers BLIP VQA model
+  (``Salesforce/blip-vqa-base``, ``BlipForQuestionAnswering``; answer ``"yes"`` then
+  [SEP], decoder started from the BOS token, as its ``generate`` does). The numbers are
+  therefore not the paper's VQAScore numbers. A probability: ``logit``.
+* MPS (Kwai-Kolors/MPS): not supported, see ``mps``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from capo.rewards import RewardLoadError
+
+PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+HPS_REPO, HPS_FILE, HPS_ARCH = "xswu/HPSv2", "HPS_v2.1_compressed.pt", "ViT-H-14"
+IMAGEREWARD_REPO, IMAGEREWARD_NAME = "THUDM/ImageReward", "ImageReward-v1.0"
+IMAGEREWARD_MEAN, IMAGEREWARD_STD = 0.16717362830052426, 1.0333394966054072
+AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
+AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+AESTHETIC_URL = f"https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{AESTHETIC_FILE}"
+AESTHETIC_TEMPERATURE = 1.0
+CLIPSCORE_MODEL = "openai/clip-vit-base-patch32"
+CLIPSCORE_W, CLIPSCORE_PREFIX = 2.5, "A photo depicts "
+VQA_MODEL = "Salesforce/blip-vqa-base"
+VQA_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
+VQA_ANSWER = "yes"
+CLIP_MAX_TOKENS = 77
+DEFAULT_BATCH_SIZE = 16
+
+
+# ----------------------------------------------------------------------------- helpers
+def _device(device):
+    import torch
+
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _require(module: str, pip_name: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise RewardLoadError(f"{what} needs the Python package {pip_name!r}: `pip install {pip_name}` ({e})") from e
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _hub_hint(hub_id: str) -> str:
+    return (f"Download it on a connected machine with `hf download {hub_id}` (older huggingface_hub: "
+            f"`huggingface-cli download {hub_id}`), or `hf download {hub_id} --local-dir DIR` and pass path=DIR.")
+
+
+def _from_pretrained(cls, source, what: str, hub_id: str, **kwargs):
+    """``cls.from_pretrained(source)``; offline / not-found errors become ``RewardLoadError``."""
+    try:
+        return cls.from_pretrained(str(source), **kwargs)
+    except OSError as e:  # huggingface_hub's offline / not-found / gated errors are OSErrors
+        raise RewardLoadError(f"{what}: cannot load {str(source)!r} ({_first_line(e)}). "
+                              f"{_hub_hint(hub_id)}") from e
+
+
+def _has_processor(path) -> bool:
+    """A processor saved next to the model (transformers 5 writes ``processor_config.json``,
+    older versions ``preprocessor_config.json``)."""
+    return path is not None and any((Path(path) / f).is_file()
+                                    for f in ("processor_config.json", "preprocessor_config.json"))
+
+
+def _pil(images: np.ndarray) -> list:
+    from PIL import Image
+
+    return [Image.fromarray(im) for im in images]
+
+
+def _check_inputs(images, prompts) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (B, H, W, 3); got {images.dtype} {images.shape}")
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    return images
+
+
+def _pooled(out):
+    """transformers < 5 returns a tensor from ``get_*_features``; 5.x a model output."""
+    import torch
+
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+class _Reward:
+    """Validation, batching and ``no_grad`` around ``_score(images, prompts) -> tensor (b,)``."""
+
+    name = ""
+    bt_transform = "identity"
+
+    def __init__(self, device, batch_size: int):
+        self.device = device
+        self.batch_size = int(batch_size)
+
+    def _score(self, images: np.ndarray, prompts: list[str]):
+        raise NotImplementedError
+
+    def __call__(self, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        images = _check_inputs(images, prompts)
+        prompts = [str(p) for p in prompts]
+        out = np.empty(len(images), np.float64)
+        with torch.no_grad():
+            for i in range(0, len(images), self.batch_size):
+                s = self._score(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
+                out[i:i + len(s)] = s.double().cpu().numpy()
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, bt_transform={self.bt_transform!r})"
+
+
+class _HFClip(_Reward):
+    """A transformers ``CLIPModel`` + processor: normalised image and text embeddings."""
+
+    def __init__(self, model, processor, device, batch_size: int, prefix: str = ""):
+        super().__init__(device, batch_size)
+        self.model, self.processor, self.prefix = model.to(device).eval(), processor, prefix
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+    def image_embeds(self, images):
+        import torch
+
+        px = self.processor.image_processor(images=_pil(images), return_tensors="pt")["pixel_values"]
+        e = _pooled(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
+        return torch.nn.functional.normalize(e.float(), dim=-1)
+
+    def text_embeds(self, prompts):
+        import torch
+
+        tok = self.processor.tokenizer([self.prefix + p for p in prompts], padding=True, truncation=True,
+                                       max_length=CLIP_MAX_TOKENS, return_tensors="pt")
+        e = _pooled(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
+                                                 attention_mask=tok["attention_mask"].to(self.device)))
+        return torch.nn.functional.normalize(e.float(), dim=-1)
+
+    def cosine(self, images, prompts):
+        return (self.image_embeds(images) * self.text_embeds(prompts)).sum(-1)
+
+
+def _load_hf_clip(what, hub_model, hub_processor, path, processor, device, dtype, local_files_only):
+    _require("transformers", "transformers", what)
+    from transformers import AutoProcessor, CLIPModel
+
+    kw = {"local_files_only": True} if local_files_only else {}
+    model = _from_pretrained(CLIPModel, path or hub_model, what, hub_model, **({"dtype": dtype} if dtype else {}), **kw)
+    proc_src = processor or (path if _has_processor(path) else hub_processor)
+    proc = _from_pretrained(AutoProcessor, proc_src, f"{what} processor", hub_processor, **kw)
+    return model, proc, _device(device)
+
+
+# ----------------------------------------------------------------------------- PickScore
+class PickScore(_HFClip):
+    name = "pickscore"
+    bt_transform = "identity"
+
+    def _score(self, images, prompts):
+        return self.model.logit_scale.exp().float() * self.cosine(images, prompts)
+
+
+def pickscore(path=None, device=None, processor=None, dtype=None, batch_size: int = DEFAULT_BATCH_SIZE,
+              local_files_only: bool = False) -> PickScore:
+    """PickScore v1 (``yuvalkirstain/PickScore_v1``; processor
+    ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, or the one saved in ``path``)."""
+    model, proc, dev = _load_hf_clip("pickscore", PICKSCORE_MODEL, PICKSCORE_PROCESSOR, path, processor, device,
+                                     dtype, local_files_only)
+    return PickScore(model, proc, dev, batch_size)
+
+
+# ----------------------------------------------------------------------------- CLIPScore
+class CLIPScore(_HFClip):
+    name = "clipscore"
+
+    def __init__(self, model, processor, device, batch_size, w: float = CLIPSCORE_W, prefix: str = CLIPSCORE_PREFIX):
+        super().__init__(model, processor, device, batch_size, prefix=prefix)
+        self.w = float(w)
+        self.bt_transform = f"temperature:{self.w / self.logit_scale:.6g}"
+
+    def _score(self, images, prompts):
+        return self.w * self.cosine(images, prompts).clamp(min=0)
+
+
+def clipscore(path=None, device=None, processor=None, dtype=None, w: float = CLIPSCORE_W,
+              prefix: str = CLIPSCORE_PREFIX, batch_size: int = DEFAULT_BATCH_SIZE,
+              local_files_only: bool = False) -> CLIPScore:
+    """CLIPScore ``w * max(cos, 0)`` (Hessel et al., 2021) on ``openai/clip-vit-base-patch32``."""
+    model, proc, dev = _load_hf_clip("clipscore", CLIPSCORE_MODEL, CLIPSCORE_MODEL, path, processor, device, dtype,
+                                     local_files_only)
+    return CLIPScore(model, proc, dev, batch_size, w=w, prefix=prefix)
+
+
+# ----------------------------------------------------------------------------- aesthetic
+def aesthetic_mlp(input_size: int = 768):
+    """The LAION improved-aesthetic-predictor head (state-dict keys ``layers.{0,2,4,6,7}``)."""
+    from torch import nn
+
+    class AestheticMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128),
+                                        nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16),
+                                        nn.Linear(16, 1))
+
+        def forward(self, x):
+            return self.layers(x)
+
+    return AestheticMLP()
+
+
+class Aesthetic(_HFClip):
+    name = "aesthetic"
+
+    def __init__(self, model, processor, mlp, device, batch_size, temperature: float = AESTHETIC_TEMPERATURE):
+        super().__init__(model, processor, device, batch_size)
+        self.mlp = mlp.to(device).eval()
+        self.bt_transform = f"temperature:{float(temperature):g}"
+
+    def _score(self, images, prompts):
+        return self.mlp(self.image_embeds(images)).squeeze(-1)
+
+
+def _aesthetic_weights(path, local_files_only: bool) -> Path:
+    if path is not None:
+        p = Path(path)
+        p = p / AESTHETIC_FILE if p.is_dir() else p
+        if not p.is_file():
+            raise RewardLoadError(f"aesthetic: no predictor weights at {p}; download {AESTHETIC_URL}")
+        return p
+    root = Path(os.environ["CAPO_CACHE"]) if os.environ.get("CAPO_CACHE") else Path.home() / ".cache" / "capo"
+    p = root / "rewards" / AESTHETIC_FILE
+    if p.is_file():
+        return p
+    offline = local_files_only or any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+                                      for v in ("HF_HUB_OFFLINE", "CAPO_OFFLINE"))
+    hint = f"download {AESTHETIC_URL} to {p} (or anywhere, and pass path=FILE)"
+    if offline:
+        raise RewardLoadError(f"aesthetic: predictor weights {AESTHETIC_FILE} not found (offline): {hint}")
+    try:
+        import torch
+
+        p.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(AESTHETIC_URL, str(p), progress=False)
+    except Exception as e:  # noqa: BLE001 - any network failure means the same thing here
+        raise RewardLoadError(f"aesthetic: could not download the predictor weights ({_first_line(e)}): {hint}") from e
+    return p
+
+
+def aesthetic(path=None, device=None, clip_path=None, processor=None, dtype=None,
+              temperature: float = AESTHETIC_TEMPERATURE, batch_size: int = DEFAULT_BATCH_SIZE,
+              local_files_only: bool = False) -> Aesthetic:
+    """LAION improved aesthetic predictor: ``path`` = the MLP weights (``.pth`` file or a
+    directory holding ``sac+logos+ava1-l14-linearMSE.pth``), ``clip_path`` = a local
+    ``openai/clip-vit-large-patch14``."""
+    import torch
+
+    weights = _aesthetic_weights(path, local_files_only)
+    model, proc, dev = _load_hf_clip("aesthetic", AESTHETIC_CLIP, AESTHETIC_CLIP, clip_path, processor, device, dtype,
+                                     local_files_only)
+    mlp = aesthetic_mlp(int(model.config.projection_dim))
+    mlp.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return Aesthetic(model, proc, mlp, dev, batch_size, temperature=temperature)
+
+
+# ----------------------------------------------------------------------------- HPSv2.1
+class HPS(_Reward):
+    name = "hps"
+
+    def __init__(self, model, preprocess, tokenizer, device, batch_size):
+        super().__init__(device, batch_size)
+        self.model, self.preprocess, self.tokenizer = model.to(device).eval(), preprocess, tokenizer
+        self.bt_transform = f"temperature:{1.0 / float(self.model.logit_scale.detach().exp()):.6g}"
+
+    def _score(self, images, prompts):
+        import torch
+
+        dt = next(self.model.parameters()).dtype
+        px = torch.stack([self.preprocess(im) for im in _pil(images)]).to(self.device, dt)
+        img = self.model.encode_image(px, normalize=True).float()
+        txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
+        return (img * txt).sum(-1)
+
+
+def hps(path=None, device=None, arch: str = HPS_ARCH, dtype=None, batch_size: int = DEFAULT_BATCH_SIZE,
+        local_files_only: bool = False) -> HPS:
+    """HPSv2.1: OpenCLIP ``ViT-H-14`` with the ``xswu/HPSv2`` checkpoint ``HPS_v2.1_compressed.pt``
+    (``path``: that file, or a directory holding it)."""
+    import torch
+
+    open_clip = _require("open_clip", "open_clip_torch", "hps")
+    if path is None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            ckpt = hf_hub_download(HPS_REPO, HPS_FILE, local_files_only=local_files_only)
+        except OSError as e:
+            raise RewardLoadError(f"hps: cannot get {HPS_FILE} from {HPS_REPO} ({_first_line(e)}). Download it on a "
+                                  f"connected machine with `hf download {HPS_REPO} {HPS_FILE}` and pass path=FILE.") from e
+    else:
+        p = Path(path)
+        ckpt = p / HPS_FILE if p.is_dir() else p
+        if not Path(ckpt).is_file():
+            raise RewardLoadError(f"hps: no checkpoint at {ckpt}; it is {HPS_FILE} from the hub repo {HPS_REPO}")
+    model = open_clip.create_model(arch, pretrained=None, device="cpu")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors have no common base class
+        raise RewardLoadError(f"hps: cannot read {ckpt} as a weights-only checkpoint ({_first_line(e)})") from e
+    try:
+        model.load_state_dict(state.get("state_dict", state))
+    except RuntimeError as e:
+        raise RewardLoadError(f"hps: {ckpt} does not fit open_clip's {arch!r} ({_first_line(e)}); it should be "
+                              f"{HPS_FILE} from {HPS_REPO} (HPSv2's open_clip fork, same state-dict layout)") from e
+    if dtype is not None:
+        model.to(dtype)
+    size = model.visual.image_size
+    preprocess = open_clip.image_transform(size, is_train=False, resize_mode="longest", fill_color=0,
+                                           mean=getattr(model.visual, "image_mean", None),
+                                           std=getattr(model.visual, "image_std", None))
+    return HPS(model, preprocess, open_clip.get_tokenizer(arch), _device(device), batch_size)
+
+
+# ----------------------------------------------------------------------------- ImageReward
+class ImageReward(_Reward):
+    name = "imagereward"
+    bt_transform = f"temperature:{1.0 / IMAGEREWARD_STD:.6g}"
+
+    def __init__(self, model, device, batch_size):
+        super().__init__(device, batch_size)
+        self.model = model.to(device).eval()
+
+    def _score(self, images, prompts):
+        """Batched ``ImageReward.inference_rank``: [CLS] of the image-grounded text encoder -> MLP."""
+        import torch
+
+        m = self.model
+        tok = m.blip.tokenizer(prompts, padding="max_length", truncation=True, max_length=35,
+                               return_tensors="pt").to(self.device)
+        px = torch.stack([m.preprocess(im) for im in _pil(images)]).to(self.device)
+        img = m.blip.visual_encoder(px)
+        att = torch.ones(img.shape[:-1], dtype=torch.long, device=self.device)
+        out = m.blip.text_encoder(tok.input_ids, attention_mask=tok.attention_mask, encoder_hidden_states=img,
+                                  encoder_attention_mask=att, return_dict=True)
+        r = m.mlp(out.last_hidden_state[:, 0, :].float()).squeeze(-1)
+        return (r - m.mean) / m.std
+
+
+def imagereward(path=None, device=None, batch_size: int = DEFAULT_BATCH_SIZE, local_files_only: bool = False):
+    """ImageReward v1.0 via the ``image-reward`` package (weights ``THUDM/ImageReward``:
+    ``ImageReward.pt`` + ``med_config.json``; ``path``: the ``.pt`` file, or a directory
+    holding both files, used as the package's download root)."""
+    RM = _require("ImageReward", "image-reward", "imagereward")
+    dev = _device(device)
+    name, root = IMAGEREWARD_NAME, None
+    if path is not None:
+        p = Path(path)
+        name, root = (IMAGEREWARD_NAME, str(p)) if p.is_dir() else (str(p), str(p.parent))
+    try:
+        model = RM.load(name, device=str(dev), download_root=root)
+    except (OSError, RuntimeError) as e:
+        raise RewardLoadError(f"imagereward: cannot load {IMAGEREWARD_REPO} (ImageReward.pt, med_config.json): "
+                              f"{_first_line(e)}. {_hub_hint(IMAGEREWARD_REPO)}") from e
+    return ImageReward(model, dev, batch_size)
+
+
+# ----------------------------------------------------------------------------- VQAScore
+class VQAScore(_Reward):
+    name = "vqascore"
+    bt_transform = "logit"
+
+    def __init__(self, model, processor, device, batch_size, question: str = VQA_QUESTION, answer: str = VQA_ANSWER):
+        super().__init__(device, batch_size)
+        self.model, self.processor = model.to(device).eval(), processor
+        self.question, self.answer = question, answer
+        tc = model.config.text_config
+        ids = processor.tokenizer(answer, add_special_tokens=False)["input_ids"] + [tc.sep_token_id]
+        self.targets = ids  # the answer's tokens, then the end token
+        self.decoder_inputs = [tc.bos_token_id] + ids[:-1]
+
+    def _score(self, images, prompts):
+        """``exp(mean_k log p(answer_k | image, question, answer_<k))`` (t2v_metrics' VQAScore)."""
+        import torch
+
+        m, b = self.model, len(prompts)
+        enc = self.processor(images=_pil(images), text=[self.question.format(p) for p in prompts], padding=True,
+                             truncation=True, return_tensors="pt")
+        px = enc["pixel_values"].to(self.device, m.dtype)
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        img = m.vision_model(pixel_values=px).last_hidden_state
+        img_mask = torch.ones(img.shape[:-1], dtype=torch.long, device=self.device)
+        q = m.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=img,
+                           encoder_attention_mask=img_mask).last_hidden_state
+        dec = torch.tensor([self.decoder_inputs] * b, device=self.device)
+        logits = m.text_decoder(input_ids=dec, encoder_hidden_states=q, encoder_attention_mask=mask).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tgt = torch.tensor([self.targets] * b, device=self.device)
+        return logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).mean(-1).exp()
+
+
+def vqascore(path=None, device=None, processor=None, dtype=None, question: str = VQA_QUESTION,
+             answer: str = VQA_ANSWER, batch_size: int = DEFAULT_BATCH_SIZE, local_files_only: bool = False):
+    """VQAScore over a transformers BLIP VQA model (default ``Salesforce/blip-vqa-base``).
+    The paper's model, CLIP-FlanT5-XXL, is not in transformers (see the module docstring)."""
+    _require("transformers", "transformers", "vqascore")
+    from transformers import AutoProcessor, BlipForQuestionAnswering
+
+    kw = {"local_files_only": True} if local_files_only else {}
+    model = _from_pretrained(BlipForQuestionAnswering, path or VQA_MODEL, "vqascore", VQA_MODEL,
+                             **({"dtype": dtype} if dtype else {}), **kw)
+    proc_src = processor or (path if _has_processor(path) else VQA_MODEL)
+    proc = _from_pretrained(AutoProcessor, proc_src, "vqascore processor", VQA_MODEL, **kw)
+    return VQAScore(model, proc, _device(device), batch_size, question=question, answer=answer)
+
+
+# ----------------------------------------------------------------------------- MPS
+def mps(path=None, device=None, **kwargs):
+    """MPS (Kwai-Kolors/MPS, "Learning Multi-dimensional Human Preference", CVPR 2024):
+    unsupported; always raises ``RewardLoadError`` saying why."""
+    raise RewardLoadError(
+        "mps: the MPS reward (Kwai-Kolors/MPS) is not supported by capo. Its released checkpoint "
+        "MPS_overall_checkpoint.pth (a Google Drive link in the MPS README) is a whole pickled model "
+        "loaded with torch.load, whose classes live in the MPS repository's `trainer` package "
+        "(trainer/models/clip_model.py, cross_modeling.py: a CLIP-H with a condition-aware cross-attention "
+        "head, processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K, condition text 'light, color, clarity, tone, "
+        "style, ambiance, artistry, shape, face, hair, hands, limbs, structure, instance, texture, quantity, "
+        "attributes, position, number, location, word, things.'); that source is not published (only "
+        "compiled .pyc files are), so capo cannot rebuild the model from a state dict. To use MPS, run the "
+        "upstream inference code where it works and register your own reward factory in "
+        "capo.rewards.REWARDS, or score with another reward (pickscore, hps, imagereward).")

@@ -1,0 +1,263 @@
+"""``ShapesPipeline``: one text-to-image base model of the shapes world.
+
+Two kinds, mirroring the two base models of the paper:
+
+``"sdxl-like"`` (``prediction_type="epsilon"``)
+    ``UNet2DConditionModel`` on VAE latents; discrete DDPM forward process with
+    ``T = 1000`` steps, ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; the model
+    predicts ``eps``. Timestep tensor ``t``: integers in ``0..999`` (``t = 999`` is the
+    noisiest). Sampling: DDIM, eta = 0, "trailing" timestep spacing, classifier-free
+    guidance.
+
+``"sd3-like"`` (``prediction_type="flow"``)
+    ``SD3Transformer2DModel`` on VAE latents; rectified flow,
+    ``x_t = (1 - sigma) x_0 + sigma eps`` with ``sigma in [0, 1]``; the model predicts
+    the velocity ``v = eps - x_0`` (diffusers/SD3 convention, ``dx/dsigma``). Timestep
+    tensor ``t = sigma * 1000`` (float), exactly what diffusers'
+    ``FlowMatchEulerDiscreteScheduler`` passes to the SD3 transformer. Sampling: flow
+    Euler, ``x <- x + (sigma_next - sigma) * v``, over sigmas ``linspace(1, 1/N, N)``
+    then 0, shifted by ``sigma' = s sigma / (1 + (s - 1) sigma)`` with ``s =
+    scheduler_config["shift"]`` (SD3 uses 3.0 at 1024 px; this world uses the value in
+    its scheduler config, 1.0 by default = no shift), with classifier-free guidance.
+    To convert to an eps prediction (METHOD.md): ``eps_hat = x_t + (1 - sigma) v_hat``.
+
+Both kinds share: a word-level tokenizer, a CLIP text encoder (hidden states for
+cross/joint attention, pooled output for the added/pooled conditioning), and an
+``AutoencoderKL``. Latents handed in and out of this class are *scaled* latents,
+``z = vae_mean * vae.config.scaling_factor`` (unit variance, as in SD/SDXL/SD3; no shift).
+Images are uint8 ``(B, 32, 32, 3)``.
+
+Per-item seeds: in ``sample``, image ``k``'s initial noise is
+``torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(seeds[k]))`` and both
+samplers are deterministic afterwards, so results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import models as M
+
+KINDS = {"sdxl-like": "epsilon", "sd3-like": "flow"}
+DENOISER_DIR = {"sdxl-like": "unet", "sd3-like": "transformer"}
+CONFIG_NAME = "capo_pipeline.json"
+
+# Default sampler settings (chosen for >= 10 img/s at batch 64 on a 2-core CPU).
+DEFAULT_STEPS = {"sdxl-like": 15, "sd3-like": 20}
+DEFAULT_GUIDANCE = {"sdxl-like": 5.0, "sd3-like": 5.0}
+DEFAULT_BATCH_SIZE = 64
+
+# SDXL's scaled-linear beta schedule.
+DDPM_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False)
+FLOW_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
+
+
+def default_scheduler_config(kind: str) -> dict:
+    return dict(DDPM_SCHEDULER_CONFIG if kind == "sdxl-like" else FLOW_SCHEDULER_CONFIG)
+
+
+class ShapesPipeline:
+    """Tokenizer + text encoder + VAE + denoiser + scheduler config of one base model."""
+
+    def __init__(self, tokenizer, text_encoder, vae, denoiser, kind: str, scheduler_config: dict | None = None,
+                 default_steps: int | None = None, default_guidance: float | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.denoiser = denoiser
+        self.kind = kind
+        self.prediction_type = KINDS[kind]
+        self.scheduler_config = dict(scheduler_config or default_scheduler_config(kind))
+        self.default_steps = int(default_steps or DEFAULT_STEPS[kind])
+        self.default_guidance = float(default_guidance if default_guidance is not None else DEFAULT_GUIDANCE[kind])
+
+    # ------------------------------------------------------------------ components
+    @property
+    def vae_scaling(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def modules(self) -> dict:
+        return {"text_encoder": self.text_encoder, "vae": self.vae, DENOISER_DIR[self.kind]: self.denoiser}
+
+    def to(self, device=None, dtype=None):
+        for m in self.modules().values():
+            m.to(device=device, dtype=dtype)
+        return self
+
+    def eval(self):
+        for m in self.modules().values():
+            m.eval()
+        return self
+
+    @property
+    def device(self):
+        return next(self.denoiser.parameters()).device
+
+    def train_scheduler(self):
+        """The training-time noise schedule (``DDPMScheduler`` or ``FlowMatchEulerDiscreteScheduler``)."""
+        from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+        cls = DDPMScheduler if self.kind == "sdxl-like" else FlowMatchEulerDiscreteScheduler
+        return cls.from_config(self.scheduler_config)
+
+    # ------------------------------------------------------------------ encoders
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP hidden states ``(B, L, D)`` and pooled output ``(B, D)`` (gradients flow
+        if enabled, so the text encoder can be trained)."""
+        out = self.text_encoder(input_ids=self.tokenize(prompts).to(self.device))
+        return out.last_hidden_state, out.pooler_output
+
+    def encode_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` -> scaled latents ``(B, 4, 8, 8)`` (posterior mean)."""
+        x = torch.as_tensor(np.asarray(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        with torch.no_grad():
+            return self.vae.encode(x).latent_dist.mean * self.vae_scaling
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents -> uint8 ``(B, 32, 32, 3)``."""
+        with torch.no_grad():
+            x = self.vae.decode(latents.to(self.device) / self.vae_scaling).sample
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).cpu().numpy()
+
+    # ------------------------------------------------------------------ denoiser
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """Raw model output: eps (sdxl-like, ``t`` integer DDPM timesteps 0..999) or
+        velocity ``eps - x_0`` (sd3-like, ``t = sigma * 1000``). ``t`` may be a scalar or
+        a ``(B,)`` tensor."""
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if self.kind == "sdxl-like":
+            time_ids = torch.tensor(M.SDXL_TIME_IDS, dtype=x_t.dtype, device=x_t.device).expand(b, -1)
+            return self.denoiser(x_t, t, encoder_hidden_states=hidden,
+                                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        return self.denoiser(hidden_states=x_t, encoder_hidden_states=hidden, pooled_projections=pooled,
+                             timestep=t.to(x_t.dtype)).sample
+
+    def guided_predict(self, x_t, t, cond: tuple, uncond: tuple | None, guidance: float) -> torch.Tensor:
+        """Classifier-free guidance ``uncond + g (cond - uncond)``; one batched call of
+        size 2B. With ``uncond=None`` (or ``g == 1``, where the formula reduces to it)
+        only the conditional prediction is computed."""
+        if uncond is None or guidance == 1.0:
+            return self.predict(x_t, t, *cond)
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        t2 = torch.cat([t.expand(b)] * 2) if t.ndim else t
+        out = self.predict(torch.cat([x_t, x_t]), t2, torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]]))
+        u, c = out.chunk(2)
+        return u + guidance * (c - u)
+
+    # ------------------------------------------------------------------ sampling
+    @staticmethod
+    def initial_noise(seeds: Sequence[int], shape=(M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)) -> torch.Tensor:
+        """Per-item noise: item k from ``torch.Generator().manual_seed(seeds[k])`` alone."""
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    def _sampler(self, steps: int):
+        from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+        if self.kind == "sdxl-like":
+            sched = DDIMScheduler.from_config(self.scheduler_config, timestep_spacing="trailing",
+                                              set_alpha_to_one=False, clip_sample=False)
+        else:
+            sched = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        sched.set_timesteps(steps, device=self.device)
+        return sched
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
+                       guidance: float | None = None) -> torch.Tensor:
+        """One batch: DDIM (eta=0) or flow Euler with CFG; returns scaled latents."""
+        steps = int(steps or self.default_steps)
+        guidance = float(self.default_guidance if guidance is None else guidance)
+        cond = self.encode_prompts(prompts)
+        uncond = self.encode_prompts([""] * len(prompts)) if guidance != 1.0 else None
+        sched = self._sampler(steps)
+        x = self.initial_noise(seeds).to(self.device)  # both samplers start from N(0, I)
+        for t in sched.timesteps:
+            out = self.guided_predict(x, t, cond, uncond, guidance)
+            x = sched.step(out, t, x, return_dict=False)[0]
+        return x
+
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
+               guidance: float | None = None, batch_size: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Images uint8 ``(N, 32, 32, 3)`` and scaled latents ``(N, 4, 8, 8)`` for
+        ``prompts[k]`` with seed ``seeds[k]``."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        bs = int(batch_size or DEFAULT_BATCH_SIZE)
+        self.eval()
+        images, latents = [], []
+        for i in range(0, len(prompts), bs):
+            z = self.sample_latents(prompts[i:i + bs], seeds[i:i + bs], steps, guidance)
+            latents.append(z.cpu())
+            images.append(self.decode_latents(z))
+        if not latents:
+            return np.zeros((0, M.IMAGE_SIZE, M.IMAGE_SIZE, 3), np.uint8), torch.zeros(0, M.LATENT_CHANNELS,
+                                                                                        M.LATENT_SIZE, M.LATENT_SIZE)
+        return np.concatenate(images), torch.cat(latents)
+
+    # ------------------------------------------------------------------ persistence
+    def pipeline_config(self) -> dict:
+        return {"kind": self.kind, "prediction_type": self.prediction_type, "default_steps": self.default_steps,
+                "default_guidance": self.default_guidance, "vae_scaling_factor": self.vae_scaling,
+                "denoiser": DENOISER_DIR[self.kind], "scheduler": self.scheduler_config}
+
+    def save_pretrained(self, directory) -> Path:
+        """Each component via its own ``save_pretrained`` (safetensors), the scheduler
+        config, and ``capo_pipeline.json``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(d / "tokenizer")
+        for name, m in self.modules().items():
+            m.save_pretrained(d / name, safe_serialization=True)
+        self.train_scheduler().save_pretrained(d / "scheduler")
+        (d / CONFIG_NAME).write_text(json.dumps(self.pipeline_config(), indent=2, sort_keys=True) + "\n")
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "ShapesPipeline":
+        from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
+        from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+        d = Path(directory)
+        if not (d / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{d}: missing {CONFIG_NAME} (not a saved ShapesPipeline)")
+        cfg = json.loads((d / CONFIG_NAME).read_text())
+        kind = cfg["kind"]
+        den = DENOISER_DIR[kind]
+        for name in ("tokenizer", "text_encoder", "vae", den):
+            if not (d / name).is_dir():
+                raise FileNotFoundError(f"{d}: missing component {name!r} (expected directory {d / name})")
+        den_cls = UNet2DConditionModel if kind == "sdxl-like" else SD3Transformer2DModel
+        pipe = cls(
+            tokenizer=PreTrainedTokenizerFast.from_pretrained(d / "tokenizer"),
+            text_encoder=CLIPTextModel.from_pretrained(d / "text_encoder"),
+            vae=AutoencoderKL.from_pretrained(d / "vae"),
+            denoiser=den_cls.from_pretrained(d / den),
+            kind=kind, scheduler_config=cfg["scheduler"],
+            default_steps=cfg["default_steps"], default_guidance=cfg["default_guidance"])
+        return pipe.eval()
+
+
+def build_pipeline(kind: str, vocab, size: str = "default", vae=None) -> ShapesPipeline:
+    """A freshly initialised pipeline of ``kind`` and ``size`` (``vae`` reused if given)."""
+    tok = M.build_tokenizer(vocab)
+    te = M.build_text_encoder(size, vocab_size=len(tok))
+    den = M.build_unet(size) if kind == "sdxl-like" else M.build_transformer(size)
+    return ShapesPipeline(tok, te, vae if vae is not None else M.build_vae(size), den, kind=kind)

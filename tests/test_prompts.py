@@ -1,0 +1,242 @@
+"""Prompt sets, offline, against the upstream copies in shared/benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from capo.eval import prompts as P
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+pytestmark = pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark copies not at {BENCH}")
+
+GENEVAL_URL = ("https://raw.githubusercontent.com/djghosh13/geneval/af4902f24d3ca90ebbb446dd9891a59e0f82725f/"
+               "prompts/evaluation_metadata.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CAPO_CACHE", str(tmp_path / "capo-cache"))  # never the user's cache
+
+
+@pytest.mark.parametrize("name,count", [
+    ("geneval", 553), ("parti", 1632), ("dpg-bench", 1065),
+    *[(f"t2i-compbench:{c}", 300) for c in P.T2I_COMPBENCH_CATEGORIES],
+])
+def test_counts_from_shared_copies(name, count):
+    records = P.load_prompt_set(name, source=BENCH)
+    assert len(records) == count
+    assert len({r["id"] for r in records}) == count
+    assert [r["index"] for r in records] == list(range(count))
+    assert all(isinstance(r["prompt"], str) and r["prompt"].strip() for r in records)
+    if name != "parti":  # Parti's Prompt column is kept verbatim: ten prompts carry edge spaces
+        assert all(r["prompt"].strip() == r["prompt"] for r in records)
+
+
+def test_record_metadata():
+    g = P.load_prompt_set("geneval", source=BENCH)
+    assert g[0] == {"id": "00000", "index": 0, "tag": "single_object",
+                    "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"}
+    parti = P.load_prompt_set("parti", source=BENCH)
+    assert parti[0] == {"id": "0000", "index": 0, "prompt": "bond", "category": "Abstract", "challenge": "Basic",
+                        "note": "Biology-inspired concepts with multiple meanings"}
+    assert any(r["prompt"].startswith('"G I G G L E"') for r in parti)  # quotes kept literally
+    color = P.load_prompt_set("t2i-compbench:color", source=BENCH)
+    assert color[0]["prompt"] == "a green bench and a blue bowl" and color[0]["category"] == "color"
+    kinds = [r["complex_kind"] for r in P.load_prompt_set("t2i-compbench:complex", source=BENCH)]
+    assert {k: kinds.count(k) for k in set(kinds)} == {"spatial": 58, "action": 212, "all": 30}
+
+
+def test_dpg_bench_natural_order_and_pinned_checksums():
+    recs = P.load_prompt_set("dpg-bench", source=BENCH)
+    assert [r["id"] for r in recs[:12]] == [str(i) for i in range(12)]
+    assert recs[-1]["id"] == "whoops39"
+    manifest = json.loads(P.DPG_SHA256_FILE.read_text())
+    assert manifest["count"] == 1065 == len(manifest["files"])
+    h = hashlib.sha256()
+    for r in recs:
+        data = (BENCH / "dpg-bench" / "prompts" / r["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == manifest["files"][r["file"]]
+        h.update(data)
+    assert h.hexdigest() == manifest["concatenated_sha256"]
+    assert h.hexdigest().startswith("1ec6e8f972a2cc88")  # SOURCES.md: "1ec6e8f972a2cc88..."
+
+
+def test_source_may_be_the_sets_folder_or_file():
+    assert len(P.load_prompt_set("geneval", source=BENCH / "geneval")) == 553
+    assert len(P.load_prompt_set("geneval", source=BENCH / "geneval" / "evaluation_metadata.jsonl")) == 553
+    assert len(P.load_prompt_set("dpg-bench", source=BENCH / "dpg-bench")) == 1065
+    assert len(P.load_prompt_set("dpg-bench", source=BENCH / "dpg-bench" / "prompts")) == 1065
+    complex_ = P.load_prompt_set("t2i-compbench:complex", source=BENCH / "t2i-compbench" / "complex_val.txt")
+    assert len(complex_) == 300  # companions found beside the file
+    with pytest.raises(FileNotFoundError, match="complex_val_spatial.txt"):
+        P.load_prompt_set("t2i-compbench:complex", source=BENCH / "geneval")
+
+
+def test_upstream_urls_are_pinned():
+    (f,) = P.get_prompt_set("geneval").files()
+    assert f.url == GENEVAL_URL
+    dpg = P.get_prompt_set("dpg-bench").files()
+    assert dpg[0].url == ("https://raw.githubusercontent.com/TencentQQGYLab/ELLA/"
+                          "3c228f1dc6c4d3cad0a47493816151a419f14db3/dpg_bench/prompts/0.txt")
+    (c,) = P.get_prompt_set("t2i-compbench:3d_spatial").files()
+    assert c.url.endswith("/Karine-Huang/T2I-CompBench/1b7094991a57f3c22abdd4f6e8ba6c1a15517073/"
+                          "examples/dataset/3d_spatial_val.txt")
+
+
+# ------------------------------------------------------------------ checksums, cache, offline
+
+
+def test_checksum_mismatch_names_expected_and_got(tmp_path):
+    bad = tmp_path / "PartiPrompts.tsv"
+    data = (BENCH / "parti" / "PartiPrompts.tsv").read_bytes().replace(b"bond", b"bind", 1)
+    bad.write_bytes(data)
+    got = hashlib.sha256(data).hexdigest()
+    with pytest.raises(ValueError) as e:
+        P.load_prompt_set("parti", source=bad)
+    msg = str(e.value)
+    assert "fab29e41bb512a169b56acab4cf2a41dcb675e285df2efcde6640c7dd3c440eb" in msg and got in msg
+    assert "verify=False" in msg
+    assert P.load_prompt_set("parti", source=bad, verify=False)[0]["prompt"] == "bind"
+
+
+def _seed_cache(cache: Path, *locals_: str) -> None:
+    for local in locals_:
+        (cache / local).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(BENCH / local, cache / local)
+
+
+def test_cache_is_used_offline(tmp_path):
+    cache = tmp_path / "cache"
+    _seed_cache(cache, "geneval/evaluation_metadata.jsonl")
+    assert len(P.load_prompt_set("geneval", cache_dir=cache)) == 553
+
+
+def test_default_cache_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAPO_CACHE", str(tmp_path))
+    assert P.default_cache_dir() == tmp_path / "benchmarks"
+    _seed_cache(tmp_path / "benchmarks", "parti/PartiPrompts.tsv")
+    assert len(P.load_prompt_set("parti")) == 1632
+    monkeypatch.delenv("CAPO_CACHE")
+    assert P.default_cache_dir() == Path.home() / ".cache" / "capo" / "benchmarks"
+
+
+def test_offline_without_cache_names_files_and_url(tmp_path, monkeypatch):
+    def no_network(url, timeout=60.0):
+        raise AssertionError("must not download offline")
+
+    monkeypatch.setattr(P, "_fetch", no_network)
+    with pytest.raises(FileNotFoundError) as e:
+        P.load_prompt_set("geneval", cache_dir=tmp_path / "empty")
+    msg = str(e.value)
+    assert "geneval/evaluation_metadata.jsonl" in msg and GENEVAL_URL in msg
+    assert str(tmp_path / "empty") in msg and "HF_HUB_OFFLINE" in msg
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("CAPO_OFFLINE", "true")
+    with pytest.raises(FileNotFoundError, match="1065 file"):
+        P.load_prompt_set("dpg-bench", cache_dir=tmp_path / "empty")
+
+
+def test_offline_with_corrupt_cache_says_so(tmp_path):
+    cache = tmp_path / "cache"
+    _seed_cache(cache, "t2i-compbench/shape_val.txt")
+    (cache / "t2i-compbench/shape_val.txt").write_text("an oblong cucumber\n")
+    with pytest.raises(FileNotFoundError, match="37e1a276906c7ea9516cbd7ac8501be896006c0c17ca7344f260562834455bae"):
+        P.load_prompt_set("t2i-compbench:shape", cache_dir=cache)
+
+
+def test_download_into_cache_atomically(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("CAPO_OFFLINE", raising=False)
+    fetched = []
+
+    def fake_fetch(url, timeout=60.0):
+        fetched.append(url)
+        return (BENCH / "t2i-compbench" / url.rsplit("/", 1)[1]).read_bytes()
+
+    monkeypatch.setattr(P, "_fetch", fake_fetch)
+    cache = tmp_path / "cache"
+    recs = P.load_prompt_set("t2i-compbench:complex", cache_dir=cache)
+    assert len(recs) == 300 and len(fetched) == 3
+    assert sorted(p.name for p in (cache / "t2i-compbench").iterdir()) == [
+        "complex_val.txt", "complex_val_action.txt", "complex_val_spatial.txt"]  # no partial files
+    P.load_prompt_set("t2i-compbench:complex", cache_dir=cache)
+    assert len(fetched) == 3  # served from the cache the second time
+
+    monkeypatch.setattr(P, "_fetch", lambda url, timeout=60.0: b"tampered\n")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        P.load_prompt_set("t2i-compbench:color", cache_dir=cache)
+    assert not (cache / "t2i-compbench" / "color_val.txt").exists()
+    assert not [p for p in (cache / "t2i-compbench").iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------ malformed files
+
+
+def test_malformed_parti_rows_and_header(tmp_path):
+    lines = (BENCH / "parti" / "PartiPrompts.tsv").read_text(encoding="utf-8").split("\n")
+    bad = tmp_path / "PartiPrompts.tsv"
+    bad.write_text("\n".join(lines[:5] + ["a prompt\twith two columns"] + lines[5:]), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{bad}:6: expected 4 tab-separated columns, got 2"):
+        P.load_prompt_set("parti", source=bad, verify=False)
+    bad.write_text("Text\tCategory\tChallenge\tNote\nbond\tA\tB\tC\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{bad}:1: header"):
+        P.load_prompt_set("parti", source=bad, verify=False)
+
+
+def test_malformed_geneval_line(tmp_path):
+    lines = (BENCH / "geneval" / "evaluation_metadata.jsonl").read_text().splitlines()
+    bad = tmp_path / "evaluation_metadata.jsonl"
+    lines[41] = lines[41][:-1]  # drop the closing brace of line 42
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"{bad}:42: not valid JSON"):
+        P.load_prompt_set("geneval", source=bad, verify=False)
+
+
+def test_malformed_compbench_and_dpg(tmp_path):
+    bad = tmp_path / "color_val.txt"
+    bad.write_text("a red car\n\na blue dog\n")
+    with pytest.raises(ValueError, match=rf"{bad}:2: blank line"):
+        P.load_prompt_set("t2i-compbench:color", source=bad, verify=False)
+    dpg = tmp_path / "prompts"
+    shutil.copytree(BENCH / "dpg-bench" / "prompts", dpg)
+    (dpg / "17.txt").write_text("  \n")
+    with pytest.raises(ValueError, match=r"17\.txt: empty prompt file"):
+        P.load_prompt_set("dpg-bench", source=dpg, verify=False)
+    with pytest.raises(ValueError, match=r"17\.txt.*expected sha256"):
+        P.load_prompt_set("dpg-bench", source=dpg)
+    (dpg / "17.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="dpg-bench/prompts/17.txt"):
+        P.load_prompt_set("dpg-bench", source=dpg)
+
+
+# ------------------------------------------------------------------ limit / subset / registry
+
+
+def test_limit_and_subset():
+    full = P.load_prompt_set("parti", source=BENCH)
+    assert P.load_prompt_set("parti", source=BENCH, limit=5) == full[:5]
+    a = P.load_prompt_set("parti", source=BENCH, subset=50, seed=1)
+    b = P.load_prompt_set("parti", source=BENCH, subset=50, seed=1)
+    c = P.load_prompt_set("parti", source=BENCH, subset=50, seed=2)
+    assert a == b and a != c and len(a) == 50
+    assert [r["index"] for r in a] == sorted(r["index"] for r in a)
+    assert P.load_prompt_set("parti", source=BENCH, subset=50, seed=1, limit=3) == a[:3]
+    with pytest.raises(ValueError, match="subset"):
+        P.load_prompt_set("parti", source=BENCH, subset=5000)
+    with pytest.raises(ValueError, match="limit"):
+        P.load_prompt_set("parti", source=BENCH, limit=-1)
+
+
+def test_unknown_names_suggest_nearest():
+    with pytest.raises(KeyError, match="Did you mean 't2i-compbench:color'") as e:
+        P.get_prompt_set("t2i-compbench:colour")
+    assert "dpg-bench" in str(e.value) and "geneval" in str(e.value)
+    with pytest.raises(KeyError, match="'parti'"):
+        P.load_prompt_set("partiprompts", source=BENCH)
+    assert P.list_prompt_sets() == sorted(P.PROMPT_SETS)

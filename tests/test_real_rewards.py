@@ -1,0 +1,251 @@
+"""Real reward models (capo.rewards.real) on tiny random models of the same classes.
+
+Weights cannot be downloaded here, so each reward is built from a tiny random-init model
+of the real class (transformers ``CLIPModel`` / ``BlipForQuestionAnswering``, an OpenCLIP
+``CLIP``) with a processor built offline (an in-memory byte-level CLIP vocabulary, a small
+WordPiece vocabulary), saved to a temporary directory and loaded by the factory through
+``path=``, the route a user's local copy takes. Scores are checked against the formula
+computed by hand from the model's own forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from capo.rewards import REWARDS, RewardLoadError, load_reward
+from capo.rewards import real as R
+
+PROMPTS = ["a red cube", "two blue spheres on the grass", "a cat", "a red cube"]
+
+
+def make_images(n=4, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    im = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    im[3] = im[0]  # item 3 repeats item 0 (same image, same prompt)
+    return im
+
+
+# ----------------------------------------------------------------------------- builders
+def byte_chars() -> list[str]:
+    """CLIP's reversible byte -> unicode table (the 256 base symbols of byte-level BPE)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b), cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def tiny_clip_dir(path, projection_dim=8, seed=0):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in byte_chars():
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=projection_dim)
+    CLIPModel(cfg).save_pretrained(path)
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    proc.save_pretrained(path)
+    return path
+
+
+def tiny_blip_dir(path, seed=0):
+    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
+
+    words = ("does this figure show please answer yes or no a red cube two blue spheres on the grass cat "
+             '" ? .').split()
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + words)}
+    tok = BertTokenizer(vocab=vocab)
+    torch.manual_seed(seed)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                         num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=32,
+                         bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"]),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                           image_size=32, patch_size=8))
+    BlipForQuestionAnswering(cfg).save_pretrained(path)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return tiny_clip_dir(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_images()
+
+
+def check_common(reward, images, prompts=PROMPTS):
+    """Finite, (B,), float64; one at a time == batched; a repeated item scores the same."""
+    s = reward(images, prompts)
+    assert s.shape == (len(images),) and s.dtype == np.float64 and np.isfinite(s).all()
+    bs = reward.batch_size
+    reward.batch_size = 1
+    try:
+        one = reward(images, prompts)
+    finally:
+        reward.batch_size = bs
+    np.testing.assert_allclose(one, s, rtol=1e-5, atol=1e-5)  # float32 rounding of different batch shapes
+    np.testing.assert_allclose(s[3], s[0], rtol=1e-5, atol=1e-5)
+    assert len(np.unique(np.round(s[:3], 6))) > 1  # not a constant
+    return s
+
+
+def clip_forward_cosine(model, proc, images, prompts):
+    """cos(image, text) from CLIPModel.forward's logits (= logit_scale * cos)."""
+    from PIL import Image
+
+    tok = proc.tokenizer(list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+    px = proc.image_processor(images=[Image.fromarray(i) for i in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask, pixel_values=px)
+        return (out.logits_per_image.diagonal() / model.logit_scale.exp()).double().numpy(), out
+
+
+# ----------------------------------------------------------------------------- CLIP family
+def test_pickscore(clip_dir, images):
+    r = load_reward("pickscore", path=clip_dir, device="cpu", batch_size=3)
+    assert r.name == "pickscore" and r.bt_transform == "identity"
+    s = check_common(r, images)
+    cos, _ = clip_forward_cosine(r.model, r.processor, images, PROMPTS)
+    np.testing.assert_allclose(s, r.logit_scale * cos, rtol=1e-5, atol=1e-5)
+
+
+def test_clipscore(clip_dir, images):
+    r = R.clipscore(path=clip_dir, device="cpu", batch_size=3)
+    texts = [R.CLIPSCORE_PREFIX + p for p in PROMPTS]
+    cos, _ = clip_forward_cosine(r.model, r.processor, images, texts)
+    with torch.no_grad():
+        if cos[0] < 0:  # a random tiny CLIP: flip the text projection so that some cosines are positive
+            r.model.text_projection.weight.neg_()
+            cos = -cos
+    s = check_common(r, images)
+    np.testing.assert_allclose(s, 2.5 * np.maximum(cos, 0), rtol=1e-5, atol=1e-6)
+    assert r.bt_transform == f"temperature:{2.5 / float(r.model.logit_scale.detach().exp()):.6g}"  # 0.025 for s=100
+    with torch.no_grad():  # the clamp: negated cosines score 0
+        r.model.text_projection.weight.neg_()
+        assert np.all(r(images, PROMPTS)[cos > 0] == 0)
+
+
+def test_aesthetic(clip_dir, images, tmp_path):
+    torch.manual_seed(1)
+    mlp = R.aesthetic_mlp(8)
+    assert [k for k in mlp.state_dict()][::2] == [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]
+    torch.save(mlp.state_dict(), tmp_path / R.AESTHETIC_FILE)
+    r = load_reward("aesthetic", path=tmp_path, clip_path=clip_dir, device="cpu", batch_size=3)
+    assert r.bt_transform == "temperature:1"
+    s = check_common(r, images)
+    _, out = clip_forward_cosine(r.model, r.processor, images, PROMPTS)
+    x = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)  # L2-normalised CLIP image embedding
+    W = [mlp.layers[i] for i in (0, 2, 4, 6, 7)]
+    with torch.no_grad():
+        for lin in W:  # no activations, dropout off at inference
+            x = x @ lin.weight.T + lin.bias
+    np.testing.assert_allclose(s, x.squeeze(-1).double().numpy(), rtol=1e-5, atol=1e-6)
+    assert R.aesthetic(path=tmp_path, clip_path=clip_dir, temperature=0.5, device="cpu").bt_transform == "temperature:0.5"
+
+
+# ----------------------------------------------------------------------------- HPS (OpenCLIP)
+def test_hps(tmp_path, images):
+    import open_clip
+
+    cfg = {"embed_dim": 8, "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "patch_size": 8,
+                                          "head_width": 8},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "capo-tiny-hps.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "capo-tiny-hps.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("capo-tiny-hps", pretrained=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(100.0))  # HPS clamps its logit scale at ln 100
+    torch.save({"state_dict": model.state_dict()}, tmp_path / R.HPS_FILE)
+    r = R.hps(path=tmp_path, arch="capo-tiny-hps", device="cpu", batch_size=3)
+    assert r.bt_transform == "temperature:0.01"
+    s = check_common(r, images)
+    from PIL import Image
+
+    px = torch.stack([r.preprocess(Image.fromarray(i)) for i in images])
+    with torch.no_grad():
+        out = model(px, open_clip.get_tokenizer("capo-tiny-hps")(PROMPTS))
+    np.testing.assert_allclose(s, (out[0] * out[1]).sum(-1).double().numpy(), rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(s) <= 1 + 1e-6)
+
+
+# ----------------------------------------------------------------------------- VQAScore (BLIP)
+def test_vqascore(tmp_path, images):
+    tiny_blip_dir(tmp_path)
+    r = load_reward("vqascore", path=tmp_path, device="cpu", batch_size=3)
+    assert r.bt_transform == "logit"
+    s = check_common(r, images)
+    assert np.all((s > 0) & (s < 1))
+    # by hand: exp(-HF's own mean answer loss) with labels [BOS] yes [SEP], one item at a time
+    tok, tc = r.processor.tokenizer, r.model.config.text_config
+    labels = torch.tensor([[tc.bos_token_id, tok.convert_tokens_to_ids("yes"), tc.sep_token_id]])
+    from PIL import Image
+
+    for i in range(3):
+        enc = r.processor(images=Image.fromarray(images[i]), text=R.VQA_QUESTION.format(PROMPTS[i]),
+                          return_tensors="pt")
+        with torch.no_grad():
+            loss = r.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                           pixel_values=enc.pixel_values, labels=labels).loss
+        np.testing.assert_allclose(s[i], float(torch.exp(-loss)), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- missing weights
+@pytest.mark.parametrize("name,hub_id", [("pickscore", R.PICKSCORE_MODEL), ("clipscore", R.CLIPSCORE_MODEL),
+                                         ("vqascore", R.VQA_MODEL), ("hps", R.HPS_REPO)])
+def test_missing_weights_name_the_source(name, hub_id):
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        pytest.skip(f"{hub_id} is cached here")
+    with pytest.raises(RewardLoadError) as e:
+        load_reward(name, local_files_only=True, device="cpu")
+    assert hub_id in str(e.value)
+
+
+def test_missing_aesthetic_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPO_CACHE", str(tmp_path))
+    with pytest.raises(RewardLoadError) as e:
+        R.aesthetic(local_files_only=True)
+    assert R.AESTHETIC_URL in str(e.value)
+    with pytest.raises(RewardLoadError, match="no predictor weights"):
+        R.aesthetic(path=tmp_path / "missing.pth")
+
+
+def test_imagereward_and_mps_errors():
+    try:
+        import ImageReward  # noqa: F401
+    except ImportError:
+        with pytest.raises(RewardLoadError, match="pip install image-reward"):
+            load_reward("imagereward")
+    with pytest.raises(RewardLoadError, match="not supported"):
+        load_reward("mps")
+    assert {"pickscore", "hps", "imagereward", "aesthetic", "clipscore", "vqascore", "mps"} <= set(REWARDS.names())
+
+
+def test_input_validation(clip_dir, images):
+    r = R.pickscore(path=clip_dir, device="cpu")
+    with pytest.raises(ValueError, match="uint8"):
+        r(images.astype(np.float32), PROMPTS)
+    with pytest.raises(ValueError, match="prompts"):
+        r(images, PROMPTS[:2])
