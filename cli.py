@@ -10,8 +10,6 @@ import time
 import click
 
 NOT_BUILT = {
-    "eval": "issue #5 (evaluation modules)",
-    "compare": "issue #5 (checkpoint comparison)",
     "tables": "issue #5 (Tables 1-5)",
     "reproduce": "issue #5 (reproduce presets)",
 }
@@ -33,6 +31,13 @@ def main():
 
     Typical flow: generate -> score -> pairs -> train -> merge -> eval -> tables.
     """
+    import os
+
+    if os.environ.get("CAPO_QUIET", "") not in ("", "0") or not sys.stderr.isatty():
+        # library chatter (weight-loading bars, dtype notes) off; capo's own summaries stay
+        for k, v in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                     ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+            os.environ.setdefault(k, v)
 
 
 @main.command()
@@ -100,6 +105,8 @@ STAGES = {  # command -> (module, config class, one-line help)
     "score": ("capo.stages.score", "ScoreConfig", "Score a samples directory with reward models, one table each."),
     "train": ("capo.stages.train", "TrainConfig", "Preference fine-tuning: DPO / IPO / CaPO, full or LoRA."),
     "merge": ("capo.stages.merge", "MergeConfig", "SOUP: merge fine-tuned checkpoints (slerp or linear)."),
+    "eval": ("capo.stages.evaluate", "EvalConfig",
+             "Evaluate models against the first (base): reward win-rates, GenEval, T2I-CompBench."),
 }
 
 
@@ -183,12 +190,56 @@ def _summary(name: str, cfg, res: dict, seconds: float) -> str:
         return f"{name}: {out} already holds this run (complete); nothing to do"
     if res.get("complete") is False:
         return f"{name}: stopped at step {res.get('stopped_at')} (resume by running the same command) -> {out}"
+    if name == "eval":
+        return f"eval: {len(res['models'])} models on {res['n_prompts']} x {res['n_per_prompt']} images -> {out}/results.json"
     counts = res.get("counts") or {k: v["table"] for k, v in res.get("rewards", {}).items()}
     return f"{name}: {counts} -> {out} in {seconds:.1f}s"
 
 
 for _name, (_module, _cls, _doc) in STAGES.items():
     _stage_command(_name, _module, _cls, _doc)
+
+
+@main.command()
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--prompts", default=None, help="Win-rate prompt set (default: shapes:geneval / parti) or file.")
+@click.option("--limit", default=32, show_default=True, help="First K prompts.")
+@click.option("--n", "n", default=4, show_default=True, help="Images per prompt.")
+@click.option("--benchmarks", default="winrate,geneval", show_default=True, help="winrate, geneval, compbench.")
+@click.option("--rewards", help="Reward models for win-rates (default: the world's set).")
+@click.option("--out", default=None, help="Output directory (default runs/compare/<A>-vs-<B>).")
+@click.option("--fail-if", "gates", multiple=True, metavar="EXPR",
+              help="Exit 1 when e.g. 'geneval.overall < -0.02' or 'winrate.shapes-gold < 50' holds (repeatable).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates, seed, quiet):
+    """Compare MODEL_B against MODEL_A on the same prompts and seeds; print a markdown delta table.
+
+    MODEL_A / MODEL_B: registered names, pipeline dirs or checkpoints (label=spec to name them).
+    """
+    from capo.artifacts import ArtifactError
+    from capo.models import ModelLoadError
+    from capo.registry import UnknownNameError
+    from capo.report import check_gates, compare_metrics, compare_table, parse_gate
+    from capo.stages import evaluate
+
+    try:
+        for g in gates:
+            parse_gate(g)
+        labels = evaluate.parse_models([model_a, model_b])
+        out = out or f"runs/compare/{labels[0][0]}-vs-{labels[1][0]}"
+        cfg = evaluate.EvalConfig(models=[model_a, model_b], prompts=prompts, out=out, benchmarks=_csv(benchmarks),
+                                  rewards=_csv(rewards), n=n, seed=seed, limit=limit, quiet=quiet)
+        res = evaluate.run(cfg)
+        label = labels[1][0]
+        click.echo(compare_table(res, label))
+        fired = check_gates(compare_metrics(res, label), list(gates))
+    except (ValueError, ArtifactError, UnknownNameError, ModelLoadError) as e:
+        _fail(str(e))
+    if fired:
+        click.echo("REGRESSION: " + "; ".join(fired), err=True)
+        sys.exit(1)
 
 
 def _not_built(name: str, where: str):

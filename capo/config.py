@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,8 +51,11 @@ def load_yaml(path) -> dict[str, Any]:
 def _coerce(cls, key: str, value: Any) -> Any:
     """Coerce a command-line value to the field's declared type (lists from commas)."""
     hint = typing.get_type_hints(cls)[key]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    origin = typing.get_origin(args[0]) if args else typing.get_origin(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X] / X | None -> X
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = inner[0] if len(inner) == 1 else hint
+    args = [hint]
+    origin = typing.get_origin(hint)
     if origin is list and isinstance(value, str):
         import yaml
 

@@ -192,3 +192,5 @@ def test_train_loops_on_the_world():
         assert f1["steps"] == 3 and np.isfinite(f1["loss"])
         for a, b in zip(p1.denoiser.parameters(), p2.denoiser.parameters()):
             assert torch.equal(a, b)
+    _, fp = pretrain.train_base("sd3-like", vae, size="tiny", steps=2, batch_size=4, pool_size=8, progress=False)
+    assert fp["steps"] == 2 and np.isfinite(fp["loss"])

@@ -197,12 +197,17 @@ def diffusion_loss(pipe: ShapesPipeline, z0: torch.Tensor, prompts, noise: torch
 def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4000, batch_size: int = 64,
                lr: float = 1e-3, warmup: int = 200, lr_schedule: str = "constant", weight_decay: float = 0.01,
                ema_decay: float = 0.999, prompt_dropout: float = 0.1, max_minutes: float | None = None,
-               seed: int = 0, grad_clip: float = 1.0, progress: bool = True, pipe: ShapesPipeline | None = None):
+               seed: int = 0, grad_clip: float = 1.0, progress: bool = True, pipe: ShapesPipeline | None = None,
+               pool_size: int = 0):
     """Train text encoder + denoiser of ``kind`` on VAE latents of rendered scenes.
 
     Returns ``(pipeline, figures)``; the pipeline carries the EMA weights and
     ``vae`` (frozen). ``figures``: steps, seconds, s_per_step, final loss (running mean),
     parameter counts.
+
+    ``pool_size``: 0 draws and encodes a fresh batch of scenes every step; ``n > 0``
+    draws ``n`` pairs up front (encoding each once, counted in ``seconds``) and then
+    samples batches from that pool, which saves the per-step render + VAE-encoder cost.
     """
     if vocab is None:
         from .grammar import VOCAB as vocab
@@ -223,6 +228,14 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
         for m in modules:
             m.train()
         t0 = time.perf_counter()
+        pool_prompts, pool_latents = [], None
+        if pool_size:
+            chunks = []
+            for i in range(0, pool_size, 256):
+                p, im = training_batch(rng, min(256, pool_size - i))
+                pool_prompts += p
+                chunks.append(pipe.encode_images(im))
+            pool_latents = torch.cat(chunks)
         bar = _progress(steps, kind, progress)
         step, loss_ema = 0, None
         while step < steps:
@@ -230,10 +243,14 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, lr, warmup, steps, lr_schedule)
-            prompts, images = training_batch(rng, batch_size)
+            if pool_latents is None:
+                prompts, images = training_batch(rng, batch_size)
+                z0 = pipe.encode_images(images)
+            else:
+                idx = rng.integers(0, pool_size, batch_size)
+                prompts, z0 = [pool_prompts[i] for i in idx], pool_latents[torch.from_numpy(idx)]
             drop = rng.random(batch_size) < prompt_dropout
             prompts = ["" if d else p for p, d in zip(prompts, drop)]
-            z0 = pipe.encode_images(images)
             noise = torch.randn(z0.shape, generator=gen)
             t = sample_timesteps(kind, batch_size, gen)
             loss = diffusion_loss(pipe, z0, prompts, noise, t, acp)

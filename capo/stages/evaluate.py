@@ -1,0 +1,298 @@
+"""Stage `eval`: evaluate models on a prompt set against the first (base) model.
+
+Every model generates ``n`` images per prompt with the same per-item seeds
+(``generate.item_seed``), so image k of prompt p is paired across models. Benchmarks:
+
+* ``winrate``: per reward model, the win-rate (%) of each model's image over the base
+  model's image for the same prompt and seed (ties count one half), the mean scores,
+  and 95% bootstrap CIs over prompts (paper Tables 1, 2, 4). In the shapes world the
+  ``shapes-gold`` reward is the hidden true preference: its win-rate is the gold one.
+* ``geneval``: per-image correctness by GenEval's rules (``capo.eval.geneval``) on the
+  detector's detections; task score = mean over images, overall = unweighted mean of
+  the tags; deltas against the base with prompt-bootstrap CIs.
+* ``compbench``: T2I-CompBench per-category scores (the shapes world's analogue through
+  its evaluator; real models through BLIP-VQA / UniDet-style spatial / CLIPScore).
+
+Layout of ``out``: ``samples/<label>/`` (a generate run per model),
+``samples/<label>/rewards/<reward>/`` (score runs), ``results/<label>/<benchmark>.json``
+(one per model and benchmark, with the manifest of the evaluation) and ``results.json``
+(everything, the input of ``capo tables`` and ``capo compare``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from capo import artifacts
+from capo.config import to_dict
+
+BENCHMARKS = ("winrate", "geneval", "compbench")
+SHAPES_REWARDS = ["shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"]
+REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
+
+
+@dataclass
+class EvalConfig:
+    models: list[str]  # "label=spec" or spec; the FIRST is the base model the others are compared with
+    out: str  # output directory
+    benchmarks: list[str] = field(default_factory=lambda: ["winrate"])  # winrate | geneval | compbench
+    prompts: str | None = None  # win-rate prompts (default: shapes:geneval in the shapes world, parti otherwise)
+    geneval_prompts: str | None = None  # GenEval-form set (default: shapes:geneval / geneval)
+    compbench_prompts: list[str] | None = None  # CompBench sets (default: the world's categories)
+    rewards: list[str] | None = None  # reward models for win-rates (default: the world's set)
+    n: int = 4  # images per prompt
+    seed: int = 0  # base seed of the per-item seeds (shared by every model)
+    limit: int | None = None  # first K prompts of each prompt set
+    detector: str = "auto"  # shapes | mask2former | mmdet (auto: shapes for shapes models)
+    steps: int | None = None  # sampler steps (default: each model's)
+    guidance: float | None = None  # guidance scale (default: each model's)
+    batch_size: int = 64  # images per sampler / reward call
+    n_boot: int = 1000  # bootstrap resamples for the CIs
+    overwrite: bool = False
+    quiet: bool = False
+
+
+SHAPES_COMPBENCH = [f"shapes:compbench:{c}" for c in ("color", "shape", "texture", "spatial", "numeracy", "complex")]
+REAL_COMPBENCH = [f"t2i-compbench:{c}" for c in ("color", "shape", "texture", "spatial", "non_spatial")]
+
+
+def parse_models(specs: list[str]) -> list[tuple[str, str]]:
+    """``["base=shapes-sdxl", "runs/capo/final"]`` -> ``[(label, spec), ...]`` with unique labels."""
+    out = []
+    for s in specs:
+        label, sep, spec = s.partition("=")
+        if not sep:
+            spec = s
+            p = Path(s)
+            label = p.parent.name if p.name == "final" else (p.name or s)
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "model"
+        out.append((label, spec))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}; name them as label=spec")
+    if len(out) < 1:
+        raise ValueError("eval needs at least one model")
+    return out
+
+
+def is_shapes(model) -> bool:
+    from capo.worlds.shapes.pipeline import ShapesPipeline
+
+    return isinstance(model, ShapesPipeline)
+
+
+# ----------------------------------------------------------------------------- per-image metrics
+def geneval_rows(records_by_id: dict, index, images: np.ndarray, detector) -> list[dict]:
+    from capo.eval.geneval import evaluate_image
+
+    dets = detector(list(images))
+    rows = []
+    for (pid, sid), img, d in zip(zip(index["prompt_id"], index["sample_id"]), images, dets):
+        rec = records_by_id[pid]
+        if "tag" not in rec or "include" not in rec:
+            raise ValueError(f"prompt {pid!r} has no GenEval metadata (tag, include): use a GenEval-form "
+                             "prompt set such as geneval or shapes:geneval")
+        ok, reason = evaluate_image(rec, d, image=img)
+        rows.append({"prompt_id": pid, "sample_id": int(sid), "tag": rec["tag"], "correct": bool(ok), "reason": reason})
+    return rows
+
+
+def compbench_rows(records_by_id: dict, index, images: np.ndarray, scorer) -> list[dict]:
+    cats = [records_by_id[pid].get("category") or records_by_id[pid].get("tag") for pid in index["prompt_id"]]
+    scores = scorer(list(images), [records_by_id[p] for p in index["prompt_id"]])
+    return [{"prompt_id": pid, "sample_id": int(sid), "category": c, "score": float(s)}
+            for pid, sid, c, s in zip(index["prompt_id"], index["sample_id"], cats, scores)]
+
+
+def shapes_compbench_scorer():
+    from capo.worlds.shapes.evaluator import detect_batch, score_compbench
+
+    def score(images, records):
+        return [score_compbench(r, d) for r, d in zip(records, detect_batch(np.stack(images)))]
+
+    return score
+
+
+def real_compbench_scorer(device=None):
+    """T2I-CompBench's per-category scorers for real images (lazy: weights load on first use)."""
+    from capo.eval import t2i_compbench as T
+    from capo.eval.geneval import get_detector
+
+    cache: dict = {}
+
+    def get(cat):
+        if cat not in cache:
+            if cat in ("color", "shape", "texture"):
+                cache[cat] = T.blip_vqa_scorer(device=device)
+            elif cat == "non_spatial":
+                cache[cat] = T.clip_score_scorer(device=device)
+            elif cat == "spatial":
+                cache[cat] = T.spatial_scorer(get_detector("mask2former", device=device))
+            else:
+                raise ValueError(f"T2I-CompBench category {cat!r} has no scorer in capo yet (color, shape, texture, "
+                                 "spatial, non_spatial are supported)")
+        return cache[cat]
+
+    def score(images, records):
+        out = [0.0] * len(records)
+        by_cat: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            by_cat.setdefault(r.get("category"), []).append(i)
+        for cat, idx in by_cat.items():
+            vals = get(cat)([images[i] for i in idx], [records[i]["prompt"] for i in idx])
+            for i, v in zip(idx, vals):
+                out[i] = float(v)
+        return out
+
+    return score
+
+
+def load_images_of(samples: Path, index) -> np.ndarray:
+    from capo.stages.score import load_images
+
+    return load_images(samples, index["path"])
+
+
+# ----------------------------------------------------------------------------- run
+def _slug(prompt_set: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(prompt_set).stem if Path(prompt_set).is_file() else prompt_set)
+
+
+def run(cfg: EvalConfig) -> dict:
+    import pandas as pd
+
+    from capo.eval.geneval import get_detector, summarize
+    from capo.eval.t2i_compbench import summarize as summarize_cb
+    from capo.eval.winrate import bootstrap_delta, win_rate
+    from capo.models import load_model, model_fingerprint
+    from capo.prompts import load_prompts, records_fingerprint
+    from capo.stages import generate, score
+
+    t0 = time.time()
+    unknown = [b for b in cfg.benchmarks if b not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    models = parse_models(cfg.models)
+    shapes = is_shapes(load_model(models[0][1]))
+    sets = {}  # benchmark -> prompt sets
+    if "winrate" in cfg.benchmarks:
+        sets["winrate"] = [cfg.prompts or ("shapes:geneval" if shapes else "parti")]
+    if "geneval" in cfg.benchmarks:
+        sets["geneval"] = [cfg.geneval_prompts or ("shapes:geneval" if shapes else "geneval")]
+    if "compbench" in cfg.benchmarks:
+        sets["compbench"] = list(cfg.compbench_prompts or (SHAPES_COMPBENCH if shapes else REAL_COMPBENCH))
+    records = {ps: load_prompts(ps, limit=cfg.limit) for ps in sorted({p for v in sets.values() for p in v})}
+    rewards = cfg.rewards if cfg.rewards is not None else (SHAPES_REWARDS if shapes else REAL_REWARDS)
+    detector_name = ("shapes" if shapes else "mask2former") if cfg.detector == "auto" else cfg.detector
+
+    out = Path(cfg.out)
+    config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}
+    inputs = {f"model:{label}": {"path": spec, "sha256": model_fingerprint(spec)} for label, spec in models}
+    inputs |= {f"prompts:{ps}": {"path": ps, "sha256": records_fingerprint(r)} for ps, r in records.items()}
+    manifest = artifacts.make_manifest("eval", config, inputs)
+    if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
+        return {**artifacts.read_json(out / "results.json"), "skipped": True}
+
+    def samples_of(ps: str, label: str, spec: str) -> Path:
+        d = out / "samples" / _slug(ps) / label
+        generate.run(generate.GenerateConfig(model=spec, prompts=ps, out=str(d), n=cfg.n, seed=cfg.seed,
+                                             limit=cfg.limit, steps=cfg.steps, guidance=cfg.guidance,
+                                             batch_size=cfg.batch_size, cache=False, quiet=cfg.quiet))
+        return d
+
+    def per_image(bench: str, label: str, spec: str) -> pd.DataFrame:
+        frames = []
+        for ps in sets[bench]:
+            d = samples_of(ps, label, spec)
+            idx = artifacts.read_table(d / "index.parquet")
+            by_id = {r["prompt_id"]: r for r in records[ps]}
+            if bench == "winrate":
+                score.run(score.ScoreConfig(samples=str(d), rewards=list(rewards), batch_size=cfg.batch_size,
+                                            quiet=cfg.quiet))
+                f = idx[["prompt_id", "sample_id"]].copy()
+                for r in rewards:
+                    f = f.merge(artifacts.read_table(d / "rewards" / r / "scores.parquet"), on=["prompt_id", "sample_id"])
+            elif bench == "geneval":
+                f = pd.DataFrame(geneval_rows(by_id, idx, load_images_of(d, idx), detector))
+            else:
+                scorer = shapes_compbench_scorer() if shapes else real_compbench_scorer()
+                f = pd.DataFrame(compbench_rows(by_id, idx, load_images_of(d, idx), scorer))
+            f["prompt_id"] = ps + "/" + f["prompt_id"].astype(str)  # ids are unique per set only
+            frames.append(f)
+        f = pd.concat(frames, ignore_index=True)
+        artifacts.write_table(f, out / "results" / label / f"{bench}_per_image.parquet")
+        return f
+
+    if "geneval" in sets:
+        if detector_name == "shapes":
+            from capo.worlds.shapes.evaluator import detect_batch
+
+            detector = lambda ims: detect_batch(np.stack(ims))  # noqa: E731
+        else:
+            detector = get_detector(detector_name)
+    results: dict = {"base": models[0][0], "models": dict(models), "prompt_sets": sets,
+                     "n_prompts": {ps: len(r) for ps, r in records.items()}, "n_per_prompt": cfg.n,
+                     "seed": cfg.seed, "rewards": list(rewards), "detector": detector_name,
+                     "results": {label: {} for label, _ in models}}
+    frames = {bench: {label: per_image(bench, label, spec) for label, spec in models} for bench in sets}
+    base_label = models[0][0]
+    for label, _ in models:
+        entry = results["results"][label]
+        if "winrate" in frames:
+            f = frames["winrate"][label].merge(frames["winrate"][base_label], on=["prompt_id", "sample_id"],
+                                               suffixes=("", "@base"))
+            pids = f["prompt_id"].to_numpy()
+            wr = {}
+            for r in rewards:
+                w = win_rate(f[r].to_numpy(), f[f"{r}@base"].to_numpy(), pids, n_boot=cfg.n_boot)
+                d = bootstrap_delta(f[r].to_numpy(), f[f"{r}@base"].to_numpy(), pids, n_boot=cfg.n_boot)
+                wr[r] = {**w, "score": w["mean_a"], "score_delta": d["delta"],
+                         "score_delta_ci": [d["ci_low"], d["ci_high"]]}
+            entry["winrate"] = wr
+        if "geneval" in frames:
+            g = frames["geneval"][label]
+            entry["geneval"] = summarize(g.to_dict("records"))
+            if label != base_label:
+                f = g.merge(frames["geneval"][base_label], on=["prompt_id", "sample_id"], suffixes=("", "@base"))
+                entry["geneval_delta"] = _geneval_deltas(f, f["prompt_id"].to_numpy(), cfg.n_boot, bootstrap_delta)
+        if "compbench" in frames:
+            c = frames["compbench"][label]
+            entry["compbench"] = summarize_cb(c.to_dict("records"))
+            if label != base_label:
+                f = c.merge(frames["compbench"][base_label], on=["prompt_id", "sample_id"], suffixes=("", "@base"))
+                entry["compbench_delta"] = {}
+                for cat in sorted(f["category"].unique()):
+                    m = (f["category"] == cat).to_numpy()
+                    entry["compbench_delta"][cat] = bootstrap_delta(
+                        f.loc[m, "score"].to_numpy(), f.loc[m, "score@base"].to_numpy(),
+                        f.loc[m, "prompt_id"].to_numpy(), n_boot=cfg.n_boot)
+        for bench in ("winrate", "geneval", "compbench"):
+            if bench in entry:
+                artifacts.write_json(out / "results" / label / f"{bench}.json",
+                                     {"eval_run": manifest["run_key"], "model": dict(models)[label],
+                                      "prompt_sets": sets[bench], "result": entry[bench],
+                                      "delta": entry.get(f"{bench}_delta")})
+    artifacts.write_json(out / "results.json", results)
+    artifacts.finish(out, manifest, counts={"models": len(models), **{f"prompts:{k}": len(v) for k, v in records.items()}},
+                     seconds=round(time.time() - t0, 3))
+    return {**results, "skipped": False}
+
+
+def _geneval_deltas(f, pids, n_boot, bootstrap_delta) -> dict:
+    """Per-tag deltas, and the overall delta with each image weighted so that the weighted
+    mean is GenEval's unweighted mean over tags."""
+    out = {}
+    tags = f["tag"].to_numpy()
+    a, b = f["correct"].to_numpy(float), f["correct@base"].to_numpy(float)
+    for tag in sorted(set(tags)):
+        m = tags == tag
+        out[tag] = bootstrap_delta(a[m], b[m], pids[m], n_boot=n_boot)
+    counts = {t: int((tags == t).sum()) for t in set(tags)}
+    w = np.array([len(tags) / (len(counts) * counts[t]) for t in tags])
+    out["overall"] = bootstrap_delta(a * w, b * w, pids, n_boot=n_boot)
+    return out
