@@ -8,11 +8,9 @@ import sys
 import time
 
 import click
+from pathlib import Path
 
-NOT_BUILT = {
-    "tables": "issue #5 (Tables 1-5)",
-    "reproduce": "issue #5 (reproduce presets)",
-}
+NOT_BUILT: dict[str, str] = {}
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -240,6 +238,59 @@ def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates
     if fired:
         click.echo("REGRESSION: " + "; ".join(fired), err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="A `capo reproduce` experiment directory.")
+@click.option("--out", default=None, help="Write the markdown here (default: print it).")
+@click.option("--with-paper", is_flag=True, help="Add the paper's own numbers beside each table.")
+@click.option("--rewards", default="shapes-pref,shapes-vqa,shapes-aesthetic", show_default=True,
+              help="Rewards in the roles of MPS, VQA, VILA.")
+@click.option("--roles", default="MPS,VQA,VILA", show_default=True)
+def tables(root, out, with_paper, rewards, roles):
+    """Render the paper's Tables 1-5 as markdown from evaluation results."""
+    from capo import tables as T
+
+    rw, rl = _csv(rewards), _csv(roles)
+    try:
+        md = T.render(root, dict(zip(rw, rl)), pref=rw[0], with_paper=with_paper)
+    except (FileNotFoundError, KeyError) as e:
+        _fail(str(e))
+    if out:
+        from capo.artifacts import write_text
+
+        write_text(out, md)
+        click.echo(f"tables: -> {out}")
+    else:
+        click.echo(md)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--preset", default="quick", show_default=True, help="quick | full | a YAML path.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def reproduce(preset, args):
+    """Run everything Tables 1-5 need on the shapes world (reusing finished stages), then write reports.
+
+    Extra key=value arguments override the preset (capo reproduce --preset quick steps=10).
+    """
+    import tempfile
+
+    import yaml
+
+    from capo.artifacts import ArtifactError
+    from capo.config import ConfigError, build
+    from capo.models import ModelLoadError
+    from capo.stages import reproduce as R
+
+    try:
+        data = {**R.load_preset(preset), "preset": Path(preset).stem.removeprefix("reproduce-")}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(data, f)
+        cfg = build(R.ReproduceConfig, f.name, args)
+        res = R.run(cfg)
+    except (ConfigError, ValueError, ArtifactError, ModelLoadError, FileNotFoundError) as e:
+        _fail(str(e))
+    click.echo(f"reproduce: {res['bases']} in {res['seconds']:.0f}s -> {res['reports']}/tables.md")
 
 
 def _not_built(name: str, where: str):

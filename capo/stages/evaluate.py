@@ -239,7 +239,10 @@ def run(cfg: EvalConfig) -> dict:
                      "n_prompts": {ps: len(r) for ps, r in records.items()}, "n_per_prompt": cfg.n,
                      "seed": cfg.seed, "rewards": list(rewards), "detector": detector_name,
                      "results": {label: {} for label, _ in models}}
-    frames = {bench: {label: per_image(bench, label, spec) for label, spec in models} for bench in sets}
+    memo: dict = {}  # one computation per (benchmark, model spec), however many labels name it
+    frames = {bench: {label: memo[(bench, spec)] if (bench, spec) in memo else
+                      memo.setdefault((bench, spec), per_image(bench, label, spec)) for label, spec in models}
+              for bench in sets}
     base_label = models[0][0]
     for label, _ in models:
         entry = results["results"][label]

@@ -587,7 +587,10 @@ class VQAReward(LearnedReward):
 
         text = dict(_text_kwargs(spec, vocab_size), encoder_hidden_size=spec["vision"]["hidden_size"],
                     sep_token_id=_text_kwargs(spec, vocab_size)["eos_token_id"])
-        return BlipForImageTextRetrieval(BlipConfig(text_config=text, vision_config=_vision_kwargs(spec),
+        # BlipVisionConfig's default initializer_range (1e-10) suits loading weights, not
+        # training from scratch: a blind vision tower. Use the text tower's 0.02.
+        vision = dict(_vision_kwargs(spec), initializer_range=0.02)
+        return BlipForImageTextRetrieval(BlipConfig(text_config=text, vision_config=vision,
                                                     projection_dim=spec["projection_dim"],
                                                     image_text_hidden_size=spec["projection_dim"]))
 
@@ -769,10 +772,7 @@ def _pool(records: Sequence[dict], k: int, sample_images: Callable, rng: np.rand
             ims = sample_images(part, rng)
             lab = label_images(part, ims)
             for r, d in zip(part, lab["detections"]):
-                neg = perturb_prompt(r, neg_rng)
-                if neg is None:  # nothing to perturb: another training prompt (an easy negative)
-                    other = records[int(neg_rng.integers(len(records)))]
-                    neg = (parse_prompt(other["prompt"]), "other_prompt")
+                neg = hard_negative(r, records, neg_rng)
                 neg_records.append(neg[0])
                 neg_kinds.append(neg[1])
                 neg_align.append(alignment(neg[0], None, d))
@@ -783,6 +783,7 @@ def _pool(records: Sequence[dict], k: int, sample_images: Callable, rng: np.rand
             "alignment": np.concatenate([l["alignment"] for l in labels]),
             "aesthetic": np.concatenate([l["aesthetic"] for l in labels]),
             "utility": np.concatenate([l["utility"] for l in labels]),
+            "detections": [d for l in labels for d in l["detections"]],
             "neg_records": neg_records, "neg_kinds": neg_kinds, "neg_alignment": np.asarray(neg_align)}
 
 
@@ -860,32 +861,63 @@ def train_pref(model: PrefReward, pool: dict, k: int, rng: np.random.Generator, 
         (choice == 0) == (u[pairs[:, 0]] >= u[pairs[:, 1]]))))
 
 
+def vqa_targets(alignment: np.ndarray, targets: str = "binary") -> np.ndarray:
+    """P(yes) targets from the truth's alignment: ``binary`` (``>= MATCH_THRESHOLD``) or
+    ``soft`` (the alignment itself)."""
+    a = np.asarray(alignment, np.float64)
+    if targets == "binary":
+        return (a >= MATCH_THRESHOLD).astype(np.float64)
+    if targets == "soft":
+        return np.clip(a, 0.0, 1.0)
+    raise ValueError(f"unknown vqa targets {targets!r}; expected 'binary' or 'soft'")
+
+
+def hard_negative(record: dict, records: Sequence[dict], rng: np.random.Generator) -> tuple[dict, str]:
+    """``perturb_prompt(record)``, or another of ``records`` (an easy negative) when no
+    perturbation applies."""
+    neg = perturb_prompt(record, rng)
+    if neg is None:
+        neg = (parse_prompt(records[int(rng.integers(len(records)))]["prompt"]), "other_prompt")
+    return neg
+
+
 def train_vqa(model: VQAReward, pool: dict, rng: np.random.Generator, steps: int, batch_size: int, lr: float,
-              deadline: float, show: bool = True) -> dict:
+              deadline: float, show: bool = True, targets: str = "binary", negatives: int = 1) -> dict:
     """Matching-head cross-entropy of ``shapes-vqa`` on each pool image with its own prompt
-    and its hard negative, labels ``truth.alignment >= MATCH_THRESHOLD``."""
+    and ``negatives`` hard-negative prompts drawn afresh at every step, targets from
+    ``truth.alignment`` of the pair (``vqa_targets``, from the image's cached detections)."""
     import torch
-    import torch.nn.functional as F
+
+    from .truth import alignment
 
     images = torch.from_numpy(pool["images"])
-    pos_ids, pos_mask = model.tokenize([r["prompt"] for r in pool["records"]])
-    neg_ids, neg_mask = model.tokenize([r["prompt"] for r in pool["neg_records"]])
-    y_pos = torch.from_numpy((pool["alignment"] >= MATCH_THRESHOLD).astype(np.int64))
-    y_neg = torch.from_numpy((pool["neg_alignment"] >= MATCH_THRESHOLD).astype(np.int64))
+    records, dets = pool["records"], pool["detections"]
+    y_pos = vqa_targets(pool["alignment"], targets)
     batches = _batches(len(images), batch_size, rng)
+    seen = {"n": 0, "yes": 0.0}
     model.module.train()
 
     def loss_fn(step):
-        idx = torch.from_numpy(next(batches))
-        tokens = model.image_tokens(images_to_tensor(images[idx].numpy()))
-        tokens = torch.cat([tokens, tokens])
-        logits = model.match_logits(tokens, torch.cat([pos_ids[idx], neg_ids[idx]]),
-                                    torch.cat([pos_mask[idx], neg_mask[idx]]))
-        return F.cross_entropy(logits, torch.cat([y_pos[idx], y_neg[idx]]))
+        idx = next(batches)
+        prompts, y = [records[i]["prompt"] for i in idx], list(y_pos[idx])
+        for _ in range(negatives):
+            for i in idx:
+                neg, _ = hard_negative(records[i], records, rng)
+                prompts.append(neg["prompt"])
+                y.append(float(vqa_targets([alignment(neg, None, dets[i])], targets)[0]))
+        seen["n"] += len(y)
+        seen["yes"] += float(np.sum(y))
+        tokens = model.image_tokens(images_to_tensor(images[torch.from_numpy(idx)].numpy()))
+        ids, mask = model.tokenize(prompts)
+        logits = model.match_logits(torch.cat([tokens] * (1 + negatives)), ids, mask)
+        y = torch.tensor(y, dtype=logits.dtype)
+        logp = logits.log_softmax(-1)
+        return -(y * logp[:, 1] + (1 - y) * logp[:, 0]).mean()
 
     out = _fit(model.module.parameters(), loss_fn, steps, lr, deadline, "shapes-vqa (ITM)", show)
     model.module.eval()
-    return dict(out, examples=2 * len(images), yes_rate=float(torch.cat([y_pos, y_neg]).float().mean()))
+    return dict(out, examples=seen["n"], yes_rate=seen["yes"] / max(seen["n"], 1), targets=targets,
+                negatives_per_image=negatives)
 
 
 def train_aesthetic(model: AestheticReward, pool: dict, rng: np.random.Generator, steps: int, batch_size: int,
