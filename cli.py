@@ -240,6 +240,66 @@ def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates
         sys.exit(1)
 
 
+@main.group()
+def world():
+    """The embedded shapes world: build it from scratch, show its samples, check its artifacts."""
+
+
+@world.command(name="build", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def world_build(args):
+    """Train the world's VAE, both base models and the reward models (about 30 min on a CPU).
+
+    Keys: out, size, seed, vae_minutes, vae_steps, base_minutes, base_steps, reward_minutes,
+    eval_images, overwrite, quiet (key=value or --key value).
+    """
+    from capo.artifacts import ArtifactError
+    from capo.config import ConfigError, build
+    from capo.worlds.shapes import build as B
+
+    try:
+        cfg = build(B.WorldConfig, None, args)
+        res = B.run(cfg)
+    except (ConfigError, ValueError, ArtifactError) as e:
+        _fail(str(e))
+    figs = res.get("figures", {})
+    for kind in ("sdxl-like", "sd3-like"):
+        if kind in figs:
+            click.echo(f"{kind}: {figs[kind].get('quality')}")
+    click.echo(f"world: built in {res.get('seconds', 0):.0f}s, {res.get('total_mb')} MB")
+
+
+@world.command(name="show")
+@click.option("--model", default="shapes-sdxl", show_default=True)
+@click.option("--out", default="reports/world_shapes-sdxl.png", show_default=True)
+@click.option("--per-tag", default=4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def world_show(model, out, per_tag, seed):
+    """Write a PNG grid of a model's samples per GenEval tag, framed by the evaluator's verdict."""
+    from capo.models import ModelLoadError
+    from capo.worlds.shapes.build import show
+
+    try:
+        path = show(model, out, per_tag, seed)
+    except ModelLoadError as e:
+        _fail(str(e))
+    click.echo(f"world show: -> {path}")
+
+
+@world.command(name="verify")
+def world_verify():
+    """Check the shipped artifacts against their checksums."""
+    from capo.worlds.shapes import zoo
+    from capo.worlds.shapes.build import verify
+
+    if not (zoo.ARTIFACTS / "checksums.json").is_file():
+        _fail(f"{zoo.ARTIFACTS}: no shipped world (run `capo world build`)")
+    bad = verify(zoo.ARTIFACTS)
+    if bad:
+        _fail("shipped artifacts differ from checksums.json: " + "; ".join(bad[:10]))
+    click.echo(f"world: {zoo.ARTIFACTS} matches checksums.json")
+
+
 @main.command()
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="A `capo reproduce` experiment directory.")
 @click.option("--out", default=None, help="Write the markdown here (default: print it).")

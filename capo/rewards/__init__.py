@@ -42,3 +42,10 @@ REWARDS.register("aesthetic", "capo.rewards.real:aesthetic", "LAION improved aes
 REWARDS.register("clipscore", "capo.rewards.real:clipscore", "CLIPScore 2.5 * max(cos, 0), CLIP ViT-B/32 (Hessel et al.)")
 REWARDS.register("vqascore", "capo.rewards.real:vqascore", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base)")
 REWARDS.register("mps", "capo.rewards.real:mps", "MPS (Kwai-Kolors/MPS): unsupported, raises RewardLoadError explaining why")
+
+# The shapes world's reward models (capo.worlds.shapes.rewards): learned proxies trained
+# from scratch against the world's hidden truth, plus that truth itself for evaluation.
+REWARDS.register("shapes-pref", "capo.worlds.shapes.rewards:load_pref", "shapes world, MPS/PickScore analogue: tiny CLIP, BT-trained logit_scale * cos")
+REWARDS.register("shapes-vqa", "capo.worlds.shapes.rewards:load_vqa", "shapes world, VQAScore analogue: tiny BLIP image-text matching P(yes)")
+REWARDS.register("shapes-aesthetic", "capo.worlds.shapes.rewards:load_aesthetic", "shapes world, VILA analogue: image-only ViT regressor, ~1-10")
+REWARDS.register("shapes-gold", "capo.worlds.shapes.rewards:load_gold", "shapes world hidden truth (truth.utility): evaluation only, not learned")

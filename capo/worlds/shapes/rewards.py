@@ -271,6 +271,8 @@ def perturb_phrase(phrase: dict, kind: str, rng: np.random.Generator) -> dict | 
     elif kind == "change_count":
         i, c = opt
         nps[i]["count"] = c
+        if c > 1:  # "a square" -> "two squares": a number, as the text now reads
+            nps[i]["det"] = "number"
     elif kind == "change_shape":
         i, s = opt
         nps[i]["shape"] = s

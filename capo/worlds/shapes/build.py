@@ -1,0 +1,152 @@
+"""`capo world build` and `capo world show`: train the shapes world from scratch, and look at it.
+
+``build`` runs top to bottom, deterministically from a seed:
+
+1. a VAE (32x32x3 <-> 8x8x4) on rendered scenes;
+2. the SDXL-like base model (UNet, DDPM eps) and the SD3-like one (MM-DiT, rectified flow)
+   on VAE latents of rendered scenes with their captions;
+3. the reward models (preference, VQA, aesthetic) on simulated human choices;
+4. quality figures: per-tag GenEval-like accuracy of each base model (the world's
+   evaluator on held-out prompts), sampling speed, reward accuracy against the truth;
+
+and writes ``out/{sdxl-like,sd3-like}/`` (pipelines), ``out/rewards/<name>/``,
+``out/manifest.json`` (config, figures, versions) and ``out/checksums.json`` (sha256 of
+every file; the shipped artifacts are checked against it). The default ``out`` is the
+shipped location, so a rebuild replaces what ``--model shapes-sdxl`` loads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from capo import artifacts
+from capo.config import to_dict
+
+CHECKSUMS = "checksums.json"
+
+
+@dataclass
+class WorldConfig:
+    out: str | None = None  # default: the shipped location capo/worlds/shapes/artifacts
+    size: str = "default"  # default | tiny (tests)
+    seed: int = 0
+    vae_minutes: float = 3.0  # CPU budget of each part (minutes); steps cap it too
+    vae_steps: int = 3000
+    base_minutes: float = 9.0
+    base_steps: int = 20000
+    reward_minutes: float = 5.0
+    eval_images: int = 4  # images per held-out GenEval prompt for the quality figures
+    overwrite: bool = False
+    quiet: bool = False
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): artifacts.sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in (CHECKSUMS, artifacts.MANIFEST)}
+
+
+def verify(root: Path) -> list[str]:
+    """Files whose sha256 differs from ``checksums.json`` (or that are missing / extra)."""
+    want = artifacts.read_json(root / CHECKSUMS)
+    have = checksums(root)
+    bad = [f"{k}: expected {v[:12]}, got {have[k][:12]}" for k, v in want.items() if k in have and have[k] != v]
+    bad += [f"{k}: missing" for k in want if k not in have]
+    bad += [f"{k}: not in {CHECKSUMS}" for k in have if k not in want]
+    return bad
+
+
+def quality(pipe, records: list[dict], n: int, seed: int = 0) -> dict:
+    """GenEval-like per-tag accuracy of a base model by the world's evaluator."""
+    from capo.eval.geneval import evaluate_image, summarize
+    from capo.stages.generate import item_seed
+
+    from .evaluator import detect_batch
+
+    prompts = [r["prompt"] for r in records for _ in range(n)]
+    seeds = [item_seed(seed, r.get("id", r["prompt"]), k) for r in records for k in range(n)]
+    t0 = time.time()
+    images, _ = pipe.sample(prompts, seeds)
+    dt = time.time() - t0
+    dets = detect_batch(images)
+    rows = [{"tag": r["tag"], "correct": evaluate_image(r, d)[0], "prompt_id": r.get("id", r["prompt"])}
+            for r, d in zip([r for r in records for _ in range(n)], dets)]
+    s = summarize(rows)
+    return {"geneval_overall": round(s["overall"], 4), "geneval_tags": {k: round(v, 4) for k, v in s["tags"].items()},
+            "images": len(images), "images_per_s": round(len(images) / dt, 2)}
+
+
+def run(cfg: WorldConfig) -> dict:
+    from . import zoo
+    from .grammar import prompt_sets
+    from .pretrain import train_base, train_vae
+    from .rewards import train_rewards
+
+    t0 = time.time()
+    out = Path(cfg.out) if cfg.out else zoo.ARTIFACTS
+    manifest = artifacts.make_manifest("world-build", to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}, {})
+    if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
+        return artifacts.read_json(out / artifacts.MANIFEST)
+    say = (lambda m: None) if cfg.quiet else (lambda m: print(f"world [{time.time() - t0:6.0f}s] {m}", flush=True))
+    figures: dict = {}
+    say("VAE")
+    vae, figures["vae"] = train_vae(size=cfg.size, steps=cfg.vae_steps, max_minutes=cfg.vae_minutes, seed=cfg.seed,
+                                    progress=not cfg.quiet)
+    held_out = prompt_sets(seed=cfg.seed, distinct=True)["geneval"]
+    for kind in ("sdxl-like", "sd3-like"):
+        say(f"base model {kind}")
+        pipe, figures[kind] = train_base(kind, vae, size=cfg.size, steps=cfg.base_steps, max_minutes=cfg.base_minutes,
+                                         seed=cfg.seed, progress=not cfg.quiet)
+        pipe.save_pretrained(out / kind)
+        figures[kind]["quality"] = quality(pipe, held_out, cfg.eval_images, cfg.seed)
+        say(f"{kind}: {figures[kind]['quality']}")
+    say("reward models")
+    figures["rewards"] = train_rewards(out / "rewards", seed=cfg.seed, minutes=cfg.reward_minutes, size=cfg.size)
+    artifacts.write_json(out / CHECKSUMS, checksums(out))
+    size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
+    return artifacts.finish(out, manifest, figures=figures, total_mb=round(size_mb, 2),
+                            seconds=round(time.time() - t0, 1))
+
+
+def show(model: str, out: str, per_tag: int = 4, seed: int = 0) -> Path:
+    """A PNG grid of ``model``'s samples, one row per GenEval tag, each image framed green
+    (the evaluator says correct) or red (wrong), with the prompt above it."""
+    from PIL import Image, ImageDraw
+
+    from capo.eval.geneval import evaluate_image
+    from capo.models import load_model
+    from capo.stages.generate import item_seed
+
+    from .evaluator import detect_batch
+    from .grammar import prompt_sets
+
+    held = prompt_sets(seed=seed, distinct=True)["geneval"]
+    tags = list(dict.fromkeys(r["tag"] for r in held))
+    chosen = [[r for r in held if r["tag"] == t][:per_tag] for t in tags]
+    flat = [r for row in chosen for r in row]
+    pipe = load_model(model)
+    images, _ = pipe.sample([r["prompt"] for r in flat], [item_seed(seed, r["id"], 0) for r in flat])
+    verdicts = [evaluate_image(r, d)[0] for r, d in zip(flat, detect_batch(images))]
+    cell, pad, text_h, label_w = 128, 6, 26, 110
+    W = label_w + per_tag * (cell + pad)
+    H = len(tags) * (cell + text_h + pad)
+    canvas = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    i = 0
+    for row, (tag, recs) in enumerate(zip(tags, chosen)):
+        y = row * (cell + text_h + pad)
+        draw.text((4, y + text_h + cell // 2 - 6), tag, fill="black")
+        for col, r in enumerate(recs):
+            x = label_w + col * (cell + pad)
+            words = r["prompt"].removeprefix("a photo of ")
+            draw.text((x, y), words[:22], fill="black")
+            draw.text((x, y + 12), words[22:44], fill="black")
+            canvas.paste(Image.fromarray(images[i]).resize((cell - 6, cell - 6), Image.NEAREST), (x + 3, y + text_h + 3))
+            draw.rectangle([x, y + text_h, x + cell - 1, y + text_h + cell - 1], outline="green" if verdicts[i] else "red",
+                           width=3)
+            i += 1
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return Path(out)
+
