@@ -34,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
+from capo.eval.geneval import relative_position  # GenEval's rule: one implementation for every world
+
 from .render import SUPERSAMPLE, coverage
 from .scene import BACKGROUND, COLORS, EXTENTS, FILL, SHADE, SHAPES, TEXTURE_PERIOD, TEXTURES
 
@@ -227,43 +229,12 @@ def _describe(diff: np.ndarray, labels: np.ndarray, k: int, side: float, noise: 
 
 # --------------------------------------------------------------------------- relations
 
-GENEVAL_POSITION_THRESHOLD = 0.1  # GenEval's default --options position_threshold
 GENEVAL_THRESHOLD = 0.3  # GenEval's default detection-score threshold ...
 GENEVAL_COUNTING_THRESHOLD = 0.9  # ... and the stricter one for its "counting" tag
 COMPBENCH_IOU_THRESHOLD = 0.1  # T2I-CompBench determine_position defaults
 COMPBENCH_NEXT_TO = 150 / 512  # its distance_threshold (150 px on 512 px images), as a fraction
 COUNTING_TAGS = ("counting", "numeracy")
 ATTRIBUTES = ("color", "texture", "size")
-
-
-def relative_position(box_a: Sequence[float], box_b: Sequence[float],
-                      threshold: float = GENEVAL_POSITION_THRESHOLD) -> set[str]:
-    """Relations of box A to box B, GenEval's rule (``relative_position`` in
-    ``evaluation/evaluate_images.py`` of djghosh13/geneval): the offset between the box
-    centres is shrunk on each axis by ``threshold`` times the sum of the two boxes'
-    sizes on that axis (floored at 0, sign kept), divided by the unshrunk offset's
-    length; A is "left of" B when the x component is < -0.5, "right of" when > 0.5,
-    "above" when y < -0.5, "below" when y > 0.5 (y points down). Empty when the shrunk
-    offset vanishes."""
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = box_a[:4], box_b[:4]
-    ox, oy = (ax0 + ax1) / 2 - (bx0 + bx1) / 2, (ay0 + ay1) / 2 - (by0 + by1) / 2  # centre offset
-    wx, wy = abs(ax1 - ax0) + abs(bx1 - bx0), abs(ay1 - ay0) + abs(by1 - by0)  # summed dimensions
-    rx = math.copysign(max(abs(ox) - threshold * wx, 0.0), ox)
-    ry = math.copysign(max(abs(oy) - threshold * wy, 0.0), oy)
-    if abs(rx) < 1e-3 and abs(ry) < 1e-3:
-        return set()
-    norm = math.hypot(ox, oy)
-    dx, dy = rx / norm, ry / norm
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
 
 
 def compbench_position(relation: str, box_a: Sequence[float], box_b: Sequence[float], side: float = 1.0,
@@ -277,26 +248,17 @@ def compbench_position(relation: str, box_a: Sequence[float], box_b: Sequence[fl
     either centre distance is below ``next_to`` (a fraction of ``side``) and decays as
     ``next_to / distance`` beyond. Relations are named as in GenEval ("above" = CompBench's
     "on the top of", "below" = "on the bottom of")."""
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = box_a[:4], box_b[:4]
-    dx = (bx0 + bx1) / 2 - (ax0 + ax1) / 2  # B's centre minus A's, as CompBench's x_distance
-    dy = (by0 + by1) / 2 - (ay0 + ay1) / 2
-    ix = max(0.0, min(ax1, bx1) - max(ax0, bx0))
-    iy = max(0.0, min(ay1, by1) - max(ay0, by0))
-    inter = ix * iy
-    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
-    iou = inter / union if union > 0 else 0.0
-    if relation == "next to":
-        limit = next_to * side
-        if abs(dx) < limit or abs(dy) < limit:
-            return 1.0
-        return limit / max(abs(dx), abs(dy))
-    direction = {"left of": dx > 0, "right of": dx < 0, "above": dy > 0, "below": dy < 0}
-    if relation not in direction:
+    from capo.eval.t2i_compbench import determine_position  # CompBench's rule: one implementation
+
+    if relation not in LOCALITY:
         raise ValueError(f"unknown relation {relation!r}")
-    along, across = (abs(dx), abs(dy)) if relation in ("left of", "right of") else (abs(dy), abs(dx))
-    if not direction[relation] or along <= across:
-        return 0.0
-    return 1.0 if iou < iou_threshold else iou_threshold / iou
+    return determine_position(LOCALITY[relation], box_a, box_b, iou_threshold=iou_threshold,
+                              distance_threshold=next_to * side)
+
+
+# GenEval's relation names -> T2I-CompBench's localities
+LOCALITY = {"left of": "on the left of", "right of": "on the right of", "above": "on the top of",
+            "below": "on the bottom of", "next to": "next to"}
 
 
 def _holds(relation: str, box_a, box_b, side: float) -> bool:
