@@ -24,3 +24,16 @@ def accelerator(**kwargs):
     from accelerate import Accelerator
 
     return Accelerator(cpu=on_cpu(), **kwargs)
+
+
+def prepare_out_dir(state, out_dir, manifest: dict, overwrite: bool) -> bool:
+    """``artifacts.prepare_out_dir`` on the main process only, then every process learns
+    whether the run is already complete (True: nothing to do)."""
+    from pathlib import Path
+
+    from capo import artifacts
+
+    if state.is_main_process:
+        artifacts.prepare_out_dir(out_dir, manifest, overwrite)
+    state.wait_for_everyone()
+    return bool(artifacts.read_json(Path(out_dir) / artifacts.MANIFEST).get("complete", False))

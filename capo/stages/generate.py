@@ -32,7 +32,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import to_dict
-from capo.dist import partial_state
+from capo.dist import partial_state, prepare_out_dir
 from capo.progress import progress
 
 
@@ -87,12 +87,7 @@ def run(cfg: GenerateConfig) -> dict:
         "prompts": {"path": cfg.prompts, "sha256": records_fingerprint(records)},
     })
     out = Path(cfg.out)
-    if state.is_main_process:
-        done = artifacts.prepare_out_dir(out, manifest, cfg.overwrite)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        done = artifacts.read_json(out / artifacts.MANIFEST).get("complete", False)
-    if done:
+    if prepare_out_dir(state, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
     if state.is_main_process and not (out / "prompts.jsonl").is_file():
         artifacts.write_text(out / "prompts.jsonl", "".join(

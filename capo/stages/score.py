@@ -18,7 +18,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import to_dict
-from capo.dist import partial_state
+from capo.dist import partial_state, prepare_out_dir
 from capo.progress import progress
 
 
@@ -85,12 +85,7 @@ def run(cfg: ScoreConfig) -> dict:
         if cfg.reward_paths.get(name):
             inputs["reward_weights"] = cfg.reward_paths[name]
         manifest = artifacts.make_manifest("score", config, inputs)
-        if state.is_main_process:
-            done = artifacts.prepare_out_dir(rdir, manifest, cfg.overwrite)
-        state.wait_for_everyone()
-        if not state.is_main_process:
-            done = artifacts.read_json(rdir / artifacts.MANIFEST).get("complete", False)
-        if done:
+        if prepare_out_dir(state, rdir, manifest, cfg.overwrite):
             results[name] = {"table": str(rdir / "scores.parquet"), "skipped": True}
             continue
         kwargs = {"path": cfg.reward_paths[name]} if cfg.reward_paths.get(name) else {}

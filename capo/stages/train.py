@@ -35,6 +35,7 @@ import numpy as np
 from capo import artifacts
 from capo.config import to_dict
 from capo.dist import accelerator as make_accelerator
+from capo.dist import prepare_out_dir
 from capo.progress import progress
 
 
@@ -261,10 +262,7 @@ def run(cfg: TrainConfig) -> dict:
         "samples": {"path": str(samples), "sha256": sm["run_key"]},
     }, processes=accelerator.num_processes)
     manifest["config"]["effective_batch_pairs"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-    if accelerator.is_main_process:
-        done = artifacts.prepare_out_dir(out, manifest, cfg.overwrite)
-    accelerator.wait_for_everyone()
-    if artifacts.read_json(out / artifacts.MANIFEST).get("complete"):
+    if prepare_out_dir(accelerator, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
     set_seed(cfg.seed)
