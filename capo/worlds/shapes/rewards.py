@@ -864,14 +864,18 @@ def train_pref(model: PrefReward, pool: dict, k: int, rng: np.random.Generator, 
 
 
 def vqa_targets(alignment: np.ndarray, targets: str = "binary") -> np.ndarray:
-    """P(yes) targets from the truth's alignment: ``binary`` (``>= MATCH_THRESHOLD``) or
-    ``soft`` (the alignment itself)."""
+    """P(yes) targets from the truth's alignment ``a``: ``binary`` (``a >=
+    MATCH_THRESHOLD``), ``ramp`` (a rater answering "yes" with probability rising linearly
+    from 0 at ``a = 2 * MATCH_THRESHOLD - 1`` through 1/2 at the threshold to 1 at
+    ``a = 1``) or ``soft`` (``a`` itself)."""
     a = np.asarray(alignment, np.float64)
     if targets == "binary":
         return (a >= MATCH_THRESHOLD).astype(np.float64)
+    if targets == "ramp":
+        return np.clip((a - (2 * MATCH_THRESHOLD - 1)) / (2 * (1 - MATCH_THRESHOLD)), 0.0, 1.0)
     if targets == "soft":
         return np.clip(a, 0.0, 1.0)
-    raise ValueError(f"unknown vqa targets {targets!r}; expected 'binary' or 'soft'")
+    raise ValueError(f"unknown vqa targets {targets!r}; expected 'binary', 'ramp' or 'soft'")
 
 
 def hard_negative(record: dict, records: Sequence[dict], rng: np.random.Generator) -> tuple[dict, str]:
