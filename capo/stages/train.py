@@ -320,6 +320,14 @@ def run(cfg: TrainConfig) -> dict:
             return errors(reference, x_t, t_model, hidden, pooled, terms, eps)
 
     metrics_f = out / "metrics.jsonl"
+    tb = None
+    if accelerator.is_main_process:
+        try:  # TensorBoard beside the JSONL log when the tensorboard package is installed
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            tb = None
     world, rank, B = accelerator.num_processes, accelerator.process_index, cfg.batch_size
     bar = progress(total=cfg.steps, initial=step, desc="train", unit="step",
                    disable=cfg.quiet or not accelerator.is_local_main_process)
@@ -383,6 +391,11 @@ def run(cfg: TrainConfig) -> dict:
             if accelerator.is_main_process:
                 with open(metrics_f, "a") as f:
                     f.write(json.dumps(rec) + "\n")
+                if tb is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            tb.add_scalar(f"train/{k}", v, step)
+                    tb.flush()
                 bar.set_postfix(loss=rec["loss"], acc=rec["implicit_acc"])
             window, grad_norms, t_window = [], [], time.time()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
