@@ -224,4 +224,19 @@ def test_train_rewards_is_deterministic_in_the_seed(tmp_path, images):
     b = R.train_rewards(tmp_path / "b", seed=1, minutes=1, size="tiny", show_progress=False, **small)
     assert a["heldout"]["pairwise_agreement"] == b["heldout"]["pairwise_agreement"]
     for name in R.LEARNED:
-        assert (tmp_path / "a" / name / R.WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / name / R.WEIGHTS_NAME).read_bytes()
+        weights = [(tmp_path / run / name / R.WEIGHTS_NAME).read_bytes() for run in ("a", "b")]
+        assert weights[0] == weights[1]
+
+
+def test_pipeline_and_mixed_samplers(tmp_path):
+    from conftest import build_tiny
+
+    from capo.worlds.shapes.pipeline import ShapesPipeline
+
+    pipe = ShapesPipeline.from_pretrained(build_tiny(tmp_path / "base"))
+    records = [R.parse_prompt(p) for p in PROMPTS] * 2
+    mixed = R.mixed_sampler([R.render_sampler(), R.pipeline_sampler(pipe, steps=2)], [0.5, 0.5])
+    a, b = mixed(records, np.random.default_rng(0)), mixed(records, np.random.default_rng(0))
+    assert a.dtype == np.uint8 and a.shape == (len(records), 32, 32, 3)
+    np.testing.assert_array_equal(a, b)
+    assert "base model" in mixed.description

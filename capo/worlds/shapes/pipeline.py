@@ -48,8 +48,8 @@ DENOISER_DIR = {"sdxl-like": "unet", "sd3-like": "transformer"}
 CONFIG_NAME = "capo_pipeline.json"
 
 # Default sampler settings (chosen for >= 10 img/s at batch 64 on a 2-core CPU).
-DEFAULT_STEPS = {"sdxl-like": 15, "sd3-like": 20}
-DEFAULT_GUIDANCE = {"sdxl-like": 5.0, "sd3-like": 5.0}
+DEFAULT_STEPS = {"sdxl-like": 20, "sd3-like": 20}
+DEFAULT_GUIDANCE = {"sdxl-like": 2.0, "sd3-like": 2.0}
 DEFAULT_BATCH_SIZE = 64
 
 # SDXL's scaled-linear beta schedule.

@@ -30,9 +30,10 @@ step counts (not the time budget) bind:
   images of a prompt, the winner drawn by a simulated rater exactly as
   ``truth.simulate_choices`` draws it (``P(a) = sigmoid((u_a - u_b) / 0.1)``);
 - ``shapes-vqa``: cross-entropy of the matching head on each image's own prompt and one
-  hard-negative prompt (``perturb_prompt``); the label of every (image, prompt) pair is
-  "yes" iff ``truth.alignment >= MATCH_THRESHOLD`` (a perturbed prompt that still
-  matches is a "yes"; a degraded image of the right prompt may be a "no");
+  hard-negative prompt (``perturb_prompt``, drawn afresh at every step); the label of
+  every (image, prompt) pair is "yes" iff ``truth.alignment >= MATCH_THRESHOLD`` (a
+  perturbed prompt that still matches is a "yes"; a degraded image of the right prompt
+  may be a "no"). ``vqa_targets`` also offers graded targets (not the default);
 - ``shapes-aesthetic``: squared error to ``1 + 9 * (truth.aesthetic + noise)``, noise
   ``N(0, AESTHETIC_LABEL_NOISE)`` standing in for raters' disagreement.
 
@@ -75,7 +76,6 @@ MATCH_THRESHOLD = 0.8  # truth.alignment at or above which an (image, prompt) pa
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_BATCH_SIZE = 256
-SIZES_ = ("tiny", "default")
 
 # Tower sizes. Vision: ViT on 32x32 with 4x4 patches (64 patches + CLS). Text: over the
 # world's word-level vocabulary, MAX_LENGTH tokens.
@@ -97,7 +97,8 @@ PATCH_SIZE = 4
 # Relation prompts have two nps in text order, "A <relation> B".
 
 _STYLE_WORDS = {"raw": {r: r for r in RELATIONS}, "spatial": SPATIAL_WORDS, "complex": COMPLEX_WORDS}
-_REL_PHRASES = sorted({tuple(words.split()): rel for table in _STYLE_WORDS.values() for rel, words in table.items()}.items(),
+_REL_PHRASES = sorted({tuple(words.split()): rel for table in _STYLE_WORDS.values()
+                       for rel, words in table.items()}.items(),
                       key=lambda kv: -len(kv[0]))
 _REL_START = {words[0] for words, _ in _REL_PHRASES}
 _ATTR_VALUES = {"size": SIZES, "texture": TEXTURES, "color": tuple(COLORS)}
@@ -438,10 +439,18 @@ def images_to_tensor(images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def _vocab_size(vocab: Sequence[str]) -> int:
+    """Token ids of ``models.build_tokenizer(vocab)``: the special tokens plus the distinct words."""
+    from .models import SPECIAL_TOKENS
+
+    return len(SPECIAL_TOKENS) + len({w.lower() for w in vocab} - set(SPECIAL_TOKENS))
+
+
 class LearnedReward:
     """Base of the learned rewards: a torch module, its build spec and the world's
     word-level tokenizer. Subclasses define ``name``, ``bt_transform``, ``_build`` and
-    ``score`` (differentiable raw score of tensors, used in training too)."""
+    ``score`` (differentiable raw score of tensors, used in training too). ``device``:
+    default CUDA if available; scoring is batched (``batch_size``) under ``no_grad``."""
 
     name = ""
     bt_transform = ""
@@ -457,17 +466,19 @@ class LearnedReward:
         self.vocab = list(vocab)
         self.info = dict(info or {})
         self.batch_size = int(batch_size)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module = module.to(self.device).eval()
         self.tokenizer = build_tokenizer(self.vocab)
 
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, size: str = "default", vocab: Sequence[str] = VOCAB, **kwargs) -> "LearnedReward":
-        """Fresh (randomly initialised, under the caller's torch seed) model of ``size``."""
+        """Fresh (randomly initialised, under the caller's torch seed) model of ``size``, on
+        the CPU unless ``device`` is given (training here is CPU code)."""
         _check_size(size)
+        kwargs.setdefault("device", "cpu")
         spec = dict(MODEL_CONFIGS[size], size=size)
-        return cls(cls._build(spec, len(vocab) + 4), spec, vocab, **kwargs)
+        return cls(cls._build(spec, _vocab_size(vocab)), spec, vocab, **kwargs)
 
     @staticmethod
     def _build(spec: dict, vocab_size: int):
@@ -534,7 +545,7 @@ class LearnedReward:
         cfg = json.loads((d / CONFIG_NAME).read_text())
         if cfg.get("name") != cls.name:
             raise ValueError(f"{d} holds reward model {cfg.get('name')!r}, not {cls.name!r}")
-        module = cls._build(cfg["spec"], len(cfg["vocab"]) + 4)
+        module = cls._build(cfg["spec"], _vocab_size(cfg["vocab"]))
         module.load_state_dict(load_file(str(d / WEIGHTS_NAME)), strict=True)
         return cls(module, cfg["spec"], cfg["vocab"], device=device, batch_size=batch_size, info=cfg.get("info"))
 
@@ -1050,10 +1061,10 @@ TRAIN_DEFAULTS = {
     # per size: data and steps. Step counts bind on an idle 2-core CPU; ``minutes`` is a cap.
     "tiny": dict(n_records=48, images_per_record=3, n_eval_records=24, eval_images_per_record=2,
                  steps={PREF: 30, VQA: 30, AESTHETIC: 30}, batch_size={PREF: 16, VQA: 16, AESTHETIC: 32},
-                 lr={PREF: 2e-3, VQA: 2e-3, AESTHETIC: 2e-3}),
+                 lr={PREF: 2e-3, VQA: 2e-3, AESTHETIC: 2e-3}, vqa_targets="binary", vqa_negatives=1),
     "default": dict(n_records=2500, images_per_record=3, n_eval_records=600, eval_images_per_record=2,
                     steps={PREF: 450, VQA: 450, AESTHETIC: 300}, batch_size={PREF: 64, VQA: 64, AESTHETIC: 128},
-                    lr={PREF: 1e-3, VQA: 1e-3, AESTHETIC: 1e-3}),
+                    lr={PREF: 1e-3, VQA: 1e-3, AESTHETIC: 1e-3}, vqa_targets="binary", vqa_negatives=1),
 }
 # Shares of ``minutes`` per phase (data generation and labelling, each model, evaluation).
 TIME_SHARES = {"data": 0.15, PREF: 0.33, VQA: 0.28, AESTHETIC: 0.19, "eval": 0.05}
@@ -1073,7 +1084,8 @@ def train_rewards(out_dir, seed: int = 0, minutes: float = 5.0, size: str = "def
     ``out_dir/<name>/`` and the figures to ``out_dir/figures.json``; return the figures.
 
     Deterministic in ``seed`` (torch seeds and numpy Generators derived from it) as long
-    as the step counts bind, not ``minutes`` (a wall-clock cap, split by ``TIME_SHARES``).
+    as the step counts bind, not ``minutes`` (a wall-clock cap on each model's training,
+    ``TIME_SHARES`` of it; data generation and evaluation are never cut).
     ``sample_images(records, rng)`` draws the images (default ``render_sampler()``);
     ``base`` (a ``ShapesPipeline`` or its directory) mixes in that base model's samples
     with probability ``base_fraction``. Training prompts are
@@ -1120,7 +1132,8 @@ def train_rewards(out_dir, seed: int = 0, minutes: float = 5.0, size: str = "def
     with _torch_threads(threads):
         t0 = time.monotonic()
         train_records = prompt_sets(prompt_seed)["train"]
-        train_records = [train_records[i] for i in np.sort(rng_train.permutation(len(train_records))[:cfg["n_records"]])]
+        chosen = np.sort(rng_train.permutation(len(train_records))[:cfg["n_records"]])
+        train_records = [train_records[i] for i in chosen]
         k = cfg["images_per_record"]
         pool = _pool(train_records, k, sample_images, rng_train, rng_neg, "reward data (train)", show_progress)
         eval_records = _heldout_records(prompt_seed, cfg["n_eval_records"], rng_eval)
@@ -1129,7 +1142,8 @@ def train_rewards(out_dir, seed: int = 0, minutes: float = 5.0, size: str = "def
                         show_progress)
         data = {"source": source, "train_records": len(train_records), "images_per_record": k,
                 "train_images": int(len(pool["images"])), "eval_records": len(eval_records),
-                "eval_images": int(len(heldout["images"])), "train_prompts_distinct": len({r["prompt"] for r in train_records}),
+                "eval_images": int(len(heldout["images"])),
+                "train_prompts_distinct": len({r["prompt"] for r in train_records}),
                 "train_alignment_mean": float(pool["alignment"].mean()),
                 "train_aesthetic_mean": float(pool["aesthetic"].mean()),
                 "seconds": round(time.monotonic() - t0, 1)}
@@ -1139,7 +1153,8 @@ def train_rewards(out_dir, seed: int = 0, minutes: float = 5.0, size: str = "def
             PREF: lambda m, dl: train_pref(m, pool, k, rng_pref, cfg["steps"][PREF], cfg["batch_size"][PREF],
                                            cfg["lr"][PREF], dl, show_progress),
             VQA: lambda m, dl: train_vqa(m, pool, rng_vqa, cfg["steps"][VQA], cfg["batch_size"][VQA],
-                                         cfg["lr"][VQA], dl, show_progress),
+                                         cfg["lr"][VQA], dl, show_progress, targets=cfg["vqa_targets"],
+                                         negatives=cfg["vqa_negatives"]),
             AESTHETIC: lambda m, dl: train_aesthetic(m, pool, rng_aes, cfg["steps"][AESTHETIC],
                                                      cfg["batch_size"][AESTHETIC], cfg["lr"][AESTHETIC], dl,
                                                      show_progress),
