@@ -37,6 +37,9 @@ class WorldConfig:
     base_minutes: float = 9.0
     base_steps: int = 20000
     reward_minutes: float = 5.0
+    init: str | None = None  # warm start: a directory with sdxl-like/ and sd3-like/ pipelines (their VAE too)
+    reward_base_fraction: float = 0.3  # share of reward-training images sampled from the SDXL-like base model
+    half: bool = True  # store weights in float16 (halves the shipped size; models compute in float32)
     eval_images: int = 4  # images per held-out GenEval prompt for the quality figures
     overwrite: bool = False
     quiet: bool = False
@@ -78,6 +81,8 @@ def quality(pipe, records: list[dict], n: int, seed: int = 0) -> dict:
 
 
 def run(cfg: WorldConfig) -> dict:
+    import torch
+
     from . import zoo
     from .grammar import prompt_sets
     from .pretrain import train_base, train_vae
@@ -90,19 +95,36 @@ def run(cfg: WorldConfig) -> dict:
         return artifacts.read_json(out / artifacts.MANIFEST)
     say = (lambda m: None) if cfg.quiet else (lambda m: print(f"world [{time.time() - t0:6.0f}s] {m}", flush=True))
     figures: dict = {}
-    say("VAE")
-    vae, figures["vae"] = train_vae(size=cfg.size, steps=cfg.vae_steps, max_minutes=cfg.vae_minutes, seed=cfg.seed,
-                                    progress=not cfg.quiet)
+    pipes = {}
+    if cfg.init:
+        from .pipeline import ShapesPipeline
+
+        pipes = {k: ShapesPipeline.from_pretrained(Path(cfg.init) / k) for k in ("sdxl-like", "sd3-like")}
+        vae, figures["vae"] = pipes["sdxl-like"].vae, {"init": str(cfg.init)}
+    else:
+        say("VAE")
+        vae, figures["vae"] = train_vae(size=cfg.size, steps=cfg.vae_steps, max_minutes=cfg.vae_minutes,
+                                        seed=cfg.seed, progress=not cfg.quiet)
     held_out = prompt_sets(seed=cfg.seed, distinct=True)["geneval"]
     for kind in ("sdxl-like", "sd3-like"):
-        say(f"base model {kind}")
-        pipe, figures[kind] = train_base(kind, vae, size=cfg.size, steps=cfg.base_steps, max_minutes=cfg.base_minutes,
-                                         seed=cfg.seed, progress=not cfg.quiet)
-        pipe.save_pretrained(out / kind)
+        if cfg.base_steps > 0 and cfg.base_minutes > 0:
+            say(f"base model {kind}")
+            pipe, figures[kind] = train_base(kind, vae, size=cfg.size, steps=cfg.base_steps,
+                                             max_minutes=cfg.base_minutes, seed=cfg.seed, progress=not cfg.quiet,
+                                             pipe=pipes.get(kind))
+        else:
+            pipe, figures[kind] = pipes[kind], {"init": str(cfg.init), "steps": 0}
+        if cfg.half:  # what is shipped is the float16 rounding; measure that
+            pipe.to(dtype=torch.float16).save_pretrained(out / kind)
+            pipe.to(dtype=torch.float32)
+        else:
+            pipe.save_pretrained(out / kind)
         figures[kind]["quality"] = quality(pipe, held_out, cfg.eval_images, cfg.seed)
         say(f"{kind}: {figures[kind]['quality']}")
     say("reward models")
-    figures["rewards"] = train_rewards(out / "rewards", seed=cfg.seed, minutes=cfg.reward_minutes, size=cfg.size)
+    figures["rewards"] = train_rewards(out / "rewards", seed=cfg.seed, minutes=cfg.reward_minutes, size=cfg.size,
+                                       base=out / "sdxl-like" if cfg.reward_base_fraction > 0 else None,
+                                       base_fraction=cfg.reward_base_fraction, prompt_seed=cfg.seed)
     artifacts.write_json(out / CHECKSUMS, checksums(out))
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     return artifacts.finish(out, manifest, figures=figures, total_mb=round(size_mb, 2),

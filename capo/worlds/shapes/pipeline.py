@@ -247,9 +247,10 @@ class ShapesPipeline:
         den_cls = UNet2DConditionModel if kind == "sdxl-like" else SD3Transformer2DModel
         pipe = cls(
             tokenizer=PreTrainedTokenizerFast.from_pretrained(d / "tokenizer"),
-            text_encoder=CLIPTextModel.from_pretrained(d / "text_encoder"),
-            vae=AutoencoderKL.from_pretrained(d / "vae"),
-            denoiser=den_cls.from_pretrained(d / den),
+            # weights may be stored in float16 (the shipped world is); compute in float32
+            text_encoder=CLIPTextModel.from_pretrained(d / "text_encoder", dtype=torch.float32),
+            vae=AutoencoderKL.from_pretrained(d / "vae", torch_dtype=torch.float32),
+            denoiser=den_cls.from_pretrained(d / den, torch_dtype=torch.float32),
             kind=kind, scheduler_config=cfg["scheduler"],
             default_steps=cfg["default_steps"], default_guidance=cfg["default_guidance"])
         return pipe.eval()

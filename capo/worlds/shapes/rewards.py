@@ -1088,7 +1088,10 @@ def train_rewards(out_dir, seed: int = 0, minutes: float = 5.0, size: str = "def
     ``TIME_SHARES`` of it; data generation and evaluation are never cut).
     ``sample_images(records, rng)`` draws the images (default ``render_sampler()``);
     ``base`` (a ``ShapesPipeline`` or its directory) mixes in that base model's samples
-    with probability ``base_fraction``. Training prompts are
+    with probability ``base_fraction`` (slow: a default-size base model samples ~20
+    images/s on one CPU thread, so 0.3 of the default pool adds about 3 minutes; proxies
+    trained on renders alone score the base model's own samples close to chance, see the
+    figures of a run with and without). Training prompts are
     ``prompt_sets(prompt_seed)["train"]``; held-out prompts are drawn from its other sets.
     ``overrides`` replace entries of ``TRAIN_DEFAULTS[size]`` (e.g. ``n_records=500``,
     ``steps={...}``). ``threads``: torch threads while training (1 is fastest on a

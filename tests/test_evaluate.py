@@ -1,0 +1,80 @@
+"""`capo eval` and `capo compare` on tiny models: pairing by seed, win-rates, deltas, gates."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from capo.report import check_gates, compare_metrics, parse_gate
+from capo.stages import evaluate, train
+from cli import main
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_chain, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "t"
+    train.run(train.TrainConfig(model=str(tiny_chain / "base"), pairs=str(tiny_chain / "pairs-frs"), out=str(out),
+                                steps=3, batch_size=2, lr=1e-2, beta=50.0, quiet=True))
+    return out / "final"
+
+
+def test_a_model_against_itself_ties_everywhere(tiny_chain, tmp_path):
+    """Same per-item seeds -> identical images -> every comparison a tie: win-rate exactly 50 %,
+    score and GenEval deltas exactly 0 (this fails if seeds or pairing drift)."""
+    base = str(tiny_chain / "base")
+    res = evaluate.run(evaluate.EvalConfig(models=[f"a={base}", f"b={base}"], out=str(tmp_path / "e"), limit=3, n=2,
+                                           benchmarks=["winrate", "geneval"], rewards=["toy-bright", "toy-red"]))
+    w = res["results"]["b"]["winrate"]["toy-bright"]
+    assert w["win_rate"] == 50.0 and w["ties"] == 6 and w["ci_low"] == 50.0 and w["score_delta"] == 0.0
+    assert res["results"]["b"]["geneval_delta"]["overall"]["delta"] == 0.0
+    files = json.loads((tmp_path / "e" / "results" / "b" / "winrate.json").read_text())
+    assert files["result"]["toy-red"]["n_images"] == 6 and files["prompt_sets"] == ["shapes:geneval"]
+
+
+def test_eval_pairs_images_by_prompt_and_seed(tiny_chain, tuned, tmp_path):
+    import pandas as pd
+
+    res = evaluate.run(evaluate.EvalConfig(models=[f"base={tiny_chain / 'base'}", f"tuned={tuned}"],
+                                           out=str(tmp_path / "e"), limit=4, n=2, benchmarks=["winrate", "compbench"],
+                                           compbench_prompts=["shapes:compbench:color"], rewards=["toy-red"]))
+    a = pd.read_parquet(tmp_path / "e" / "results" / "base" / "winrate_per_image.parquet")
+    b = pd.read_parquet(tmp_path / "e" / "results" / "tuned" / "winrate_per_image.parquet")
+    m = a.merge(b, on=["prompt_id", "sample_id"], suffixes=("_a", "_b"))
+    assert len(m) == 8
+    w = res["results"]["tuned"]["winrate"]["toy-red"]
+    wins = (m["toy-red_b"] > m["toy-red_a"]).sum() + 0.5 * (m["toy-red_b"] == m["toy-red_a"]).sum()
+    assert w["win_rate"] == pytest.approx(100 * wins / 8)
+    assert w["ci_low"] <= w["win_rate"] <= w["ci_high"]
+    assert "color" in res["results"]["tuned"]["compbench_delta"]
+    ia = pd.read_parquet(tmp_path / "e" / "samples" / "shapes-geneval" / "base" / "index.parquet")
+    ib = pd.read_parquet(tmp_path / "e" / "samples" / "shapes-geneval" / "tuned" / "index.parquet")
+    assert ia["seed"].tolist() == ib["seed"].tolist()  # the same per-item seeds for every model
+
+
+def test_compare_prints_table_and_gates(tiny_chain, tuned, tmp_path):
+    args = ["compare", str(tiny_chain / "base"), str(tuned), "--limit", "3", "--n", "2", "--rewards", "toy-bright",
+            "--out", str(tmp_path / "c")]
+    r = CliRunner().invoke(main, args + ["--fail-if", "winrate.toy-bright < 0"])
+    assert r.exit_code == 0, r.output
+    assert "| metric | base | t |" in r.output and "geneval.overall" in r.output and "winrate.toy-bright" in r.output
+    r = CliRunner().invoke(main, args + ["--fail-if", "winrate.toy-bright <= 100"])  # always holds
+    assert r.exit_code == 1 and "REGRESSION: winrate.toy-bright" in r.output
+    r = CliRunner().invoke(main, args + ["--fail-if", "geneval.everything < 0"])
+    assert r.exit_code == 2 and "unknown metric 'geneval.everything'" in r.output
+    r = CliRunner().invoke(main, args + ["--fail-if", "geneval.overall is bad"])
+    assert r.exit_code == 2 and "expected 'METRIC OP NUMBER'" in r.output
+
+
+def test_gate_parsing_and_checks():
+    assert parse_gate(" geneval.overall < -0.02 ") == ("geneval.overall", "<", -0.02)
+    metrics = {"geneval.overall": {"value": -0.05}, "winrate.r": {"value": 48.0}}
+    assert check_gates(metrics, ["geneval.overall < -0.02"]) == ["geneval.overall = -0.05 < -0.02"]
+    assert check_gates(metrics, ["winrate.r < 45", "geneval.overall >= 0"]) == []
+
+
+def test_unknown_benchmark_and_duplicate_labels(tiny_chain, tmp_path):
+    with pytest.raises(ValueError, match="known: winrate, geneval, compbench"):
+        evaluate.run(evaluate.EvalConfig(models=[str(tiny_chain / "base")], out=str(tmp_path / "x"),
+                                         benchmarks=["drawbench"]))
+    with pytest.raises(ValueError, match="unique"):
+        evaluate.parse_models(["a=x", "a=y"])
