@@ -114,17 +114,27 @@ def _footer(res: dict) -> str:
             "cells: value ±half-width of the 95% bootstrap CI over prompts; bold: best in column.*")
 
 
+def _with_gold(res: dict, roles: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Evaluation columns: the rewards in their paper roles, then the hidden truth if evaluated."""
+    cols = dict(roles)
+    for r in res.get("rewards", []):
+        if r not in cols and "gold" in r:
+            cols[r] = "gold"
+    return list(cols), cols
+
+
 def table1(res: dict, roles: dict[str, str]) -> str:
     rw = list(roles)  # reward names in paper order (MPS, VQA, VILA roles)
-    header = ["Objective"] + [f"{roles[t]}→{roles[e]}" + (" (trained)" if t == e else "") for t in rw for e in rw]
-    rows = [[_cell(res["results"].get(label(o, "single", t), {}).get("winrate", {}).get(e)) for t in rw for e in rw]
+    ev, names = _with_gold(res, roles)
+    header = ["Objective"] + [f"{names[t]}→{names[e]}" + (" (trained)" if t == e else "") for t in rw for e in ev]
+    rows = [[_cell(res["results"].get(label(o, "single", t), {}).get("winrate", {}).get(e)) for t in rw for e in ev]
             for o in OBJECTIVES]
     return "Win-rate (%) over the base model; column = trained on → evaluated by.\n\n" + \
         _md(header, _bold_best(rows), [o.upper() if o != "capo" else "CaPO" for o in OBJECTIVES]) + _footer(res)
 
 
 def table2(res: dict, roles: dict[str, str]) -> str:
-    rw = list(roles)
+    rw, roles = _with_gold(res, roles)
     header = ["Objective", "Method"] + [f"{roles[r]} {k}" for r in rw for k in ("Win (%)", "Score")]
     base = res["results"][res["base"]].get("winrate", {})
     names, rows = [], []
@@ -167,7 +177,7 @@ def table3(bench: dict, capo_label: str = "capo-frs") -> str:
 
 
 def table4(res: dict, roles: dict[str, str], pref: str) -> str:
-    rw = list(roles)
+    rw, roles = _with_gold(res, roles)
     header = ["Method"] + [f"{roles[r]} score" for r in rw]
     labels = [("Diffusion-DPO (human pairs)", "dpo-human"), ("DPO-Syn", label("dpo", "single", pref)),
               ("CaPO", label("capo", "single", pref))]
@@ -178,7 +188,7 @@ def table4(res: dict, roles: dict[str, str], pref: str) -> str:
 
 
 def table5(res: dict, roles: dict[str, str]) -> str:
-    rw = list(roles)
+    rw, roles = _with_gold(res, roles)
     header = ["Loss weighting"] + [roles[r] for r in rw]
     names = ["Constant weighting", "Sigmoid weighting (b = 1.0)", "Sigmoid weighting (b = 1.5)",
              "Sigmoid weighting (b = 2.0)"]
