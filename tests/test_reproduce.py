@@ -55,4 +55,4 @@ def test_paper_tables_hold_the_papers_numbers():
 
 def test_unknown_preset_lists_known():
     r = CliRunner().invoke(main, ["reproduce", "--preset", "nope"])
-    assert r.exit_code == 2 and "known: full, quick" in r.output
+    assert r.exit_code == 2 and "known: demo, full, quick" in r.output
