@@ -78,3 +78,14 @@ def chain_copy(tiny_chain, tmp_path):
     dst = tmp_path / "chain"
     shutil.copytree(tiny_chain, dst, symlinks=True)
     return dst
+
+
+def byte_chars() -> list[str]:
+    """GPT-2/CLIP's reversible byte -> unicode table (the 256 base symbols of byte-level BPE)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b), cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]

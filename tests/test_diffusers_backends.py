@@ -18,23 +18,13 @@ import torch
 
 from capo.models import ModelLoadError, load_model
 from capo.models import diffusers_backends as DB
+from conftest import byte_chars  # shared test helper
 
 PROMPTS = ["a red cube", "two blue spheres on grass"]
 SEEDS = [11, 12345]
 
 
 # ----------------------------------------------------------------------------- builders
-def byte_chars() -> list[str]:
-    """GPT-2/CLIP's reversible byte -> unicode table (the 256 base symbols of byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b), cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def tiny_clip_tokenizer(max_length: int = 32):
     from transformers import CLIPTokenizer
 

@@ -18,6 +18,7 @@ import torch
 
 from capo.rewards import REWARDS, RewardLoadError, load_reward
 from capo.rewards import real as R
+from conftest import byte_chars  # shared test helper
 
 PROMPTS = ["a red cube", "two blue spheres on the grass", "a cat", "a red cube"]
 
@@ -30,17 +31,6 @@ def make_images(n=4, size=40, seed=0):
 
 
 # ----------------------------------------------------------------------------- builders
-def byte_chars() -> list[str]:
-    """CLIP's reversible byte -> unicode table (the 256 base symbols of byte-level BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b), cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def tiny_clip_dir(path, projection_dim=8, seed=0):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
