@@ -10,9 +10,6 @@ import time
 import click
 from pathlib import Path
 
-NOT_BUILT: dict[str, str] = {}
-
-
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -351,19 +348,6 @@ def reproduce(preset, args):
     except (ConfigError, ValueError, ArtifactError, ModelLoadError, FileNotFoundError) as e:
         _fail(str(e))
     click.echo(f"reproduce: {res['bases']} in {res['seconds']:.0f}s -> {res['reports']}/tables.md")
-
-
-def _not_built(name: str, where: str):
-    @main.command(name=name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                  help=f"[not built yet: {where}]", add_help_option=True)
-    def _cmd():
-        _fail(f"'capo {name}' is not built yet; it is tracked in {where}")
-
-    return _cmd
-
-
-for _name, _where in NOT_BUILT.items():
-    _not_built(_name, _where)
 
 
 if __name__ == "__main__":
