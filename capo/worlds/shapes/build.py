@@ -37,6 +37,12 @@ class WorldConfig:
     base_minutes: float = 9.0
     base_steps: int = 20000
     reward_minutes: float = 5.0
+    vae_batch: int = 64  # scenes per VAE step
+    base_batch: int = 64  # (prompt, scene) pairs per base-model step
+    pool: int = 0  # 0: render fresh scenes every step (CPU); n: pre-render n scenes once and draw batches from them (GPU)
+    workers: int = 1  # processes rendering the pool
+    device: str = "cpu"  # where the VAE and base models train (cuda when there is one); rewards train on the CPU
+    rewards: bool = True  # false: stop after the base models (train the rewards later with init=out base_steps=0)
     init: str | None = None  # warm start: a directory with sdxl-like/ and sd3-like/ pipelines (their VAE too)
     reward_base_fraction: float = 0.3  # share of reward-training images sampled from the SDXL-like base model
     half: bool = True  # store weights in float16 (halves the shipped size; models compute in float32)
@@ -101,17 +107,22 @@ def run(cfg: WorldConfig) -> dict:
 
         pipes = {k: ShapesPipeline.from_pretrained(Path(cfg.init) / k) for k in ("sdxl-like", "sd3-like")}
         vae, figures["vae"] = pipes["sdxl-like"].vae, {"init": str(cfg.init)}
+        if (Path(cfg.init) / artifacts.MANIFEST).exists():  # keep the recipe of the warm start
+            init_manifest = artifacts.read_json(Path(cfg.init) / artifacts.MANIFEST)
+            figures["init"] = {k: init_manifest.get(k) for k in ("config", "figures", "git", "versions", "seconds")}
     else:
         say("VAE")
         vae, figures["vae"] = train_vae(size=cfg.size, steps=cfg.vae_steps, max_minutes=cfg.vae_minutes,
-                                        seed=cfg.seed, progress=not cfg.quiet)
+                                        batch_size=cfg.vae_batch, seed=cfg.seed, progress=not cfg.quiet,
+                                        device=cfg.device, pool_size=cfg.pool, workers=cfg.workers)
     held_out = prompt_sets(seed=cfg.seed, distinct=True)["geneval"]
     for kind in ("sdxl-like", "sd3-like"):
         if cfg.base_steps > 0 and cfg.base_minutes > 0:
             say(f"base model {kind}")
             pipe, figures[kind] = train_base(kind, vae, size=cfg.size, steps=cfg.base_steps,
                                              max_minutes=cfg.base_minutes, seed=cfg.seed, progress=not cfg.quiet,
-                                             pipe=pipes.get(kind))
+                                             pipe=pipes.get(kind), batch_size=cfg.base_batch, device=cfg.device,
+                                             pool_size=cfg.pool, workers=cfg.workers)
         else:
             pipe, figures[kind] = pipes[kind], {"init": str(cfg.init), "steps": 0}
         if cfg.half:  # what is shipped is the float16 rounding; measure that
@@ -119,12 +130,15 @@ def run(cfg: WorldConfig) -> dict:
             pipe.to(dtype=torch.float32)
         else:
             pipe.save_pretrained(out / kind)
-        figures[kind]["quality"] = quality(pipe, held_out, cfg.eval_images, cfg.seed)
+        figures[kind]["quality"] = quality(pipe.to(cfg.device), held_out, cfg.eval_images, cfg.seed)
+        figures[kind]["quality"]["device"] = str(cfg.device)
+        pipe.to("cpu")
         say(f"{kind}: {figures[kind]['quality']}")
-    say("reward models")
-    figures["rewards"] = train_rewards(out / "rewards", seed=cfg.seed, minutes=cfg.reward_minutes, size=cfg.size,
-                                       base=out / "sdxl-like" if cfg.reward_base_fraction > 0 else None,
-                                       base_fraction=cfg.reward_base_fraction, prompt_seed=cfg.seed)
+    if cfg.rewards:
+        say("reward models")
+        figures["rewards"] = train_rewards(out / "rewards", seed=cfg.seed, minutes=cfg.reward_minutes, size=cfg.size,
+                                           base=out / "sdxl-like" if cfg.reward_base_fraction > 0 else None,
+                                           base_fraction=cfg.reward_base_fraction, prompt_seed=cfg.seed)
     artifacts.write_json(out / CHECKSUMS, checksums(out))
     size_mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     return artifacts.finish(out, manifest, figures=figures, total_mb=round(size_mb, 2),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 
@@ -43,6 +44,28 @@ def training_batch(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndar
     return prompts, np.asarray(render_batch([s for _, s in pairs], size=M.IMAGE_SIZE))
 
 
+def _render_chunk(args) -> tuple[list[str], np.ndarray]:
+    seed, i, n = args
+    return training_batch(np.random.default_rng([seed, i]), n)
+
+
+@functools.lru_cache(maxsize=1)  # the VAE and both base models of one build share one pool
+def render_pool(seed: int, n: int, workers: int = 1, chunk: int = 1024) -> tuple[list[str], np.ndarray]:
+    """``n`` (prompt, image) pairs, chunk ``i`` drawn from ``Generator([seed, i])``: the pool
+    depends on ``(seed, n, chunk)`` only, not on ``workers`` (processes that render chunks
+    in parallel; rendering is ~0.4 ms/image on one core, the bottleneck of GPU training).
+    The result is cached and shared: do not modify it."""
+    jobs = [(seed, i, min(chunk, n - i * chunk)) for i in range(-(-n // chunk))]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_chunk, jobs)
+    else:
+        parts = [_render_chunk(j) for j in jobs]
+    return [p for ps, _ in parts for p in ps], np.concatenate([im for _, im in parts])
+
+
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` -> float ``(B, 3, H, W)`` in ``[-1, 1]``."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -52,6 +75,9 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
 @contextlib.contextmanager
 def deterministic(seed: int):
     """Seed torch and turn on deterministic algorithms for the duration (restored after)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on CUDA
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.manual_seed(seed)
@@ -112,28 +138,33 @@ def reconstruct(vae, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndar
     """Encode (posterior mean) and decode; returns uint8 reconstructions and unscaled latents."""
     outs, zs = [], []
     for i in range(0, len(images), batch_size):
-        z = vae.encode(images_to_tensor(images[i:i + batch_size])).latent_dist.mean
+        dev = next(vae.parameters()).device
+        z = vae.encode(images_to_tensor(images[i:i + batch_size]).to(dev)).latent_dist.mean
         x = vae.decode(z).sample
-        outs.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-        zs.append(z)
+        outs.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        zs.append(z.cpu())
     return np.concatenate(outs), torch.cat(zs)
 
 
 def train_vae(size: str = "default", steps: int = 3000, batch_size: int = 64, lr: float = 2e-3,
               warmup: int = 100, lr_schedule: str = "cosine", kl_weight: float = 1e-6, weight_decay: float = 0.0,
               recon_loss: str = "mse", vae=None,
-              max_minutes: float | None = None, seed: int = 0, n_eval: int = 512, progress: bool = True):
-    """Train an ``AutoencoderKL`` on rendered scenes; returns ``(vae, figures)``.
+              max_minutes: float | None = None, seed: int = 0, n_eval: int = 512, progress: bool = True,
+              device: str = "cpu", pool_size: int = 0, workers: int = 1):
+    """Train an ``AutoencoderKL`` on rendered scenes; returns ``(vae, figures)`` (the VAE on CPU).
 
     ``vae``: continue training this one instead of a fresh ``build_vae(size)``.
+    ``device``: where to train (``cuda`` when there is one). ``pool_size``/``workers``: as
+    in ``train_base`` (batches drawn from a pre-rendered pool instead of rendered per step).
     ``figures``: steps, seconds, s_per_step, final loss, held-out PSNR (dB), latent std
     and the ``scaling_factor`` written into the VAE config.
     """
     with deterministic(seed):
         rng = np.random.default_rng(seed)
-        vae = M.build_vae(size) if vae is None else vae  # a given VAE is trained further
-        opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=weight_decay)
+        vae = (M.build_vae(size) if vae is None else vae).to(device)  # a given VAE is trained further
         t0 = time.perf_counter()
+        pool = render_pool(seed, pool_size, max(workers, 1))[1] if pool_size else None
+        opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=weight_decay)
         bar = _progress(steps, "vae", progress)
         step, loss_ema = 0, None
         vae.train()
@@ -142,8 +173,8 @@ def train_vae(size: str = "default", steps: int = 3000, batch_size: int = 64, lr
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, lr, warmup, steps, lr_schedule)
-            _, images = training_batch(rng, batch_size)
-            x = images_to_tensor(images)
+            images = training_batch(rng, batch_size)[1] if pool is None else pool[rng.integers(0, pool_size, batch_size)]
+            x = images_to_tensor(images).to(device)
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample()).sample
             err = F.mse_loss(rec, x) if recon_loss == "mse" else F.l1_loss(rec, x)
@@ -163,7 +194,8 @@ def train_vae(size: str = "default", steps: int = 3000, batch_size: int = 64, lr
         rec, z = reconstruct(vae, held_out)
         std = float(z.std())
         vae.register_to_config(scaling_factor=1.0 / std)
-    return vae, {"steps": step, "seconds": seconds, "s_per_step": seconds / max(step, 1), "loss": loss_ema,
+        vae.to("cpu")
+    return vae, {"device": str(device), "pool_size": pool_size, "steps": step, "seconds": seconds, "s_per_step": seconds / max(step, 1), "loss": loss_ema,
                  "psnr_db": psnr(held_out, rec), "latent_std": std, "latent_mean": float(z.mean()),
                  "scaling_factor": 1.0 / std, "params": M.n_params(vae)}
 
@@ -198,16 +230,19 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
                lr: float = 1e-3, warmup: int = 200, lr_schedule: str = "constant", weight_decay: float = 0.01,
                ema_decay: float = 0.999, prompt_dropout: float = 0.1, max_minutes: float | None = None,
                seed: int = 0, grad_clip: float = 1.0, progress: bool = True, pipe: ShapesPipeline | None = None,
-               pool_size: int = 0):
+               pool_size: int = 0, workers: int = 1, device: str = "cpu"):
     """Train text encoder + denoiser of ``kind`` on VAE latents of rendered scenes.
 
-    Returns ``(pipeline, figures)``; the pipeline carries the EMA weights and
+    Returns ``(pipeline, figures)``; the pipeline (on CPU) carries the EMA weights and
     ``vae`` (frozen). ``figures``: steps, seconds, s_per_step, final loss (running mean),
     parameter counts.
 
     ``pool_size``: 0 draws and encodes a fresh batch of scenes every step; ``n > 0``
-    draws ``n`` pairs up front (encoding each once, counted in ``seconds``) and then
-    samples batches from that pool, which saves the per-step render + VAE-encoder cost.
+    draws ``n`` pairs up front (``render_pool``, in ``workers`` processes; encoding each
+    once, counted in ``seconds``) and then samples batches from that pool, which saves
+    the per-step render + VAE-encoder cost (needed to keep a GPU busy).
+    ``device``: where to train; noise and timesteps are drawn on the CPU from ``seed``
+    either way, so the data stream does not depend on the device.
     """
     if vocab is None:
         from .grammar import VOCAB as vocab
@@ -216,13 +251,15 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
         gen = torch.Generator().manual_seed(seed)
         if pipe is None:
             pipe = build_pipeline(kind, vocab, size=size, vae=vae)
+        pipe.to(device)
         vae = pipe.vae.eval().requires_grad_(False)
         modules = [pipe.text_encoder, pipe.denoiser]
         params = [p for m in modules for p in m.parameters()]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99),
+                                 fused=str(device).startswith("cuda"))
         ema = EMA(params, ema_decay)
         acp = pipe.train_scheduler().alphas_cumprod if kind == "sdxl-like" else None
         for m in modules:
@@ -230,12 +267,8 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
         t0 = time.perf_counter()
         pool_prompts, pool_latents = [], None
         if pool_size:
-            chunks = []
-            for i in range(0, pool_size, 256):
-                p, im = training_batch(rng, min(256, pool_size - i))
-                pool_prompts += p
-                chunks.append(pipe.encode_images(im))
-            pool_latents = torch.cat(chunks)
+            pool_prompts, images = render_pool(seed, pool_size, max(workers, 1))
+            pool_latents = torch.cat([pipe.encode_images(images[i:i + 1024]) for i in range(0, pool_size, 1024)])
         bar = _progress(steps, kind, progress)
         step, loss_ema = 0, None
         while step < steps:
@@ -248,11 +281,11 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
                 z0 = pipe.encode_images(images)
             else:
                 idx = rng.integers(0, pool_size, batch_size)
-                prompts, z0 = [pool_prompts[i] for i in idx], pool_latents[torch.from_numpy(idx)]
+                prompts, z0 = [pool_prompts[i] for i in idx], pool_latents[torch.from_numpy(idx).to(device)]
             drop = rng.random(batch_size) < prompt_dropout
             prompts = ["" if d else p for p, d in zip(prompts, drop)]
-            noise = torch.randn(z0.shape, generator=gen)
-            t = sample_timesteps(kind, batch_size, gen)
+            noise = torch.randn(z0.shape, generator=gen).to(device)
+            t = sample_timesteps(kind, batch_size, gen).to(device)
             loss = diffusion_loss(pipe, z0, prompts, noise, t, acp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -268,7 +301,9 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
         seconds = time.perf_counter() - t0
         ema.copy_to(params)
         pipe.eval()
-    return pipe, {"kind": kind, "steps": step, "seconds": seconds, "s_per_step": seconds / max(step, 1),
+        pipe.to("cpu")
+    return pipe, {"kind": kind, "device": str(device), "batch_size": batch_size, "pool_size": pool_size,
+                  "stopped_by_time": step < steps, "steps": step, "seconds": seconds, "s_per_step": seconds / max(step, 1),
                   "loss": loss_ema, "params_denoiser": M.n_params(pipe.denoiser),
                   "params_text_encoder": M.n_params(pipe.text_encoder), "params_vae": M.n_params(pipe.vae)}
 
