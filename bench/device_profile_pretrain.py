@@ -20,7 +20,7 @@ for det in (False, True):
         importlib.reload(P)
     for kind in ("sdxl-like", "sd3-like"):
         t0 = time.perf_counter()
-        _, f = P.train_base(kind, vae, steps=60, batch_size=512, pool_size=8192, workers=16, device="cuda",
+        _, f = P.train_base(kind, vae, steps=40, batch_size=512, pool_size=2048, workers=1, device="cuda",
                             progress=False)
         print(f"deterministic={det} {kind}: {f['s_per_step'] * 1000:.1f} ms/step (incl. pool), "
               f"wall {time.perf_counter() - t0:.1f}s", flush=True)
@@ -28,5 +28,5 @@ P.deterministic = lambda seed: contextlib.nullcontext(torch.manual_seed(seed))
 from torch.profiler import ProfilerActivity, profile
 
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-    P.train_base("sdxl-like", vae, steps=15, batch_size=512, pool_size=8192, workers=16, device="cuda", progress=False)
+    P.train_base("sdxl-like", vae, steps=15, batch_size=512, pool_size=2048, workers=1, device="cuda", progress=False)
 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=50))
