@@ -88,3 +88,34 @@ def test_miniature_world_rebuilds_deterministically(tmp_path):
     r = load_reward("shapes-pref", path=str(tmp_path / "a" / "rewards" / "shapes-pref"))
     assert np.isfinite(r(pipe.sample(["a photo of a circle"], [0])[0], ["a photo of a circle"])).all()
     assert build.run(build.WorldConfig(out=str(tmp_path / "a"), **cfg))["complete"]  # reused, not rebuilt
+
+
+def test_render_pool_is_independent_of_workers():
+    from capo.worlds.shapes import pretrain
+
+    pool = pretrain.render_pool.__wrapped__  # uncached
+    p1, im1 = pool(3, 40, 1, 16)
+    p2, im2 = pool(3, 40, 2, 16)  # two processes render the three chunks
+    assert im1.shape == (40, 32, 32, 3) and len(p1) == 40
+    assert p1 == p2 and np.array_equal(im1, im2)
+    assert not np.array_equal(im1, pool(4, 40, 1, 16)[1])  # another seed, other scenes
+
+
+@pytest.mark.slow
+def test_two_stage_build_keeps_init_rewards_and_sets_sampler_defaults(tmp_path):
+    from capo.worlds.shapes.pipeline import ShapesPipeline
+
+    cfg = dict(size="tiny", vae_steps=3, base_steps=3, eval_images=1, reward_minutes=0.2, reward_base_fraction=0.0,
+               half=False, quiet=True)
+    build.run(build.WorldConfig(out=str(tmp_path / "a"), pool=64, **cfg))
+    b = build.run(build.WorldConfig(out=str(tmp_path / "b"), **(cfg | dict(
+        init=str(tmp_path / "a"), base_steps=0, rewards=False, guidance_sd3=2.0, shift_sd3=2.5))))
+    ca, cb = (json.loads((tmp_path / x / "checksums.json").read_text()) for x in "ab")
+    kept = [k for k in ca if k.startswith("rewards/") or k.endswith(".safetensors")]
+    assert len(kept) >= 12 and all(cb[k] == ca[k] for k in kept)  # rewards copied, weights untouched
+    assert build.verify(tmp_path / "b") == []
+    pipe = ShapesPipeline.from_pretrained(tmp_path / "b" / "sd3-like")
+    assert pipe.default_guidance == 2.0 and pipe.scheduler_config["shift"] == 2.5
+    assert ShapesPipeline.from_pretrained(tmp_path / "a" / "sd3-like").scheduler_config["shift"] == 1.0
+    assert b["figures"]["init"]["config"]["pool"] == 64  # the warm start's recipe is kept
+    assert b["figures"]["rewards"] == json.loads((tmp_path / "a" / "rewards" / "figures.json").read_text())

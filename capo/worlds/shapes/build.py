@@ -42,7 +42,10 @@ class WorldConfig:
     pool: int = 0  # 0: render fresh scenes every step (CPU); n: pre-render n scenes once and draw batches from them (GPU)
     workers: int = 1  # processes rendering the pool
     device: str = "cpu"  # where the VAE and base models train (cuda when there is one); rewards train on the CPU
-    rewards: bool = True  # false: stop after the base models (train the rewards later with init=out base_steps=0)
+    rewards: bool = True  # false: keep init's reward models (if any) instead of training them
+    guidance_sdxl: float = 3.0  # default classifier-free guidance of the SDXL-like sampler (DDIM, 20 steps)
+    guidance_sd3: float = 3.0  # ... and of the SD3-like one (flow Euler, 20 steps)
+    shift_sd3: float = 1.0  # SD3's timestep shift s of the flow sampler, sigma' = s sigma / (1 + (s - 1) sigma)
     init: str | None = None  # warm start: a directory with sdxl-like/ and sd3-like/ pipelines (their VAE too)
     reward_base_fraction: float = 0.3  # share of reward-training images sampled from the SDXL-like base model
     half: bool = True  # store weights in float16 (halves the shipped size; models compute in float32)
@@ -125,6 +128,9 @@ def run(cfg: WorldConfig) -> dict:
                                              pool_size=cfg.pool, workers=cfg.workers)
         else:
             pipe, figures[kind] = pipes[kind], {"init": str(cfg.init), "steps": 0}
+        pipe.default_guidance = cfg.guidance_sdxl if kind == "sdxl-like" else cfg.guidance_sd3
+        if kind == "sd3-like":
+            pipe.scheduler_config = dict(pipe.scheduler_config, shift=cfg.shift_sd3)
         if cfg.half:  # what is shipped is the float16 rounding; measure that
             pipe.to(dtype=torch.float16).save_pretrained(out / kind)
             pipe.to(dtype=torch.float32)
@@ -134,7 +140,12 @@ def run(cfg: WorldConfig) -> dict:
         figures[kind]["quality"]["device"] = str(cfg.device)
         pipe.to("cpu")
         say(f"{kind}: {figures[kind]['quality']}")
-    if cfg.rewards:
+    if not cfg.rewards and cfg.init and (Path(cfg.init) / "rewards").is_dir():
+        import shutil
+
+        shutil.copytree(Path(cfg.init) / "rewards", out / "rewards")
+        figures["rewards"] = artifacts.read_json(out / "rewards" / "figures.json")
+    elif cfg.rewards:
         say("reward models")
         figures["rewards"] = train_rewards(out / "rewards", seed=cfg.seed, minutes=cfg.reward_minutes, size=cfg.size,
                                            base=out / "sdxl-like" if cfg.reward_base_fraction > 0 else None,

@@ -49,7 +49,7 @@ CONFIG_NAME = "capo_pipeline.json"
 
 # Default sampler settings (chosen for >= 10 img/s at batch 64 on a 2-core CPU).
 DEFAULT_STEPS = {"sdxl-like": 20, "sd3-like": 20}
-DEFAULT_GUIDANCE = {"sdxl-like": 2.0, "sd3-like": 2.0}
+DEFAULT_GUIDANCE = {"sdxl-like": 3.0, "sd3-like": 3.0}  # the shipped world's (see WorldConfig)
 DEFAULT_BATCH_SIZE = 64
 
 # SDXL's scaled-linear beta schedule.
