@@ -284,7 +284,7 @@ def test_error_unknown_method_lists_known_ones():
     [
         ([1, -1], ">= 0"),
         ([0, 0], "all be zero"),
-        ([1], "1 weights for 2"),
+        ([1], "1 weights given for 2 models"),
         ([1, float("nan")], "finite"),
     ],
 )

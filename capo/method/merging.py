@@ -110,25 +110,13 @@ def _check_compatible(
 
 
 def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    """Merge weights as floats summing to 1; ``None`` gives uniform weights 1/n.
-
-    Negative, non-finite or all-zero weights, or a count other than ``n``, raise.
-    """
+    """Merge weights as floats summing to 1; ``None`` gives uniform weights 1/n
+    (``capo.method.selection.normalise_weights``, for models)."""
     if n < 1:
         raise ValueError("need at least one model to merge")
-    if weights is None:
-        return [1.0 / n] * n
-    w = [float(x) for x in weights]
-    if len(w) != n:
-        raise ValueError(f"got {len(w)} weights for {n} models")
-    if any(not math.isfinite(x) for x in w):
-        raise ValueError(f"weights must be finite, got {w}")
-    if any(x < 0 for x in w):
-        raise ValueError(f"weights must be >= 0, got {w}")
-    total = math.fsum(w)
-    if total <= 0:
-        raise ValueError(f"weights must not all be zero, got {w}")
-    return [x / total for x in w]
+    from capo.method.selection import normalise_weights as normalise
+
+    return normalise(weights, n, what="models").tolist()
 
 
 # ---------------------------------------------------------------------------------------

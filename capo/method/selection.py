@@ -63,15 +63,23 @@ def _as_points(calibrated: np.ndarray) -> np.ndarray:
     return x
 
 
-def normalise_weights(weights, L: int) -> np.ndarray:
-    """Weights for L rewards, normalised to sum to 1 (``None`` -> uniform 1/L)."""
+def normalise_weights(weights, L: int, what: str = "rewards") -> np.ndarray:
+    """Weights for ``L`` rewards (or merged models: ``what``), normalised to sum to 1
+    (``None`` -> uniform 1/L). A count other than ``L``, non-finite, negative or all-zero
+    weights raise."""
+    if L < 1:
+        raise ValueError(f"need at least one of the {what}")
     if weights is None:
         return np.full(L, 1.0 / L)
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.shape[0] != L:
-        raise ValueError(f"{w.shape[0]} weights given for {L} rewards")
-    if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ValueError(f"weights must be finite, non-negative and not all zero, got {w.tolist()}")
+        raise ValueError(f"{w.shape[0]} weights given for {L} {what}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"weights must be finite, got {w.tolist()}")
+    if np.any(w < 0):
+        raise ValueError(f"weights must be non-negative (>= 0), got {w.tolist()}")
+    if w.sum() <= 0:
+        raise ValueError(f"weights must not all be zero, got {w.tolist()}")
     return w / w.sum()
 
 
