@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 from capo.models import ModelLoadError
+from capo.models.sampling import GuidedSampling
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 SD3_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"
@@ -79,7 +80,7 @@ DEFAULT_BATCH_SIZE = 4  # images per denoiser batch in `sample` (x2 with guidanc
 FLOW_SAMPLERS = ("dpm", "euler")
 
 
-class _DiffusersModel:
+class _DiffusersModel(GuidedSampling):
     """What SDXL and SD3 share: noise, guidance, the sampling loop, the VAE."""
 
     kind = ""
@@ -171,23 +172,13 @@ class _DiffusersModel:
         """The unconditional branch of classifier-free guidance for ``n`` items."""
         return self.encode_prompts([""] * n)
 
-    # ------------------------------------------------------------------ denoiser
+    # ------------------------------------------------------------------ denoiser / sampling (GuidedSampling)
+    default_batch_size = DEFAULT_BATCH_SIZE
+
     def _t_vector(self, t, b: int, device) -> torch.Tensor:
         t = torch.as_tensor(t, device=device)
         return t.expand(b) if t.ndim == 0 else t
 
-    def guided_predict(self, x_t, t, cond: tuple, uncond: tuple | None, guidance: float) -> torch.Tensor:
-        """``uncond + g (cond - uncond)`` in one batched call of size 2B (``uncond=None``:
-        the conditional prediction alone)."""
-        if uncond is None:
-            return self.predict(x_t, t, *cond)
-        b = x_t.shape[0]
-        t2 = self._t_vector(t, b, x_t.device).repeat(2)
-        out = self.predict(torch.cat([x_t, x_t]), t2, torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]]))
-        u, c = out.chunk(2)
-        return u + guidance * (c - u)
-
-    # ------------------------------------------------------------------ sampling
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Per-item noise: item k from ``torch.Generator(device).manual_seed(seeds[k])`` alone."""
         dev = self.device
@@ -198,42 +189,6 @@ class _DiffusersModel:
 
     def sampler(self, steps: int):
         raise NotImplementedError
-
-    def _model_time(self, sched, i: int, t) -> torch.Tensor:
-        return t
-
-    @torch.no_grad()
-    def sample_latents(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
-                       guidance: float | None = None) -> torch.Tensor:
-        """One batch of scaled latents (float32) for ``prompts[k]`` with seed ``seeds[k]``."""
-        steps = int(steps or self.default_steps)
-        guidance = float(self.default_guidance if guidance is None else guidance)
-        cond = self.encode_prompts(prompts)
-        uncond = self.unconditional(len(prompts)) if guidance != 1.0 else None
-        sched = self.sampler(steps)
-        x = self.initial_noise(seeds) * float(getattr(sched, "init_noise_sigma", 1.0))
-        for i, t in enumerate(sched.timesteps):
-            x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
-            out = self.guided_predict(x_in, self._model_time(sched, i, t), cond, uncond, guidance)
-            x = sched.step(out.float(), t, x, return_dict=False)[0]
-        return x.float()
-
-    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
-               guidance: float | None = None, batch_size: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """Images uint8 ``(N, H, W, 3)`` and scaled latents ``(N, C, h, w)`` (CPU, float32)."""
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        bs = int(batch_size or DEFAULT_BATCH_SIZE)
-        self.eval()
-        images, latents = [], []
-        for i in range(0, len(prompts), bs):
-            z = self.sample_latents(list(prompts[i:i + bs]), list(seeds[i:i + bs]), steps, guidance)
-            latents.append(z.cpu())
-            images.append(self.decode_latents(z))
-        if not latents:
-            c, h, w = self.latent_shape
-            return np.zeros((0, *self.resolution, 3), np.uint8), torch.zeros(0, c, h, w)
-        return np.concatenate(images), torch.cat(latents)
 
 
 class SDXLModel(_DiffusersModel):
@@ -330,7 +285,7 @@ class SD3Model(_DiffusersModel):
         sched.set_timesteps(steps, device=self.device)
         return sched
 
-    def _model_time(self, sched, i: int, t) -> torch.Tensor:
+    def model_time(self, sched, i: int, t) -> torch.Tensor:
         return sched.sigmas[i].to(self.device, torch.float32) * 1000.0  # exact sigma * 1000
 
     def _encode_kwargs(self) -> dict:

@@ -41,6 +41,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from capo.models.sampling import GuidedSampling
+
 from . import models as M
 
 KINDS = {"sdxl-like": "epsilon", "sd3-like": "flow"}
@@ -62,7 +64,7 @@ def default_scheduler_config(kind: str) -> dict:
     return dict(DDPM_SCHEDULER_CONFIG if kind == "sdxl-like" else FLOW_SCHEDULER_CONFIG)
 
 
-class ShapesPipeline:
+class ShapesPipeline(GuidedSampling):
     """Tokenizer + text encoder + VAE + denoiser + scheduler config of one base model."""
 
     def __init__(self, tokenizer, text_encoder, vae, denoiser, kind: str, scheduler_config: dict | None = None,
@@ -149,26 +151,23 @@ class ShapesPipeline:
         return self.denoiser(hidden_states=x_t, encoder_hidden_states=hidden, pooled_projections=pooled,
                              timestep=t.to(x_t.dtype)).sample
 
-    def guided_predict(self, x_t, t, cond: tuple, uncond: tuple | None, guidance: float) -> torch.Tensor:
-        """Classifier-free guidance ``uncond + g (cond - uncond)``; one batched call of
-        size 2B. With ``uncond=None`` (or ``g == 1``, where the formula reduces to it)
-        only the conditional prediction is computed."""
-        if uncond is None or guidance == 1.0:
-            return self.predict(x_t, t, *cond)
-        b = x_t.shape[0]
-        t = torch.as_tensor(t, device=x_t.device)
-        t2 = torch.cat([t.expand(b)] * 2) if t.ndim else t
-        out = self.predict(torch.cat([x_t, x_t]), t2, torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]]))
-        u, c = out.chunk(2)
-        return u + guidance * (c - u)
+    def unconditional(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unconditional branch of classifier-free guidance: the empty prompt."""
+        return self.encode_prompts([""] * n)
 
-    # ------------------------------------------------------------------ sampling
-    @staticmethod
-    def initial_noise(seeds: Sequence[int], shape=(M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)) -> torch.Tensor:
-        """Per-item noise: item k from ``torch.Generator().manual_seed(seeds[k])`` alone."""
-        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    # ------------------------------------------------------------------ sampling (GuidedSampling)
+    default_batch_size = DEFAULT_BATCH_SIZE
+    latent_shape = (M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE)
+    resolution = (M.IMAGE_SIZE, M.IMAGE_SIZE)
 
-    def _sampler(self, steps: int):
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Per-item noise: item k from ``torch.Generator().manual_seed(seeds[k])`` alone (on
+        the CPU, then moved: the same noise on every device). Both samplers start from N(0, I)."""
+        return torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
+                            for s in seeds]).to(self.device)
+
+    def sampler(self, steps: int):
+        """DDIM (eta = 0, trailing spacing) or flow Euler (with the config's shift)."""
         from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
         if self.kind == "sdxl-like":
@@ -178,39 +177,6 @@ class ShapesPipeline:
             sched = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         sched.set_timesteps(steps, device=self.device)
         return sched
-
-    @torch.no_grad()
-    def sample_latents(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
-                       guidance: float | None = None) -> torch.Tensor:
-        """One batch: DDIM (eta=0) or flow Euler with CFG; returns scaled latents."""
-        steps = int(steps or self.default_steps)
-        guidance = float(self.default_guidance if guidance is None else guidance)
-        cond = self.encode_prompts(prompts)
-        uncond = self.encode_prompts([""] * len(prompts)) if guidance != 1.0 else None
-        sched = self._sampler(steps)
-        x = self.initial_noise(seeds).to(self.device)  # both samplers start from N(0, I)
-        for t in sched.timesteps:
-            out = self.guided_predict(x, t, cond, uncond, guidance)
-            x = sched.step(out, t, x, return_dict=False)[0]
-        return x
-
-    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
-               guidance: float | None = None, batch_size: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """Images uint8 ``(N, 32, 32, 3)`` and scaled latents ``(N, 4, 8, 8)`` for
-        ``prompts[k]`` with seed ``seeds[k]``."""
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        bs = int(batch_size or DEFAULT_BATCH_SIZE)
-        self.eval()
-        images, latents = [], []
-        for i in range(0, len(prompts), bs):
-            z = self.sample_latents(prompts[i:i + bs], seeds[i:i + bs], steps, guidance)
-            latents.append(z.cpu())
-            images.append(self.decode_latents(z))
-        if not latents:
-            return np.zeros((0, M.IMAGE_SIZE, M.IMAGE_SIZE, 3), np.uint8), torch.zeros(0, M.LATENT_CHANNELS,
-                                                                                        M.LATENT_SIZE, M.LATENT_SIZE)
-        return np.concatenate(images), torch.cat(latents)
 
     # ------------------------------------------------------------------ persistence
     def pipeline_config(self) -> dict:

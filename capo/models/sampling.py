@@ -1,0 +1,74 @@
+"""Classifier-free-guided sampling, shared by every base model (the shapes world's two and
+the diffusers backends SDXL / SD3).
+
+``GuidedSampling`` is a mixin. The model provides ``predict(x_t, t, hidden, pooled)``
+(its native output: eps, velocity, ...), ``encode_prompts(prompts) -> (hidden, pooled)``,
+``unconditional(n)``, ``sampler(steps)`` (a diffusers scheduler with its timesteps set),
+``initial_noise(seeds)`` (item k from seed k alone, on the model's device),
+``decode_latents``, ``eval``, ``latent_shape``, ``resolution``, ``default_steps``,
+``default_guidance`` and ``default_batch_size``.
+
+CFG (Ho & Salimans): ``out = out(x, "") + g (out(x, c) - out(x, "")))``, both branches in
+one batched call of size 2B; with ``g == 1`` only the conditional branch is computed.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class GuidedSampling:
+    default_batch_size = 4
+
+    def model_time(self, sched, i: int, t) -> torch.Tensor:
+        """The timestep the denoiser is called with at step ``i`` (default: ``t``)."""
+        return t
+
+    def guided_predict(self, x_t, t, cond: tuple, uncond: tuple | None, guidance: float) -> torch.Tensor:
+        """``uncond + g (cond - uncond)``; ``uncond=None`` or ``g == 1``: the conditional alone."""
+        if uncond is None or guidance == 1.0:
+            return self.predict(x_t, t, *cond)
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        t2 = (t.expand(b) if t.ndim == 0 else t).repeat(2)
+        out = self.predict(torch.cat([x_t, x_t]), t2, torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]]))
+        u, c = out.chunk(2)
+        return u + guidance * (c - u)
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
+                       guidance: float | None = None) -> torch.Tensor:
+        """One batch of scaled latents (float32) for ``prompts[k]`` with seed ``seeds[k]``."""
+        steps = int(steps or self.default_steps)
+        guidance = float(self.default_guidance if guidance is None else guidance)
+        cond = self.encode_prompts(prompts)
+        uncond = self.unconditional(len(prompts)) if guidance != 1.0 else None
+        sched = self.sampler(steps)
+        x = self.initial_noise(seeds) * float(getattr(sched, "init_noise_sigma", 1.0))
+        for i, t in enumerate(sched.timesteps):
+            x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+            out = self.guided_predict(x_in, self.model_time(sched, i, t), cond, uncond, guidance)
+            x = sched.step(out.float(), t, x, return_dict=False)[0]
+        return x.float()
+
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], steps: int | None = None,
+               guidance: float | None = None, batch_size: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Images uint8 ``(N, H, W, 3)`` and scaled latents ``(N, C, h, w)`` (CPU, float32)
+        for ``prompts[k]`` with seed ``seeds[k]``, in batches of ``batch_size``; item k does
+        not depend on the batch it lands in."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        bs = int(batch_size or self.default_batch_size)
+        self.eval()
+        images, latents = [], []
+        for i in range(0, len(prompts), bs):
+            z = self.sample_latents(list(prompts[i:i + bs]), list(seeds[i:i + bs]), steps, guidance)
+            latents.append(z.cpu())
+            images.append(self.decode_latents(z))
+        if not latents:
+            c, h, w = self.latent_shape
+            return np.zeros((0, *self.resolution, 3), np.uint8), torch.zeros(0, c, h, w)
+        return np.concatenate(images), torch.cat(latents)
