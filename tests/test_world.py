@@ -116,6 +116,13 @@ def test_two_stage_build_keeps_init_rewards_and_sets_sampler_defaults(tmp_path):
     assert build.verify(tmp_path / "b") == []
     pipe = ShapesPipeline.from_pretrained(tmp_path / "b" / "sd3-like")
     assert pipe.default_guidance == 2.0 and pipe.scheduler_config["shift"] == 2.5
-    assert ShapesPipeline.from_pretrained(tmp_path / "a" / "sd3-like").scheduler_config["shift"] == 1.0
+    assert ShapesPipeline.from_pretrained(tmp_path / "a" / "sd3-like").scheduler_config["shift"] == build.WorldConfig().shift_sd3
     assert b["figures"]["init"]["config"]["pool"] == 64  # the warm start's recipe is kept
     assert b["figures"]["rewards"] == json.loads((tmp_path / "a" / "rewards" / "figures.json").read_text())
+    # train= continues only the named base model; the other one is kept byte for byte
+    build.run(build.WorldConfig(out=str(tmp_path / "c"), **(cfg | dict(init=str(tmp_path / "a"), rewards=False,
+                                                                      train="sd3-like", base_lr_schedule="cosine"))))
+    cc = json.loads((tmp_path / "c" / "checksums.json").read_text())
+    sdxl = [k for k in ca if k.startswith("sdxl-like/") and k.endswith(".safetensors")]
+    sd3 = [k for k in ca if k.startswith("sd3-like/transformer/") and k.endswith(".safetensors")]
+    assert sdxl and sd3 and all(cc[k] == ca[k] for k in sdxl) and all(cc[k] != ca[k] for k in sd3)

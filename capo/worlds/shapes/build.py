@@ -34,22 +34,25 @@ class WorldConfig:
     seed: int = 0
     vae_minutes: float = 3.0  # CPU budget of each part (minutes); steps cap it too
     vae_steps: int = 3000
-    base_minutes: float = 9.0
+    base_minutes: float = 8.0
     base_steps: int = 20000
     reward_minutes: float = 5.0
     vae_batch: int = 64  # scenes per VAE step
     base_batch: int = 64  # (prompt, scene) pairs per base-model step
+    base_lr: float = 1e-3  # AdamW learning rate of the base models (after 200 warmup steps)
+    base_lr_schedule: str = "constant"  # constant | cosine (to 10% of base_lr over base_steps)
+    train: str = "sdxl-like,sd3-like"  # base models to train; with init=, the others are kept as they are
     pool: int = 0  # 0: render fresh scenes every step (CPU); n: pre-render n scenes once and draw batches from them (GPU)
     workers: int = 1  # processes rendering the pool
     device: str = "cpu"  # where the VAE and base models train (cuda when there is one); rewards train on the CPU
     rewards: bool = True  # false: keep init's reward models (if any) instead of training them
     guidance_sdxl: float = 3.0  # default classifier-free guidance of the SDXL-like sampler (DDIM, 20 steps)
-    guidance_sd3: float = 3.0  # ... and of the SD3-like one (flow Euler, 20 steps)
-    shift_sd3: float = 1.0  # SD3's timestep shift s of the flow sampler, sigma' = s sigma / (1 + (s - 1) sigma)
+    guidance_sd3: float = 2.0  # ... and of the SD3-like one (flow Euler, 20 steps)
+    shift_sd3: float = 2.0  # SD3's timestep shift s of the flow sampler, sigma' = s sigma / (1 + (s - 1) sigma)
     init: str | None = None  # warm start: a directory with sdxl-like/ and sd3-like/ pipelines (their VAE too)
     reward_base_fraction: float = 0.3  # share of reward-training images sampled from the SDXL-like base model
     half: bool = True  # store weights in float16 (halves the shipped size; models compute in float32)
-    eval_images: int = 4  # images per held-out GenEval prompt for the quality figures
+    eval_images: int = 16  # images per held-out GenEval prompt for the quality figures (only 2 single-object prompts)
     overwrite: bool = False
     quiet: bool = False
 
@@ -120,11 +123,12 @@ def run(cfg: WorldConfig) -> dict:
                                         device=cfg.device, pool_size=cfg.pool, workers=cfg.workers)
     held_out = prompt_sets(seed=cfg.seed, distinct=True)["geneval"]
     for kind in ("sdxl-like", "sd3-like"):
-        if cfg.base_steps > 0 and cfg.base_minutes > 0:
+        if cfg.base_steps > 0 and cfg.base_minutes > 0 and (kind in cfg.train.split(",") or not cfg.init):
             say(f"base model {kind}")
             pipe, figures[kind] = train_base(kind, vae, size=cfg.size, steps=cfg.base_steps,
                                              max_minutes=cfg.base_minutes, seed=cfg.seed, progress=not cfg.quiet,
                                              pipe=pipes.get(kind), batch_size=cfg.base_batch, device=cfg.device,
+                                             lr=cfg.base_lr, lr_schedule=cfg.base_lr_schedule,
                                              pool_size=cfg.pool, workers=cfg.workers)
         else:
             pipe, figures[kind] = pipes[kind], {"init": str(cfg.init), "steps": 0}

@@ -51,7 +51,7 @@ CONFIG_NAME = "capo_pipeline.json"
 
 # Default sampler settings (chosen for >= 10 img/s at batch 64 on a 2-core CPU).
 DEFAULT_STEPS = {"sdxl-like": 20, "sd3-like": 20}
-DEFAULT_GUIDANCE = {"sdxl-like": 3.0, "sd3-like": 3.0}  # the shipped world's (see WorldConfig)
+DEFAULT_GUIDANCE = {"sdxl-like": 3.0, "sd3-like": 2.0}  # the shipped world's (see WorldConfig)
 DEFAULT_BATCH_SIZE = 64
 
 # SDXL's scaled-linear beta schedule.
@@ -191,6 +191,8 @@ class ShapesPipeline(GuidedSampling):
         d.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(d / "tokenizer")
         for name, m in self.modules().items():
+            if hasattr(m, "register_to_config"):  # diffusers records where a model was loaded from;
+                m.register_to_config(_name_or_path=name)  # keep saved configs free of local paths
             m.save_pretrained(d / name, safe_serialization=True)
         self.train_scheduler().save_pretrained(d / "scheduler")
         (d / CONFIG_NAME).write_text(json.dumps(self.pipeline_config(), indent=2, sort_keys=True) + "\n")
