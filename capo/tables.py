@@ -155,6 +155,7 @@ def table2(res: dict, roles: dict[str, str]) -> str:
 
 def table3(bench: dict, capo_label: str = "capo-frs") -> str:
     base = bench["base"]
+    base_name = bench.get("models", {}).get(base, base)  # the model spec (paper: "SDXL" / "CaPO+SDXL")
     g_tags = ["single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"]
     cats = sorted({c for r in bench["results"].values() for c in r.get("compbench", {}).get("categories", {})})
     header = ["Model"] + [f"GenEval {t}" for t in g_tags] + [f"CompBench {c}" for c in cats]
@@ -165,7 +166,7 @@ def table3(bench: dict, capo_label: str = "capo-frs") -> str:
         vals = [g.get("overall") if t == "overall" else g.get("tags", {}).get(t) for t in g_tags]
         vals += [r.get("compbench", {}).get("categories", {}).get(c) for c in cats]
         rows.append([(v, "-" if v is None else f"{v:.3f}") for v in vals])
-        names.append(lab if lab != capo_label else f"CaPO+{base}")
+        names.append(base_name if lab == base else f"CaPO+{base_name}")
     out = _md(header, _bold_best(rows), names)
     d = bench["results"].get(capo_label, {})
     deltas = [f"GenEval overall {d['geneval_delta']['overall']['delta']:+.3f} "

@@ -56,3 +56,19 @@ def test_paper_tables_hold_the_papers_numbers():
 def test_unknown_preset_lists_known():
     r = CliRunner().invoke(main, ["reproduce", "--preset", "nope"])
     assert r.exit_code == 2 and "known: demo, full, quick" in r.output
+
+
+def test_table3_rows_name_the_base_model_and_bold_the_better():
+    from capo.tables import table3
+
+    tags = {"single_object": 1.0, "two_object": 0.5, "counting": 0.25, "colors": 0.5, "position": 0.0, "color_attr": 0.0}
+    bench = {"base": "base", "models": {"base": "shapes-sd3", "capo-frs": "runs/t/final"},
+             "n_prompts": {"shapes:geneval": 10}, "n_per_prompt": 4,
+             "results": {"base": {"geneval": {"overall": 0.375, "tags": tags}},
+                         "capo-frs": {"geneval": {"overall": 0.5, "tags": tags | {"counting": 1.0}},
+                                      "geneval_delta": {"overall": {"delta": 0.125, "ci_low": 0.0, "ci_high": 0.25}}}}}
+    md = table3(bench)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"shapes-sd3", "CaPO+shapes-sd3"}  # as the paper's "SDXL" / "CaPO+SDXL"
+    assert "**0.500**" in rows["CaPO+shapes-sd3"] and "**0.375**" not in rows["shapes-sd3"]
+    assert "GenEval overall +0.125 [+0.000, +0.250]" in md
