@@ -247,8 +247,11 @@ def world():
 def world_build(args):
     """Train the world's VAE, both base models and the reward models (about 30 min on a CPU).
 
-    Keys: out, size, seed, vae_minutes, vae_steps, base_minutes, base_steps, reward_minutes,
-    eval_images, overwrite, quiet (key=value or --key value).
+    Keys (key=value or --key value): out, size, seed, vae_minutes, vae_steps, vae_batch,
+    base_minutes, base_steps, base_batch, base_lr, base_lr_schedule, reward_minutes,
+    device (cpu | cuda), pool, workers, init, train (base models to continue from init),
+    rewards (false: keep init's), guidance_sdxl, guidance_sd3, shift_sd3,
+    reward_base_fraction, half, eval_images, overwrite, quiet.
     """
     from capo.artifacts import ArtifactError
     from capo.config import ConfigError, build

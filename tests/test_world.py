@@ -126,3 +126,9 @@ def test_two_stage_build_keeps_init_rewards_and_sets_sampler_defaults(tmp_path):
     sdxl = [k for k in ca if k.startswith("sdxl-like/") and k.endswith(".safetensors")]
     sd3 = [k for k in ca if k.startswith("sd3-like/transformer/") and k.endswith(".safetensors")]
     assert sdxl and sd3 and all(cc[k] == ca[k] for k in sdxl) and all(cc[k] != ca[k] for k in sd3)
+
+
+def test_build_refuses_an_unknown_base_model_to_train_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown base model\(s\) \['sd3'\].*sdxl-like, sd3-like"):
+        build.run(build.WorldConfig(out=str(tmp_path / "w"), size="tiny", train="sdxl-like,sd3", quiet=True))
+    assert not (tmp_path / "w").exists()

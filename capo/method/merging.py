@@ -111,9 +111,7 @@ def _check_compatible(
 
 def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     """Merge weights as floats summing to 1; ``None`` gives uniform weights 1/n
-    (``capo.method.selection.normalise_weights``, for models)."""
-    if n < 1:
-        raise ValueError("need at least one model to merge")
+    (``capo.method.selection.normalise_weights``, for models; fewer than one raises)."""
     from capo.method.selection import normalise_weights as normalise
 
     return normalise(weights, n, what="models").tolist()

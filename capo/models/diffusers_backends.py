@@ -175,10 +175,6 @@ class _DiffusersModel(GuidedSampling):
     # ------------------------------------------------------------------ denoiser / sampling (GuidedSampling)
     default_batch_size = DEFAULT_BATCH_SIZE
 
-    def _t_vector(self, t, b: int, device) -> torch.Tensor:
-        t = torch.as_tensor(t, device=device)
-        return t.expand(b) if t.ndim == 0 else t
-
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """Per-item noise: item k from ``torch.Generator(device).manual_seed(seeds[k])`` alone."""
         dev = self.device

@@ -21,7 +21,11 @@ import torch
 
 
 class GuidedSampling:
-    default_batch_size = 4
+    @staticmethod
+    def _t_vector(t, b: int, device) -> torch.Tensor:
+        """A timestep (scalar or per item) as a vector of ``b`` items on ``device``."""
+        t = torch.as_tensor(t, device=device)
+        return t.expand(b) if t.ndim == 0 else t
 
     def model_time(self, sched, i: int, t) -> torch.Tensor:
         """The timestep the denoiser is called with at step ``i`` (default: ``t``)."""
@@ -31,9 +35,7 @@ class GuidedSampling:
         """``uncond + g (cond - uncond)``; ``uncond=None`` or ``g == 1``: the conditional alone."""
         if uncond is None or guidance == 1.0:
             return self.predict(x_t, t, *cond)
-        b = x_t.shape[0]
-        t = torch.as_tensor(t, device=x_t.device)
-        t2 = (t.expand(b) if t.ndim == 0 else t).repeat(2)
+        t2 = self._t_vector(t, x_t.shape[0], x_t.device).repeat(2)
         out = self.predict(torch.cat([x_t, x_t]), t2, torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]]))
         u, c = out.chunk(2)
         return u + guidance * (c - u)

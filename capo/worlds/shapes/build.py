@@ -101,6 +101,11 @@ def run(cfg: WorldConfig) -> dict:
     from .rewards import train_rewards
 
     t0 = time.time()
+    kinds = ("sdxl-like", "sd3-like")
+    train = [k.strip() for k in cfg.train.split(",") if k.strip()]
+    if set(train) - set(kinds):
+        raise ValueError(f"train={cfg.train!r}: unknown base model(s) {sorted(set(train) - set(kinds))}; "
+                         f"expected a comma-separated subset of {', '.join(kinds)}")
     out = Path(cfg.out) if cfg.out else zoo.ARTIFACTS
     manifest = artifacts.make_manifest("world-build", to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}, {})
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
@@ -111,7 +116,7 @@ def run(cfg: WorldConfig) -> dict:
     if cfg.init:
         from .pipeline import ShapesPipeline
 
-        pipes = {k: ShapesPipeline.from_pretrained(Path(cfg.init) / k) for k in ("sdxl-like", "sd3-like")}
+        pipes = {k: ShapesPipeline.from_pretrained(Path(cfg.init) / k) for k in kinds}
         vae, figures["vae"] = pipes["sdxl-like"].vae, {"init": str(cfg.init)}
         if (Path(cfg.init) / artifacts.MANIFEST).exists():  # keep the recipe of the warm start
             init_manifest = artifacts.read_json(Path(cfg.init) / artifacts.MANIFEST)
@@ -122,8 +127,8 @@ def run(cfg: WorldConfig) -> dict:
                                         batch_size=cfg.vae_batch, seed=cfg.seed, progress=not cfg.quiet,
                                         device=cfg.device, pool_size=cfg.pool, workers=cfg.workers)
     held_out = prompt_sets(seed=cfg.seed, distinct=True)["geneval"]
-    for kind in ("sdxl-like", "sd3-like"):
-        if cfg.base_steps > 0 and cfg.base_minutes > 0 and (kind in cfg.train.split(",") or not cfg.init):
+    for kind in kinds:
+        if cfg.base_steps > 0 and cfg.base_minutes > 0 and (kind in train or not cfg.init):
             say(f"base model {kind}")
             pipe, figures[kind] = train_base(kind, vae, size=cfg.size, steps=cfg.base_steps,
                                              max_minutes=cfg.base_minutes, seed=cfg.seed, progress=not cfg.quiet,

@@ -137,8 +137,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def reconstruct(vae, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, torch.Tensor]:
     """Encode (posterior mean) and decode; returns uint8 reconstructions and unscaled latents."""
     outs, zs = [], []
+    dev = next(vae.parameters()).device
     for i in range(0, len(images), batch_size):
-        dev = next(vae.parameters()).device
         z = vae.encode(images_to_tensor(images[i:i + batch_size]).to(dev)).latent_dist.mean
         x = vae.decode(z).sample
         outs.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
@@ -163,7 +163,7 @@ def train_vae(size: str = "default", steps: int = 3000, batch_size: int = 64, lr
         rng = np.random.default_rng(seed)
         vae = (M.build_vae(size) if vae is None else vae).to(device)  # a given VAE is trained further
         t0 = time.perf_counter()
-        pool = render_pool(seed, pool_size, max(workers, 1))[1] if pool_size else None
+        pool = render_pool(seed, pool_size, workers)[1] if pool_size else None
         opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=weight_decay)
         bar = _progress(steps, "vae", progress)
         step, loss_ema = 0, None
@@ -267,7 +267,7 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
         t0 = time.perf_counter()
         pool_prompts, pool_latents = [], None
         if pool_size:
-            pool_prompts, images = render_pool(seed, pool_size, max(workers, 1))
+            pool_prompts, images = render_pool(seed, pool_size, workers)
             pool_latents = torch.cat([pipe.encode_images(images[i:i + 1024]) for i in range(0, pool_size, 1024)])
         bar = _progress(steps, kind, progress)
         step, loss_ema = 0, None
