@@ -100,6 +100,8 @@ STAGES = {  # command -> (module, config class, one-line help)
     "score": ("capo.stages.score", "ScoreConfig", "Score a samples directory with reward models, one table each."),
     "train": ("capo.stages.train", "TrainConfig", "Preference fine-tuning: DPO / IPO / CaPO, full or LoRA."),
     "merge": ("capo.stages.merge", "MergeConfig", "SOUP: merge fine-tuned checkpoints (slerp or linear)."),
+    "sweep": ("capo.stages.sweep", "SweepConfig",
+              "Choose beta on validation prompts: train a grid, score it, select by a declared criterion."),
     "eval": ("capo.stages.evaluate", "EvalConfig",
              "Evaluate models against the first (base): reward win-rates, GenEval, T2I-CompBench."),
 }
@@ -185,6 +187,10 @@ def _summary(name: str, cfg, res: dict, seconds: float) -> str:
         return f"{name}: {out} already holds this run (complete); nothing to do"
     if res.get("complete") is False:
         return f"{name}: stopped at step {res.get('stopped_at')} (resume by running the same command) -> {out}"
+    if name == "sweep" and "selected" in res:
+        sel = res["selected"]
+        return (f"sweep: beta={sel['beta']:.6g} selected ({res['criterion']} {sel['criterion']:.2f}; "
+                f"{'bracketed' if res['bracketed'] else 'at the grid edge'}) -> {out}/sweep.json")
     if name == "eval":
         return f"eval: {len(res['models'])} models on {res['n_prompts']} x {res['n_per_prompt']} images -> {out}/results.json"
     counts = res.get("counts") or {k: v["table"] for k, v in res.get("rewards", {}).items()}
@@ -198,20 +204,27 @@ for _name, (_module, _cls, _doc) in STAGES.items():
 @main.command()
 @click.argument("model_a")
 @click.argument("model_b")
-@click.option("--prompts", default=None, help="Win-rate prompt set (default: shapes:geneval / parti) or file.")
-@click.option("--limit", default=32, show_default=True, help="First K prompts.")
+@click.option("--prompts", default=None,
+              help="Win-rate prompt set (default: shapes:geneval / parti) or file; SET@val / SET@test for a half.")
+@click.option("--limit", default=32, show_default=True,
+              help="K prompts of each set, a subset stratified by tag / category.")
 @click.option("--n", "n", default=4, show_default=True, help="Images per prompt.")
 @click.option("--benchmarks", default="winrate,geneval", show_default=True, help="winrate, geneval, compbench.")
 @click.option("--rewards", help="Reward models for win-rates (default: the world's set).")
 @click.option("--out", default=None, help="Output directory (default runs/compare/<A>-vs-<B>).")
 @click.option("--fail-if", "gates", multiple=True, metavar="EXPR",
-              help="Exit 1 when e.g. 'geneval.overall < -0.02' or 'winrate.shapes-gold < 50' holds (repeatable).")
+              help="Exit 1 when EXPR holds (repeatable): 'METRIC[:FIELD] OP NUMBER', FIELD value (default) | "
+                   "ci_low | ci_high of the 95% CI, e.g. 'geneval.overall:ci_high < 0' (the whole CI below 0, "
+                   "recommended), 'winrate.shapes-gold:ci_high < 50', 'geneval.overall < -0.02'.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates, seed, quiet):
     """Compare MODEL_B against MODEL_A on the same prompts and seeds; print a markdown delta table.
 
     MODEL_A / MODEL_B: registered names, pipeline dirs or checkpoints (label=spec to name them).
+    A point gate ('geneval.overall < -0.02') fires on noise alone in a good share of runs
+    (bench/bench_gate.py measures it); a CI gate (':ci_high < 0') only when the whole 95% CI
+    is below the line.
     """
     from capo.artifacts import ArtifactError
     from capo.models import ModelLoadError
@@ -302,27 +315,27 @@ def world_verify():
 
 @main.command()
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="A `capo reproduce` experiment directory.")
-@click.option("--out", default=None, help="Write the markdown here (default: print it).")
+@click.option("--out", default=None,
+              help="A directory: write tables.md, tables.csv, tables.tex and claims.md there (default: print the markdown).")
 @click.option("--with-paper", is_flag=True, help="Add the paper's own numbers beside each table.")
 @click.option("--rewards", default="shapes-pref,shapes-vqa,shapes-aesthetic", show_default=True,
               help="Rewards in the roles of MPS, VQA, VILA.")
 @click.option("--roles", default="MPS,VQA,VILA", show_default=True)
-def tables(root, out, with_paper, rewards, roles):
-    """Render the paper's Tables 1-5 as markdown from evaluation results."""
+@click.option("--gold", default="shapes-gold", show_default=True, help="Hidden-truth reward for the matched-divergence table.")
+def tables(root, out, with_paper, rewards, roles, gold):
+    """Render the paper's Tables 1-5, head-to-head tests, the beta sweep and the claims report."""
     from capo import tables as T
 
     rw, rl = _csv(rewards), _csv(roles)
     try:
-        md = T.render(root, dict(zip(rw, rl)), pref=rw[0], with_paper=with_paper)
-    except (FileNotFoundError, KeyError) as e:
+        if out:
+            paths = T.write(root, out, dict(zip(rw, rl)), pref=rw[0], with_paper=with_paper, gold=gold,
+                            command="capo tables --root " + root)
+            click.echo("tables: -> " + ", ".join(str(p) for p in paths))
+        else:
+            click.echo(T.render(root, dict(zip(rw, rl)), pref=rw[0], with_paper=with_paper, gold=gold))
+    except (FileNotFoundError, KeyError, ValueError) as e:
         _fail(str(e))
-    if out:
-        from capo.artifacts import write_text
-
-        write_text(out, md)
-        click.echo(f"tables: -> {out}")
-    else:
-        click.echo(md)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -12,6 +12,32 @@ A spec is one of
 Every record gets a ``prompt_id`` (its ``id`` if given, else its 0-based index as
 ``%05d``). Blank prompts, duplicate prompts, duplicate ids and prompts longer than
 ``max_words`` are errors naming the line numbers, never silently skipped or truncated.
+This validation, and the ids, are always those of the FULL set, whatever the split or limit.
+
+Validation and test halves: a spec ending in ``@val`` or ``@test`` (``shapes:geneval@val``,
+``parti@test``, ``prompts.jsonl@test``) is a deterministic half of the set, for choosing
+settings on one half and reporting on the other:
+
+* strata are the records' ``tag`` (else ``category``; records with neither form one
+  stratum, ``UNTAGGED``);
+* within a stratum, prompts are ranked by ``sha256("capo-split/" + prompt)`` (the stripped
+  prompt text): the first ``floor(n / 2)`` go to ``val``, the other ``ceil(n / 2)`` to
+  ``test``. So ``test`` holds every tag of the set (a tag with one prompt is in ``test``
+  only), ``val`` every tag with at least two prompts, and the halves are disjoint and
+  together the whole set;
+* the split depends on the prompt texts and tags alone: not on any seed, limit, record
+  order or call order. Records keep their full-set ``prompt_id``, so val and test ids
+  never collide and stay the same under any ``limit``.
+
+A file whose name itself ends in ``@...`` is read as that file; any other suffix after the
+last ``@`` is an error.
+
+Subsets: ``limit=K`` keeps the first ``K`` records (of the half, for a split spec); with
+``stratify=True`` it draws ``K`` records stratified by tag/category instead
+(``stratified_subset``): largest-remainder proportional allocation, at least one per
+stratum when ``K`` >= the number of strata, within a stratum the first by
+``sha256("capo-subset/<subset_seed>/" + prompt)``, returned in the set's order.
+``strata_of(records)`` counts records per stratum (what a figure covers).
 """
 
 from __future__ import annotations
@@ -66,12 +92,114 @@ def _named(spec: str) -> list[dict]:
     return [dict(r) for r in load_prompt_set(spec)]
 
 
-def load_prompts(spec: str, limit: int | None = None, max_words: int = MAX_WORDS) -> list[dict]:
-    """Validated prompt records for ``spec`` (see module docstring), the first ``limit`` if given."""
-    path = Path(spec)
-    records = _read_file(path) if path.is_file() else _named(spec)
+SPLITS = ("val", "test")
+UNTAGGED = "(untagged)"  # the stratum of records with neither a tag nor a category
+
+
+def stratum(record: dict) -> str:
+    """A record's stratum: its ``tag``, else its ``category``, else ``UNTAGGED``."""
+    key = record.get("tag") or record.get("category")
+    return str(key) if key else UNTAGGED
+
+
+def strata_of(records: list[dict]) -> dict[str, int]:
+    """Records per stratum (tag / category -> count), in order of first appearance."""
+    out: dict[str, int] = {}
+    for r in records:
+        k = stratum(r)
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def _by_stratum(records: list[dict]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(stratum(r), []).append(i)
+    return groups
+
+
+def _rank(records: list[dict], idx: list[int], salt: str) -> list[int]:
+    key = lambda i: hashlib.sha256((salt + records[i]["prompt"].strip()).encode()).hexdigest()  # noqa: E731
+    return sorted(idx, key=key)
+
+
+def split_records(records: list[dict], split: str) -> list[dict]:
+    """The ``val`` or ``test`` half of ``records`` (see the module docstring), in their order."""
+    if split not in SPLITS:
+        raise PromptError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    keep = []
+    for idx in _by_stratum(records).values():
+        ranked = _rank(records, idx, "capo-split/")
+        n_val = len(ranked) // 2
+        keep += ranked[:n_val] if split == "val" else ranked[n_val:]
+    return [records[i] for i in sorted(keep)]
+
+
+def allocate(sizes: list[int], k: int) -> list[int]:
+    """Largest-remainder proportional allocation of ``k`` draws over strata of ``sizes``.
+
+    Quotas ``k * n_s / N``; floors first, the remaining draws to the largest remainders
+    (ties: the earlier stratum). When ``k`` >= the number of strata, a stratum left at 0
+    takes one draw from the stratum most above its quota (ties: more draws, then earlier).
+    """
+    total = sum(sizes)
+    if not 0 <= k <= total:
+        raise ValueError(f"cannot draw {k} of {total}")
+    alloc = [k * n // total for n in sizes]
+    rems = sorted(range(len(sizes)), key=lambda s: (-(k * sizes[s] % total), s))
+    for s in rems[:k - sum(alloc)]:
+        alloc[s] += 1
+    if k >= len(sizes):
+        for s in range(len(sizes)):
+            if alloc[s] == 0:
+                # excess over quota, times total to stay in integers
+                donor = max((t for t in range(len(sizes)) if alloc[t] > 1),
+                            key=lambda t: (alloc[t] * total - k * sizes[t], alloc[t], -t))
+                alloc[donor] -= 1
+                alloc[s] = 1
+    return alloc
+
+
+def stratified_subset(records: list[dict], k: int, seed: int = 0) -> list[dict]:
+    """``k`` records stratified by tag / category (see ``allocate``), in their original order;
+    within a stratum the first by ``sha256("capo-subset/<seed>/" + prompt)``."""
+    if k >= len(records):
+        return list(records)
+    groups = list(_by_stratum(records).values())
+    keep = []
+    for idx, n in zip(groups, allocate([len(g) for g in groups], k)):
+        keep += _rank(records, idx, f"capo-subset/{seed}/")[:n]
+    return [records[i] for i in sorted(keep)]
+
+
+def _parse_spec(spec: str) -> tuple[str, str | None]:
+    """``"shapes:geneval@val"`` -> ``("shapes:geneval", "val")``; a file named as given wins."""
+    if "@" not in spec or Path(spec).is_file():
+        return spec, None
+    base, _, split = spec.rpartition("@")
+    if split not in SPLITS:
+        raise PromptError(f"{spec}: unknown split suffix '@{split}' (known: {', '.join('@' + s for s in SPLITS)}); "
+                          f"and no file named {spec!r}")
+    if not base:
+        raise PromptError(f"{spec}: no prompt set before '@{split}'")
+    return base, split
+
+
+def load_prompts(spec: str, limit: int | None = None, max_words: int = MAX_WORDS, *, stratify: bool = False,
+                 subset_seed: int = 0) -> list[dict]:
+    """Validated prompt records for ``spec`` (see module docstring).
+
+    ``limit``: the first ``limit`` records, or with ``stratify=True`` a subset of that size
+    stratified by tag / category (``stratified_subset`` with ``subset_seed``). A ``@val`` /
+    ``@test`` suffix of ``spec`` selects that half first; ids are always the full set's.
+    """
+    if limit is not None and limit < 0:
+        raise PromptError(f"{spec}: limit must be >= 0 (0 or None: every prompt), got {limit}")
+    base, split = _parse_spec(spec)
+    path = Path(base)
+    records = _read_file(path) if path.is_file() else _named(base)
     if not records:
-        raise PromptError(f"{spec}: no prompts")
+        raise PromptError(f"{base}: no prompts")
     where = lambda r, i: f"line {r['_line']}" if "_line" in r else f"record {i}"  # noqa: E731
     problems = []
     blank = [where(r, i) for i, r in enumerate(records) if not r["prompt"].strip()]
@@ -87,16 +215,20 @@ def load_prompts(spec: str, limit: int | None = None, max_words: int = MAX_WORDS
     if dups:
         problems.append(f"duplicate prompt {'; '.join(dups[:5])}")
     if problems:
-        raise PromptError(f"{spec}: " + "; ".join(problems))
+        raise PromptError(f"{base}: " + "; ".join(problems))
     out = []
-    for i, r in enumerate(records[:limit] if limit else records):
+    for i, r in enumerate(records):  # ids of the full set, before any split or limit
         r = {k: v for k, v in r.items() if k != "_line"}
         r["prompt"] = r["prompt"].strip()
         r["prompt_id"] = str(r.get("id", f"{i:05d}"))
         out.append(r)
     ids = [r["prompt_id"] for r in out]
     if len(set(ids)) != len(ids):
-        raise PromptError(f"{spec}: duplicate prompt ids")
+        raise PromptError(f"{base}: duplicate prompt ids")
+    if split:
+        out = split_records(out, split)
+    if limit:
+        out = stratified_subset(out, limit, subset_seed) if stratify else out[:limit]
     return out
 
 

@@ -240,3 +240,166 @@ def test_unknown_names_suggest_nearest():
     with pytest.raises(KeyError, match="'parti'"):
         P.load_prompt_set("partiprompts", source=BENCH)
     assert P.list_prompt_sets() == sorted(P.PROMPT_SETS)
+
+
+# ------------------------------------------------------------------ capo.prompts: val/test halves, stratified subsets
+# (they need no benchmark copies but for the parti one; the module's skip mark covers them all the same)
+
+from capo import prompts as CP  # noqa: E402
+
+
+def _tagged_jsonl(path: Path, sizes: dict[str, int], extra: list[dict] | None = None) -> Path:
+    lines = [json.dumps({"prompt": f"a {tag} prompt number {i}", "tag": tag})
+             for tag, n in sizes.items() for i in range(n)]
+    lines += [json.dumps(r) for r in extra or []]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _halves(spec, **kw):
+    return CP.load_prompts(spec + "@val", **kw), CP.load_prompts(spec + "@test", **kw)
+
+
+@pytest.mark.parametrize("spec", ["shapes:geneval", "shapes:train", "shapes:compbench:color"])
+def test_val_test_disjoint_cover_and_stratified(spec):
+    full = CP.load_prompts(spec)
+    val, test = _halves(spec)
+    ids = lambda rs: [r["prompt_id"] for r in rs]  # noqa: E731
+    assert not set(ids(val)) & set(ids(test))
+    assert sorted(ids(val) + ids(test)) == sorted(ids(full))
+    by_id = {r["prompt_id"]: r for r in full}
+    assert all(by_id[r["prompt_id"]] == r for r in val + test)  # the full set's records and ids
+    assert ids(val) == [i for i in ids(full) if i in set(ids(val))]  # in the set's order
+    sv, st, sf = CP.strata_of(val), CP.strata_of(test), CP.strata_of(full)
+    for tag, n in sf.items():
+        assert sv.get(tag, 0) == n // 2 and st[tag] == n - n // 2  # val floor(n/2), test ceil(n/2)
+        if n >= 2:
+            assert sv[tag] >= 1 and st[tag] >= 1
+
+
+def test_split_by_hash_of_text_not_order_seed_or_limit(tmp_path):
+    f = _tagged_jsonl(tmp_path / "p.jsonl", {"a": 5, "b": 4, "c": 1})
+    val, test = _halves(str(f))
+    # by hand: within a tag, ranked by sha256("capo-split/" + prompt), the first floor(n/2) to val
+    for tag, n in {"a": 5, "b": 4, "c": 1}.items():
+        prompts = [f"a {tag} prompt number {i}" for i in range(n)]
+        ranked = sorted(prompts, key=lambda p: hashlib.sha256(("capo-split/" + p).encode()).hexdigest())
+        assert {r["prompt"] for r in val if r["tag"] == tag} == set(ranked[:n // 2])
+        assert {r["prompt"] for r in test if r["tag"] == tag} == set(ranked[n // 2:])
+    assert CP.strata_of(test) == {"a": 3, "b": 2, "c": 1} and CP.strata_of(val) == {"a": 2, "b": 2}
+    # reversed file: the same halves (ids follow the file, prompts do not move between halves)
+    rev = tmp_path / "rev.jsonl"
+    rev.write_text("\n".join(reversed(f.read_text().splitlines())) + "\n")
+    assert {r["prompt"] for r in CP.load_prompts(str(rev) + "@val")} == {r["prompt"] for r in val}
+    # the order of calls and a limit change nothing but the length
+    assert CP.load_prompts(str(f) + "@test") == test and CP.load_prompts(str(f) + "@val") == val
+    assert CP.load_prompts(str(f) + "@val", limit=3) == val[:3]
+    for k in (1, 2, 3, 4):
+        sub = CP.load_prompts(str(f) + "@test", limit=k, stratify=True, subset_seed=7)
+        assert {r["prompt_id"] for r in sub} <= {r["prompt_id"] for r in test}
+
+
+def test_split_ids_are_full_set_ids_and_stable_under_limit():
+    full_ids = {r["prompt"]: r["prompt_id"] for r in CP.load_prompts("shapes:geneval")}
+    val, test = _halves("shapes:geneval")
+    assert all(full_ids[r["prompt"]] == r["prompt_id"] for r in val + test)
+    for k in (1, 5, 17):
+        assert CP.load_prompts("shapes:geneval@val", limit=k) == val[:k]
+        sub = CP.load_prompts("shapes:geneval@test", limit=k, stratify=True)
+        assert {r["prompt_id"] for r in sub} <= {r["prompt_id"] for r in test}
+    assert CP.load_prompts("shapes:geneval@test", limit=2) == test[:2]
+
+
+def test_split_of_txt_file_and_untagged_stratum(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("".join(f"prompt {i}\n" for i in range(7)))
+    val, test = _halves(str(f))
+    assert len(val) == 3 and len(test) == 4
+    assert sorted(r["prompt_id"] for r in val + test) == [f"{i:05d}" for i in range(7)]
+    assert CP.strata_of(val) == {CP.UNTAGGED: 3}
+
+
+def test_split_suffix_errors_and_files_named_with_at(tmp_path):
+    f = _tagged_jsonl(tmp_path / "p.jsonl", {"a": 3})
+    with pytest.raises(CP.PromptError, match=r"unknown split suffix '@train'.*@val, @test"):
+        CP.load_prompts(str(f) + "@train")
+    with pytest.raises(CP.PromptError, match="unknown split suffix '@Val'"):
+        CP.load_prompts("shapes:geneval@Val")
+    with pytest.raises(CP.PromptError, match="no prompt set before"):
+        CP.load_prompts("@val")
+    odd = tmp_path / "odd@test"  # a real file wins over the suffix
+    odd.write_text("one\ntwo\n")
+    assert len(CP.load_prompts(str(odd))) == 2
+    with pytest.raises(CP.PromptError, match="limit must be >= 0"):
+        CP.load_prompts(str(f), limit=-1)
+
+
+def test_split_validates_the_full_set(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("a\nb\nc\nb\n")
+    with pytest.raises(CP.PromptError, match="duplicate prompt 'b' at line 2 and line 4"):
+        CP.load_prompts(str(f) + "@val")
+    f.write_text("a\n\nc\n")
+    with pytest.raises(CP.PromptError, match="blank prompt at line 2"):
+        CP.load_prompts(str(f) + "@test", limit=1)
+
+
+def test_split_of_benchmark_set_from_cache(monkeypatch, tmp_path):
+    if not BENCH.is_dir():
+        pytest.skip("needs shared/benchmarks")
+    _seed_cache(tmp_path / "capo-cache" / "benchmarks", "parti/PartiPrompts.tsv")
+    val, test = _halves("parti")
+    assert len(val) + len(test) == 1632 and not {r["prompt_id"] for r in val} & {r["prompt_id"] for r in test}
+    assert set(CP.strata_of(val)) == set(CP.strata_of(test)) == set(CP.strata_of(CP.load_prompts("parti")))
+
+
+def test_allocate_largest_remainder_by_hand():
+    # quotas 32 * (50, 24, 12, 6, 6, 2) / 100 = 16, 7.68, 3.84, 1.92, 1.92, 0.64: floors 16, 7, 3, 1, 1, 0
+    # (28), the 4 left to the largest remainders (.92, .92, .84, .68) -> 16, 8, 4, 2, 2, 0; the empty
+    # stratum takes one from the one most above its quota (position, +0.32) -> 16, 7, 4, 2, 2, 1
+    assert CP.allocate([50, 24, 12, 6, 6, 2], 32) == [16, 7, 4, 2, 2, 1]
+    assert CP.allocate([6, 3, 1], 5) == [3, 1, 1]  # 3, 1.5, 0.5 -> 3, 2, 0 -> 3, 1, 1
+    assert CP.allocate([6, 3, 1], 2) == [1, 1, 0]  # fewer draws than strata: no minimum
+    assert CP.allocate([5, 5], 3) == [2, 1]  # equal remainders: the earlier stratum
+    assert CP.allocate([4, 4, 2], 10) == [4, 4, 2]
+    assert sum(CP.allocate([7, 1, 1, 1, 90], 4)) == 4 and min(CP.allocate([7, 1, 1, 1, 90], 5)) == 1
+
+
+def test_stratified_subset_proportions_seeded_and_in_order(tmp_path):
+    f = _tagged_jsonl(tmp_path / "p.jsonl", {"a": 12, "b": 6, "c": 2})
+    full = CP.load_prompts(str(f))
+    sub = CP.load_prompts(str(f), limit=10, stratify=True, subset_seed=3)
+    assert CP.strata_of(sub) == {"a": 6, "b": 3, "c": 1}  # 12, 6, 2 halved
+    assert [r["prompt_id"] for r in sub] == sorted(r["prompt_id"] for r in sub)  # the set's order
+    assert all(r in full for r in sub)
+    # by hand: within a stratum the first by sha256("capo-subset/<seed>/" + prompt)
+    a = sorted((r["prompt"] for r in full if r["tag"] == "a"),
+               key=lambda p: hashlib.sha256(f"capo-subset/3/{p}".encode()).hexdigest())[:6]
+    assert {r["prompt"] for r in sub if r["tag"] == "a"} == set(a)
+    assert CP.load_prompts(str(f), limit=10, stratify=True, subset_seed=3) == sub  # reproducible
+    others = [CP.load_prompts(str(f), limit=10, stratify=True, subset_seed=s) for s in range(4)]
+    assert any(o != sub for o in others) and all(CP.strata_of(o) == CP.strata_of(sub) for o in others)
+    assert CP.load_prompts(str(f), limit=10) == full[:10]  # stratify=False: the first K, as before
+    assert CP.load_prompts(str(f), limit=50, stratify=True) == full  # K >= N: everything
+    assert CP.load_prompts(str(f), limit=3, stratify=True, subset_seed=1) != []
+    assert CP.strata_of(CP.load_prompts(str(f), limit=3, stratify=True)) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_limit_32_of_shapes_geneval_covers_every_tag():
+    full = CP.load_prompts("shapes:geneval")
+    tags = set(CP.strata_of(full))
+    assert len(tags) == 6
+    assert set(CP.strata_of(CP.load_prompts("shapes:geneval", limit=32))) != tags  # first 32: color_attr missing
+    sub = CP.load_prompts("shapes:geneval", limit=32, stratify=True)
+    assert len(sub) == 32 and set(CP.strata_of(sub)) == tags
+    assert CP.strata_of(sub) == {"single_object": 1, "two_object": 2, "counting": 2, "colors": 4, "position": 7,
+                                 "color_attr": 16}
+    for s in range(5):
+        assert set(CP.strata_of(CP.load_prompts("shapes:geneval", limit=32, stratify=True, subset_seed=s))) == tags
+    assert set(CP.strata_of(CP.load_prompts("shapes:geneval@test", limit=32, stratify=True))) == tags
+
+
+def test_strata_of_counts_tag_then_category():
+    recs = [{"prompt": "x", "tag": "t"}, {"prompt": "y", "category": "c"}, {"prompt": "z"},
+            {"prompt": "w", "tag": "t", "category": "c"}]
+    assert CP.strata_of(recs) == {"t": 2, "c": 1, CP.UNTAGGED: 1}

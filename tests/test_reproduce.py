@@ -16,30 +16,48 @@ def test_reproduce_tiny_end_to_end(tiny_chain, tmp_path):
     cfg = reproduce.ReproduceConfig(
         preset="tiny", out=str(tmp_path / "exp"), bases=[str(tiny_chain / "base")], rewards=["toy-bright", "toy-red"],
         roles=["MPS", "VQA"], gold=None, train_prompts=str(tiny_chain / "prompts.txt"), train_limit=4, n=4,
-        eval_prompts="shapes:geneval", eval_limit=2, eval_n=1, steps=2, batch_size=2, lr=1e-3,
-        beta={"dpo": 50.0, "ipo": 50.0, "capo": 50.0}, quiet=True)
+        n_ablation=[3], val_prompts="shapes:geneval@val", val_limit=6, val_n=1,
+        eval_prompts="shapes:geneval@test", eval_limit=6, eval_n=1, steps=2, batch_size=2, lr=1e-3,
+        betas={"dpo": [5.0, 50.0], "ipo": [5.0, 50.0], "capo": [5.0, 50.0]}, widen=1, biases=[1.0, 1.5],
+        seeds=[0, 1], quiet=True)
     res = reproduce.run(cfg)
-    md = (tmp_path / "exp" / "reports" / "tables.md").read_text()
+    reports = tmp_path / "exp" / "reports"
+    md = (reports / "tables.md").read_text()
     for n in range(1, 6):
         assert f"## Table {n}." in md
     base = "base"  # the tiny base's slug is its directory name
     ev = json.loads((tmp_path / "exp" / base / "eval" / "results.json").read_text())
     labels = set(ev["results"])
-    for o in ("dpo", "ipo", "capo"):
-        assert {f"{o}-single-toy-bright", f"{o}-single-toy-red", f"{o}-sum", f"{o}-soup", f"{o}-frs"} <= labels
-    assert {"dpo-human", "capo-frs-constant", "capo-frs-b1.0", "capo-frs-b1.5", "capo-frs-b2.0"} <= labels
-    # a cell of Table 1 is the evaluated win-rate of that run, to one decimal
-    w = ev["results"]["capo-single-toy-red"]["winrate"]["toy-red"]["win_rate"]
-    row = next(line for line in md.splitlines() if line.startswith("| CaPO |"))
-    assert f"{w:.1f}" in row
+    for s in (0, 1):  # every cell with both training seeds
+        for o in ("dpo", "ipo", "capo"):
+            assert {f"{o}-single-toy-bright.s{s}", f"{o}-single-toy-red.s{s}", f"{o}-sum.s{s}", f"{o}-soup.s{s}",
+                    f"{o}-frs.s{s}"} <= labels
+        assert {f"dpo-human.s{s}", f"capo-frs-b1.0.s{s}", f"capo-frs-b1.5.s{s}", f"capo-frs-n3.s{s}"} <= labels
+    # validation and test prompts are disjoint; the sweep records its grid and selection
+    sw = json.loads((tmp_path / "exp" / base / "sweep" / "capo-frs" / "sweep.json").read_text())
+    test_ids = {p.split("/", 1)[1] for p in
+                __import__("pandas").read_parquet(tmp_path / "exp" / base / "eval" / "results" / "base" /
+                                                  "winrate_per_image.parquet")["prompt_id"]}
+    assert test_ids and not (set(sw["val_prompt_ids"]) & test_ids)
+    assert sw["selected"]["beta"] in [p["beta"] for p in sw["grid"]] and len(sw["grid"]) >= 2
+    # the seed-0 model of a cell is the sweep's selected checkpoint
+    assert ev["models"]["capo-frs.s0"] == sw["selected"]["checkpoint"]
+    for f in ("tables.csv", "tables.tex", "claims.md"):
+        assert (reports / f).stat().st_size > 200
+    claims = (reports / "claims.md").read_text()
+    for k in ("C1", "C2", "C3", "C4", "C5", "C6"):
+        assert f"| {k}:" in claims
+    assert "\\toprule" in (reports / "tables.tex").read_text()
     assert "Paper (SDXL)" in md and "61.1" in md  # --with-paper numbers
     for f in ("winrate_base.png", "pareto_base.png", "grid_base.png"):
-        assert (tmp_path / "exp" / "reports" / f).stat().st_size > 1000
+        assert (reports / f).stat().st_size > 1000
     bench = json.loads((tmp_path / "exp" / base / "bench" / "results.json").read_text())
-    assert "geneval" in bench["results"]["capo-frs"] and "compbench_delta" in bench["results"]["capo-frs"]
-    # a second run reuses every finished stage
+    assert "geneval" in bench["results"]["capo-frs.s1"] and "compbench_delta" in bench["results"]["capo-frs.s0"]
+    # a second run reuses every finished stage and rewrites byte-identical tables and claims
+    before = {f: (reports / f).read_bytes() for f in ("tables.md", "tables.csv", "claims.md")}
     again = reproduce.run(cfg)
     assert again["seconds"] < res["seconds"]
+    assert {f: (reports / f).read_bytes() for f in before} == before
     r = CliRunner().invoke(main, ["tables", "--root", str(tmp_path / "exp"), "--rewards", "toy-bright,toy-red",
                                   "--roles", "MPS,VQA"])
     assert r.exit_code == 0 and "## Table 5." in r.output and "Paper" not in r.output

@@ -12,6 +12,15 @@ Every model generates ``n`` images per prompt with the same per-item seeds
   the tags; deltas against the base with prompt-bootstrap CIs.
 * ``compbench``: T2I-CompBench per-category scores (the shapes world's analogue through
   its evaluator; real models through BLIP-VQA / UniDet-style spatial / CLIPScore).
+* ``divergence``: how far each model moved from the base on the win-rate prompts
+  (``capo.eval.divergence``): the reverse-process KL term ``-w_t lambda'_t ||eps_theta -
+  eps_ref||^2`` (constant weighting, mean over C x H x W) on the model's own images with
+  ``n_t`` draws of (t, eps) per image, with a prompt-bootstrap CI, and the parameter
+  distance ``||theta - theta_ref||``.
+
+``limit`` draws a subset of K prompts per set stratified by tag / category (seeded by
+``subset_seed``; ``capo.prompts.stratified_subset``), so a small subset still covers
+every tag; ``results.json`` lists the tags each set covers (``strata``).
 
 Layout of ``out``: ``samples/<label>/`` (a generate run per model),
 ``samples/<label>/rewards/<reward>/`` (score runs), ``results/<label>/<benchmark>.json``
@@ -31,7 +40,7 @@ import numpy as np
 from capo import artifacts
 from capo.config import to_dict
 
-BENCHMARKS = ("winrate", "geneval", "compbench")
+BENCHMARKS = ("winrate", "geneval", "compbench", "divergence")
 SHAPES_REWARDS = ["shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"]
 REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
 
@@ -40,14 +49,16 @@ REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
 class EvalConfig:
     models: list[str]  # "label=spec" or spec; the FIRST is the base model the others are compared with
     out: str  # output directory
-    benchmarks: list[str] = field(default_factory=lambda: ["winrate"])  # winrate | geneval | compbench
+    benchmarks: list[str] = field(default_factory=lambda: ["winrate"])  # winrate | geneval | compbench | divergence
     prompts: str | None = None  # win-rate prompts (default: shapes:geneval in the shapes world, parti otherwise)
     geneval_prompts: str | None = None  # GenEval-form set (default: shapes:geneval / geneval)
     compbench_prompts: list[str] | None = None  # CompBench sets (default: the world's categories)
     rewards: list[str] | None = None  # reward models for win-rates (default: the world's set)
     n: int = 4  # images per prompt
     seed: int = 0  # base seed of the per-item seeds (shared by every model)
-    limit: int | None = None  # first K prompts of each prompt set
+    limit: int | None = None  # K prompts of each prompt set, stratified by tag / category
+    subset_seed: int = 0  # seed of the stratified subset
+    n_t: int = 4  # divergence: (t, eps) draws per image
     detector: str = "auto"  # shapes | mask2former | mmdet (auto: shapes for shapes models)
     steps: int | None = None  # sampler steps (default: each model's)
     guidance: float | None = None  # guidance scale (default: each model's)
@@ -170,7 +181,7 @@ def run(cfg: EvalConfig) -> dict:
     from capo.eval.t2i_compbench import summarize as summarize_cb
     from capo.eval.winrate import bootstrap_delta, win_rate
     from capo.models import load_model, model_fingerprint
-    from capo.prompts import load_prompts, records_fingerprint
+    from capo.prompts import load_prompts, records_fingerprint, strata_of
     from capo.stages import generate, score
 
     t0 = time.time()
@@ -180,13 +191,14 @@ def run(cfg: EvalConfig) -> dict:
     models = parse_models(cfg.models)
     shapes = is_shapes(load_model(models[0][1]))
     sets = {}  # benchmark -> prompt sets
-    if "winrate" in cfg.benchmarks:
+    if "winrate" in cfg.benchmarks or "divergence" in cfg.benchmarks:
         sets["winrate"] = [cfg.prompts or ("shapes:geneval" if shapes else "parti")]
     if "geneval" in cfg.benchmarks:
         sets["geneval"] = [cfg.geneval_prompts or ("shapes:geneval" if shapes else "geneval")]
     if "compbench" in cfg.benchmarks:
         sets["compbench"] = list(cfg.compbench_prompts or (SHAPES_COMPBENCH if shapes else REAL_COMPBENCH))
-    records = {ps: load_prompts(ps, limit=cfg.limit) for ps in sorted({p for v in sets.values() for p in v})}
+    records = {ps: load_prompts(ps, limit=cfg.limit, stratify=True, subset_seed=cfg.subset_seed)
+               for ps in sorted({p for v in sets.values() for p in v})}
     rewards = cfg.rewards if cfg.rewards is not None else (SHAPES_REWARDS if shapes else REAL_REWARDS)
     detector_name = ("shapes" if shapes else "mask2former") if cfg.detector == "auto" else cfg.detector
 
@@ -201,8 +213,10 @@ def run(cfg: EvalConfig) -> dict:
     def samples_of(ps: str, label: str, spec: str) -> Path:
         d = out / "samples" / _slug(ps) / label
         generate.run(generate.GenerateConfig(model=spec, prompts=ps, out=str(d), n=cfg.n, seed=cfg.seed,
-                                             limit=cfg.limit, steps=cfg.steps, guidance=cfg.guidance,
-                                             batch_size=cfg.batch_size, cache=False, quiet=cfg.quiet))
+                                             limit=cfg.limit, stratify=True, subset_seed=cfg.subset_seed,
+                                             steps=cfg.steps, guidance=cfg.guidance,
+                                             batch_size=cfg.batch_size, cache="divergence" in cfg.benchmarks,
+                                             quiet=cfg.quiet))
         return d
 
     def per_image(bench: str, label: str, spec: str) -> pd.DataFrame:
@@ -236,13 +250,16 @@ def run(cfg: EvalConfig) -> dict:
         else:
             detector = get_detector(detector_name)
     results: dict = {"base": models[0][0], "models": dict(models), "prompt_sets": sets,
-                     "n_prompts": {ps: len(r) for ps, r in records.items()}, "n_per_prompt": cfg.n,
+                     "n_prompts": {ps: len(r) for ps, r in records.items()},
+                     "strata": {ps: strata_of(r) for ps, r in records.items()}, "n_per_prompt": cfg.n,
                      "seed": cfg.seed, "rewards": list(rewards), "detector": detector_name,
                      "results": {label: {} for label, _ in models}}
     memo: dict = {}  # one computation per (benchmark, model spec), however many labels name it
     frames = {bench: {label: memo[(bench, spec)] if (bench, spec) in memo else
                       memo.setdefault((bench, spec), per_image(bench, label, spec)) for label, spec in models}
-              for bench in sets}
+              for bench in sets if bench != "winrate" or "winrate" in cfg.benchmarks}
+    if "divergence" in cfg.benchmarks:
+        frames["divergence"] = divergence_frames(cfg, models, sets["winrate"], records, samples_of)
     base_label = models[0][0]
     for label, _ in models:
         entry = results["results"][label]
@@ -274,7 +291,13 @@ def run(cfg: EvalConfig) -> dict:
                     entry["compbench_delta"][cat] = bootstrap_delta(
                         f.loc[m, "score"].to_numpy(), f.loc[m, "score@base"].to_numpy(),
                         f.loc[m, "prompt_id"].to_numpy(), n_boot=cfg.n_boot)
-        for bench in ("winrate", "geneval", "compbench"):
+        if "divergence" in frames and label in frames["divergence"]:
+            from capo.eval.divergence import divergence_summary
+
+            dv = frames["divergence"][label]
+            entry["divergence"] = {**divergence_summary(dv["rows"], n_boot=cfg.n_boot),
+                                   "param_distance": dv["param_distance"]}
+        for bench in ("winrate", "geneval", "compbench", "divergence"):
             if bench in entry:
                 artifacts.write_json(out / "results" / label / f"{bench}.json",
                                      {"eval_run": manifest["run_key"], "model": dict(models)[label],
@@ -284,6 +307,33 @@ def run(cfg: EvalConfig) -> dict:
     artifacts.finish(out, manifest, counts={"models": len(models), **{f"prompts:{k}": len(v) for k, v in records.items()}},
                      seconds=round(time.time() - t0, 3))
     return {**results, "skipped": False}
+
+
+def divergence_frames(cfg: EvalConfig, models, prompt_sets, records, samples_of) -> dict:
+    """Per model (the base excluded): divergence rows on the win-rate prompts, from the
+    latents of its evaluation images (the same images the win-rates score), and the
+    parameter distance."""
+    import pandas as pd
+
+    from capo.eval.divergence import divergence_rows, param_distance_of
+    from capo.models import load_model
+    from capo.stages.train import LatentCache
+
+    base = load_model(models[0][1])
+    out = {}
+    for label, spec in models[1:]:
+        model = load_model(spec)
+        rows = []
+        for ps in prompt_sets:
+            d = samples_of(ps, label, spec)
+            idx = artifacts.read_table(d / "index.parquet")
+            lat = LatentCache(d).latents(list(zip(idx["prompt_id"], idx["sample_id"].astype(int))))
+            part = pd.DataFrame(divergence_rows(model, base, records[ps], n=cfg.n, seed=cfg.seed, n_t=cfg.n_t,
+                                                batch_size=cfg.batch_size, latents=lat))
+            part["prompt_id"] = ps + "/" + part["prompt_id"].astype(str)
+            rows.append(part)
+        out[label] = {"rows": pd.concat(rows, ignore_index=True), "param_distance": param_distance_of(model, base)}
+    return out
 
 
 def _geneval_deltas(f, pids, n_boot, bootstrap_delta) -> dict:

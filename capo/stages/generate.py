@@ -47,7 +47,9 @@ class GenerateConfig:
     guidance: float | None = None  # classifier-free guidance scale (default: the model's)
     batch_size: int = 64  # images per sampler call
     shard_prompts: int = 16  # prompts per resumable shard
-    limit: int | None = None  # first K prompts only
+    limit: int | None = None  # first K prompts only (or a stratified subset of K with stratify)
+    stratify: bool = False  # limit draws K prompts stratified by tag / category (capo.prompts)
+    subset_seed: int = 0  # seed of the stratified subset
     cache: bool = True  # keep latents + text embeddings for training
     overwrite: bool = False
     quiet: bool = False
@@ -80,7 +82,7 @@ def run(cfg: GenerateConfig) -> dict:
 
     t0 = time.time()
     state = partial_state()
-    records = load_prompts(cfg.prompts, limit=cfg.limit)
+    records = load_prompts(cfg.prompts, limit=cfg.limit, stratify=cfg.stratify, subset_seed=cfg.subset_seed)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}
     manifest = artifacts.make_manifest("generate", config, {
         "model": {"path": cfg.model, "sha256": model_fingerprint(cfg.model)},

@@ -41,6 +41,7 @@ class PairsConfig:
     seed: int = 0  # FRS draws
     draws: int = 1  # FRS pairs drawn per prompt
     max_tries: int = 16  # FRS redraws of a rejected pair
+    n: int | None = None  # use only samples with sample_id < n of each prompt (N ablations; default: all)
     overwrite: bool = False
 
 
@@ -48,8 +49,10 @@ class PairsError(ValueError):
     """Bad reward tables or options; the message names the rows, columns or names at fault."""
 
 
-def load_rewards(paths: list[str], rewards: list[str] | None):
-    """Read and join reward tables; validate keys, columns and values. Returns (df, reward names)."""
+def load_rewards(paths: list[str], rewards: list[str] | None, n: int | None = None):
+    """Read and join reward tables; validate keys, columns and values. Returns (df, reward names).
+    With ``n``, only the samples with ``sample_id < n`` are kept (the first n of each prompt's
+    per-item-seeded samples: the same images an ``n``-sample generation would have made)."""
     import pandas as pd
 
     if not paths:
@@ -94,6 +97,8 @@ def load_rewards(paths: list[str], rewards: list[str] | None):
         raise PairsError(f"{int(bad.sum())} reward value(s) are NaN, infinite or not numbers: {', '.join(where)}")
     df = df[list(KEYS) + names].copy()
     df[names] = values
+    if n is not None:
+        df = df[df["sample_id"].astype(int) < n]
     counts = df.groupby("prompt_id").size()
     few = counts[counts < 2]
     if len(few):
@@ -141,7 +146,9 @@ def run(cfg: PairsConfig) -> dict:
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
-    df, names = load_rewards(cfg.rewards_tables, cfg.rewards)
+    if cfg.n is not None and cfg.n < 2:
+        raise PairsError(f"n must be at least 2 (calibration needs N >= 2 samples per prompt), got {cfg.n}")
+    df, names = load_rewards(cfg.rewards_tables, cfg.rewards, n=cfg.n)
     unknown_t = sorted(set(cfg.transforms) - set(names))
     if unknown_t:
         raise PairsError(f"transforms given for reward(s) not selected: {', '.join(unknown_t)} (rewards: {', '.join(names)})")

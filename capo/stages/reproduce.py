@@ -1,20 +1,29 @@
-"""Stage `reproduce`: everything the paper's Tables 1-5 need, on the shapes world, then reports.
+"""Stage `reproduce`: everything the paper's Tables 1-5 need, on the shapes world, then reports,
+under a protocol that makes the comparisons fair and decisive.
 
 Per base model (default both: ``shapes-sdxl`` and ``shapes-sd3``), top to bottom:
 
-1. ``generate`` N samples per training prompt; ``score`` them with the three rewards that
-   play MPS, VQAScore and VILA;
-2. ``pairs``: best-worst per reward (Table 1), SUM and FRS over the three (Table 2), and
-   the human-labelled pair set (Table 4's Pick-a-Pic analogue);
-3. ``train``: DPO / IPO / CaPO x {each single reward, SUM, FRS}; Diffusion-DPO on the
-   human pairs; CaPO+FRS with constant and sigmoid b = 1.0 / 1.5 / 2.0 weighting (Table 5);
-4. ``merge``: SOUP = slerp of the three single-reward models of each objective;
-5. ``eval``: win-rates of every model over the base on held-out prompts (with the gold
-   reward), and GenEval / T2I-CompBench of the base and CaPO+FRS (Table 3);
+1. ``generate`` N samples per training prompt (the largest N of ``n`` and ``n_ablation``);
+   ``score`` them with the three rewards that play MPS, VQAScore and VILA;
+2. ``pairs``: best-worst per reward (Table 1), SUM and FRS over the three (Table 2), FRS
+   on the first N' samples for each ``n_ablation`` value, and the human-labelled pair set
+   (Table 4's Pick-a-Pic analogue);
+3. ``sweep`` per cell (objective x pairs x weighting): every ``beta`` of the objective's
+   grid trained on ``seeds[0]``, evaluated on the *validation* prompts (``val_prompts``,
+   disjoint from ``eval_prompts``), the value chosen by the declared ``criterion`` (mean
+   win-rate over all L rewards by default; the gold reward is measured for the frontier
+   figures and never read by it), the grid widened when the choice sits on its edge;
+4. ``train`` the other ``seeds`` at each cell's selected ``beta``;
+5. ``merge``: SOUP = slerp of the three single-reward models of each objective, each at its
+   own selected ``beta``, per seed;
+6. ``eval`` of every (cell, seed) model against the base on the *test* prompts (win-rates
+   under the rewards and the gold), and GenEval / T2I-CompBench of the base and CaPO+FRS
+   on the test halves of those sets (Table 3);
 
-then ``capo tables`` and the figures into ``reports``. Every stage is skipped when its
-complete output exists, so an interrupted reproduce resumes where it stopped.
-Presets live in ``configs/reproduce-<preset>.yaml``.
+then ``capo tables``, the claims report and the figures into ``reports``. Model labels are
+``<cell>.s<seed>``. Every stage is skipped when its complete output exists, so an
+interrupted reproduce resumes where it stopped. Presets live in
+``configs/reproduce-<preset>.yaml``.
 """
 
 from __future__ import annotations
@@ -26,32 +35,44 @@ from pathlib import Path
 from capo import artifacts
 from capo.tables import OBJECTIVES, label
 
+DEFAULT_BETAS = {o: [50.0, 150.0, 500.0, 1500.0, 5000.0] for o in OBJECTIVES}
+
 
 @dataclass
 class ReproduceConfig:
     preset: str = "quick"  # quick | full | a configs/reproduce-<preset>.yaml name (fields below override it)
     out: str | None = None  # experiment directory (default runs/reproduce-<preset>)
-    reports: str | None = None  # where tables.md and figures go (default <out>/reports)
+    reports: str | None = None  # where tables.md, claims.md and figures go (default <out>/reports)
     bases: list[str] = field(default_factory=lambda: ["shapes-sdxl", "shapes-sd3"])  # base models
     rewards: list[str] = field(default_factory=lambda: ["shapes-pref", "shapes-vqa", "shapes-aesthetic"])  # MPS, VQA, VILA roles
     roles: list[str] = field(default_factory=lambda: ["MPS", "VQA", "VILA"])  # the paper's name for each reward
-    gold: str | None = "shapes-gold"  # hidden true preference, evaluated beside the rewards (None: none)
+    gold: str | None = "shapes-gold"  # hidden true preference: reported beside the rewards, never used to select
     human_pairs: bool = True  # Table 4: Diffusion-DPO on simulated human choices (shapes world only)
     train_prompts: str = "shapes:train"  # preference-training prompts
     train_limit: int | None = 64  # first K training prompts
     n: int = 8  # samples per training prompt (the paper's N = 16)
-    eval_prompts: str = "shapes:geneval"  # held-out win-rate prompts (Parti's role)
-    eval_limit: int | None = 32  # first K held-out prompts per set
-    eval_n: int = 2  # images per held-out prompt
-    benchmarks: bool = True  # Table 3: GenEval + CompBench of base and CaPO+FRS
+    n_ablation: list[int] = field(default_factory=list)  # other N for CaPO+FRS (the paper's 8 / 16 / 32)
+    val_prompts: str = "shapes:geneval@val"  # validation prompts: beta selection only
+    val_limit: int | None = None  # stratified subset of K validation prompts
+    val_n: int = 2  # images per validation prompt
+    eval_prompts: str = "shapes:geneval@test"  # test prompts: every reported figure
+    eval_limit: int | None = None  # stratified subset of K test prompts per set
+    eval_n: int = 2  # images per test prompt
+    benchmarks: bool = True  # Table 3: GenEval + CompBench of base and CaPO+FRS (test halves)
     steps: int = 20  # optimizer steps per fine-tuning run
     batch_size: int = 8  # pairs per step
     lr: float = 1e-5  # AdamW learning rate
-    beta: dict[str, float] = field(default_factory=lambda: {"dpo": 500.0, "ipo": 500.0, "capo": 500.0})
-    weighting: str = "constant"  # default loss weighting for Tables 1, 2, 4 (Table 5 varies it)
+    betas: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_BETAS))  # grid per objective (constant-weighting units)
+    widen: int = 2  # grid points added past an edge when the selected beta sits on it
+    criterion: str = "mean-winrate"  # mean-winrate | budget (see capo.stages.sweep)
+    divergence_budget: float | None = None  # budget criterion: largest validation divergence
+    n_t: int = 2  # divergence draws per validation image
+    weighting: str = "constant"  # loss weighting of Tables 1, 2, 4 (Table 5 varies it)
     bias: float = 1.5  # sigmoid bias b when weighting = sigmoid
+    biases: list[float] = field(default_factory=lambda: [1.0, 1.5, 2.0])  # Table 5's sigmoid b values
     lora_rank: int = 0  # 0: full fine-tuning
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds; the sweep trains on seeds[0]
+    seed: int = 0  # data seed: training samples, pair draws, evaluation images
     quiet: bool = False
 
 
@@ -66,79 +87,137 @@ def load_preset(name: str) -> dict:
     return load_yaml(path)
 
 
-def run(cfg: ReproduceConfig) -> dict:
-    from capo.stages import evaluate, generate, merge, pairs, score, train
+def seed_label(cell: str, seed: int) -> str:
+    """The evaluated model of ``cell`` trained with ``seed``: ``capo-frs.s1``."""
+    return f"{cell}.s{seed}"
 
-    t0 = time.time()
+
+def bias_name(b: float) -> str:
+    """Table 5's row name of a sigmoid bias: 1 -> "b1.0", 1.5 -> "b1.5"."""
+    s = f"{b:g}"
+    return "b" + (s if "." in s or "e" in s else s + ".0")
+
+
+def cells(cfg: ReproduceConfig, pair_dirs: dict[str, Path]) -> dict[str, dict]:
+    """Every trained cell: label -> pairs dir, objective, weighting, bias, trained rewards."""
+    out: dict[str, dict] = {}
+
+    def add(lab, pairs_key, o, weighting, bias, trained):
+        out[lab] = {"pairs": pair_dirs[pairs_key], "objective": o, "weighting": weighting, "bias": bias,
+                    "trained": trained}
+
+    for o in OBJECTIVES:
+        for r in cfg.rewards:
+            add(label(o, "single", r), f"single-{r}", o, cfg.weighting, cfg.bias, [r])
+        for sel in ("sum", "frs"):
+            add(label(o, sel), sel, o, cfg.weighting, cfg.bias, list(cfg.rewards))
+    for b in cfg.biases:  # Table 5 (the default weighting's own cell is capo-frs itself)
+        if not (cfg.weighting == "sigmoid" and b == cfg.bias):
+            add(f"capo-frs-{bias_name(b)}", "frs", "capo", "sigmoid", b, list(cfg.rewards))
+    if cfg.weighting != "constant":
+        add("capo-frs-constant", "frs", "capo", "constant", cfg.bias, list(cfg.rewards))
+    for k in cfg.n_ablation:
+        if k != cfg.n:
+            add(f"capo-frs-n{k}", f"frs-n{k}", "capo", cfg.weighting, cfg.bias, list(cfg.rewards))
+    if cfg.human_pairs:
+        add("dpo-human", "human", "dpo", cfg.weighting, cfg.bias, [])
+    return out
+
+
+def check(cfg: ReproduceConfig) -> None:
     if len(cfg.rewards) != len(cfg.roles):
         raise ValueError(f"{len(cfg.rewards)} rewards but {len(cfg.roles)} roles")
+    missing = [o for o in OBJECTIVES if o not in cfg.betas]
+    if missing:
+        raise ValueError(f"betas has no grid for objective(s) {', '.join(missing)}")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {cfg.seeds}")
+    if cfg.val_prompts == cfg.eval_prompts:
+        raise ValueError(f"val_prompts and eval_prompts are the same set ({cfg.val_prompts}); use SET@val / SET@test")
+
+
+def run(cfg: ReproduceConfig) -> dict:
+    from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
+
+    t0 = time.time()
+    check(cfg)
     root = Path(cfg.out or f"runs/reproduce-{cfg.preset}")
     reports = Path(cfg.reports or root / "reports")
     q = cfg.quiet
     log = (lambda msg: None) if q else (lambda msg: print(f"reproduce [{time.time() - t0:6.0f}s] {msg}", flush=True))
     summary = {}
+    gold = [cfg.gold] if cfg.gold else []
+    n_max = max([cfg.n, *cfg.n_ablation])
     for base in cfg.bases:
         b = root / _slug(base)
-        log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {cfg.n}")
-        generate.run(generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"), n=cfg.n,
+        log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {n_max}")
+        generate.run(generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"), n=n_max,
                                              limit=cfg.train_limit, seed=cfg.seed, quiet=q))
         score.run(score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q))
         tables = {r: str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards}
-        pair_dirs = {}
+        pair_dirs: dict[str, Path] = {}
         for r in cfg.rewards:
             pair_dirs[f"single-{r}"] = b / "pairs" / f"single-{r}"
-            pairs.run(pairs.PairsConfig(rewards_tables=[tables[r]], out=str(pair_dirs[f"single-{r}"])))
-        for sel in ("sum", "frs"):
+            pairs.run(pairs.PairsConfig(rewards_tables=[tables[r]], out=str(pair_dirs[f"single-{r}"]), n=cfg.n))
+        for sel, k in [("sum", cfg.n), ("frs", cfg.n)] + [(f"frs-n{k}", k) for k in cfg.n_ablation if k != cfg.n]:
             pair_dirs[sel] = b / "pairs" / sel
-            pairs.run(pairs.PairsConfig(rewards_tables=list(tables.values()), out=str(pair_dirs[sel]), selector=sel,
-                                        seed=cfg.seed))
-        runs: dict[str, tuple] = {}  # label -> (pairs dir, objective, weighting, bias)
-        for o in OBJECTIVES:
-            for r in cfg.rewards:
-                runs[label(o, "single", r)] = (pair_dirs[f"single-{r}"], o, cfg.weighting, cfg.bias)
-            for sel in ("sum", "frs"):
-                runs[label(o, sel)] = (pair_dirs[sel], o, cfg.weighting, cfg.bias)
-        for w, bias in (("constant", cfg.bias), ("b1.0", 1.0), ("b1.5", 1.5), ("b2.0", 2.0)):
-            weighting = "constant" if w == "constant" else "sigmoid"
-            same = weighting == cfg.weighting and (weighting == "constant" or bias == cfg.bias)
-            runs[f"capo-frs-{w}"] = runs[label("capo", "frs")] if same else (pair_dirs["frs"], "capo", weighting, bias)
+            pairs.run(pairs.PairsConfig(rewards_tables=list(tables.values()), out=str(pair_dirs[sel]),
+                                        selector=sel.split("-")[0], seed=cfg.seed, n=k))
         if cfg.human_pairs:
             from capo.worlds.shapes.labelled import label_pairs
 
-            label_pairs(b / "samples", b / "pairs" / "human", seed=cfg.seed)
-            runs["dpo-human"] = (b / "pairs" / "human", "dpo", cfg.weighting, cfg.bias)
-        checkpoints: dict[str, str] = {}
-        done_keys: dict[tuple, str] = {}
-        for lab, (pdir, o, weighting, bias) in runs.items():
-            key = (str(pdir), o, weighting, bias)
-            if key in done_keys:  # the same experiment under two table labels
-                checkpoints[lab] = done_keys[key]
-                continue
-            log(f"{base}: train {lab}")
-            train.run(train.TrainConfig(model=base, pairs=str(pdir), out=str(b / "train" / lab), objective=o,
-                                        beta=cfg.beta[o], weighting=weighting, bias=bias, steps=cfg.steps,
-                                        batch_size=cfg.batch_size, lr=cfg.lr, lora_rank=cfg.lora_rank, seed=cfg.seed,
-                                        checkpoint_every=cfg.steps, log_every=max(1, cfg.steps // 5), quiet=q))
-            checkpoints[lab] = done_keys[key] = str(b / "train" / lab / "final")
+            pair_dirs["human"] = b / "pairs" / "human"
+            label_pairs(b / "samples", pair_dirs["human"], seed=cfg.seed)
+        checkpoints: dict[str, str] = {}  # "<cell>.s<seed>" -> checkpoint
+        selected: dict[str, dict] = {}
+        for lab, c in cells(cfg, pair_dirs).items():
+            log(f"{base}: sweep {lab}")
+            res = sweep.run(sweep.SweepConfig(
+                model=base, pairs=str(c["pairs"]), out=str(b / "sweep" / lab), objective=c["objective"],
+                betas=list(cfg.betas[c["objective"]]), widen=cfg.widen, criterion=cfg.criterion,
+                divergence_budget=cfg.divergence_budget, trained=c["trained"] or None, rewards=list(cfg.rewards),
+                report_rewards=gold, val_prompts=cfg.val_prompts, val_limit=cfg.val_limit, val_n=cfg.val_n,
+                eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"), weighting=c["weighting"],
+                bias=c["bias"], lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
+                seed=cfg.seeds[0], quiet=q))
+            sel = res["selected"]
+            selected[lab] = sel
+            checkpoints[seed_label(lab, cfg.seeds[0])] = sel["checkpoint"]
+            for s in cfg.seeds[1:]:
+                log(f"{base}: train {lab} seed {s} at beta={sel['beta']:.6g}")
+                d = b / "train" / seed_label(lab, s)
+                train.run(train.TrainConfig(model=base, pairs=str(c["pairs"]), out=str(d), objective=c["objective"],
+                                            beta=sel["beta_trained"], weighting=c["weighting"], bias=c["bias"],
+                                            steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                            lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps,
+                                            log_every=max(1, cfg.steps // 5), quiet=q))
+                checkpoints[seed_label(lab, s)] = str(d / "final")
         for o in OBJECTIVES:
-            log(f"{base}: merge {o}-soup")
-            merge.run(merge.MergeConfig(checkpoints=[checkpoints[label(o, "single", r)] for r in cfg.rewards],
-                                        out=str(b / "merge" / f"{o}-soup"), method="slerp"))
-            checkpoints[label(o, "soup")] = str(b / "merge" / f"{o}-soup")
-        log(f"{base}: eval {len(checkpoints)} models")
-        rewards = list(cfg.rewards) + ([cfg.gold] if cfg.gold else [])
+            for s in cfg.seeds:
+                lab = seed_label(label(o, "soup"), s)
+                merge.run(merge.MergeConfig(checkpoints=[checkpoints[seed_label(label(o, "single", r), s)]
+                                                         for r in cfg.rewards],
+                                            out=str(b / "merge" / lab), method="slerp"))
+                checkpoints[lab] = str(b / "merge" / lab)
+        artifacts.write_json(b / "selected.json", selected)
+        log(f"{base}: eval {len(checkpoints)} models on {cfg.eval_prompts}")
         models = [f"base={base}"] + [f"{lab}={ck}" for lab, ck in checkpoints.items()]
         evaluate.run(evaluate.EvalConfig(models=models, out=str(b / "eval"), benchmarks=["winrate"],
-                                         prompts=cfg.eval_prompts, rewards=rewards, n=cfg.eval_n, seed=cfg.seed,
-                                         limit=cfg.eval_limit, quiet=q))
+                                         prompts=cfg.eval_prompts, rewards=list(cfg.rewards) + gold, n=cfg.eval_n,
+                                         seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
         if cfg.benchmarks:
             log(f"{base}: GenEval + CompBench")
-            evaluate.run(evaluate.EvalConfig(models=[f"base={base}", f"capo-frs={checkpoints['capo-frs']}"],
-                                             out=str(b / "bench"), benchmarks=["geneval", "compbench"],
+            split = cfg.eval_prompts.rpartition("@")[2] if "@" in cfg.eval_prompts else None
+            suffix = f"@{split}" if split in ("val", "test") else ""
+            frs = [f"{lab}={ck}" for lab, ck in checkpoints.items() if lab.startswith("capo-frs.s")]
+            evaluate.run(evaluate.EvalConfig(models=[f"base={base}"] + frs, out=str(b / "bench"),
+                                             benchmarks=["geneval", "compbench"],
+                                             geneval_prompts=f"shapes:geneval{suffix}",
+                                             compbench_prompts=[p + suffix for p in evaluate.SHAPES_COMPBENCH],
                                              n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
-        summary[base] = {"models": len(checkpoints)}
+        summary[base] = {"models": len(checkpoints), "selected": {k: v["beta"] for k, v in selected.items()}}
     write_reports(root, reports, cfg)
-    log(f"done: {reports}/tables.md")
+    log(f"done: {reports}/tables.md, {reports}/claims.md")
     return {"root": str(root), "reports": str(reports), "bases": summary, "seconds": round(time.time() - t0, 1)}
 
 
@@ -153,7 +232,6 @@ def write_reports(root: Path, reports: Path, cfg: ReproduceConfig) -> None:
 
     roles = dict(zip(cfg.rewards, cfg.roles))
     reports.mkdir(parents=True, exist_ok=True)
-    md = tables.render(root, roles, pref=cfg.rewards[0], with_paper=True)
-    cmd = f"capo reproduce --preset {cfg.preset}"
-    artifacts.write_text(reports / "tables.md", f"<!-- made by `{cmd}`; experiment directory {root} -->\n" + md)
+    tables.write(root, reports, roles, pref=cfg.rewards[0], with_paper=True, gold=cfg.gold,
+                 command=f"capo reproduce --preset {cfg.preset}")
     figures.write_all(root, reports, roles, gold=cfg.gold)

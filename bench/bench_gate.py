@@ -1,0 +1,257 @@
+"""Benchmark: how often `capo compare --fail-if` fires on noise, and how often on a real regression.
+
+Two forms of the same gate, on the shapes world (``shapes-sdxl``), at `capo compare`'s
+defaults (a 32-prompt subset of ``shapes:geneval`` stratified by tag, 4 images per prompt,
+1000 bootstrap resamples over prompts, the model's own sampler settings):
+
+* point form: ``geneval.overall < -0.02`` and ``winrate.shapes-gold < 50``;
+* CI form: ``geneval.overall:ci_high < 0`` and ``winrate.shapes-gold:ci_high < 50``.
+
+Null (false alarms): the model against itself, its second side drawn from other image
+seeds: repetition ``r`` (1..R) compares base@seed 0 (the side `capo compare` would draw)
+with base@seed ``r`` (per-item seeds ``capo.stages.generate.item_seed(seed, prompt_id, k)``).
+Those R repetitions share the first side, so they estimate the false-alarm rate given
+that side; the table also gives the rate over every ordered pair of the R + 1 base sides
+(``all pairs``: each one a null comparison; the unconditional rate, more precisely).
+
+Detection: a worse checkpoint, the base denoiser with Gaussian noise added to every weight
+tensor (``w += noise * std(w) * N(0, 1)``, one fixed draw, ``--noise``), against the base at
+the same seeds, as `capo compare` pairs them: repetition ``r`` compares base@``r`` and
+worse@``r``. Its GenEval drop is printed (mean over the repetitions' pooled images).
+
+Each side's images are generated once (``R + 1`` base sides, ``R`` worse sides) and scored
+once (GenEval correctness by ``capo.stages.evaluate.geneval_rows`` with the shapes
+detector; the ``shapes-gold`` reward); deltas and win-rates come from
+``capo.stages.evaluate._geneval_deltas`` (the eval stage's per-image tag weights) and
+``capo.eval.winrate``; the gates from ``capo.report.check_gates``.
+
+    python bench/bench_gate.py [--reps 40] [--noise 0.05] [--limit 32] [--n 4] [--cache sides.npz]
+    python bench/bench_gate.py --calibrate 0.05,0.1,0.2     # GenEval drop per noise scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("CAPO_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np
+
+GATES = {  # (metric, form) -> gate expression
+    ("geneval.overall", "point"): "geneval.overall < -0.02",
+    ("geneval.overall", "CI"): "geneval.overall:ci_high < 0",
+    ("winrate.shapes-gold", "point"): "winrate.shapes-gold < 50",
+    ("winrate.shapes-gold", "CI"): "winrate.shapes-gold:ci_high < 50",
+}
+
+
+def noisy(model, scale: float, seed: int = 0):
+    """``model`` with ``w += scale * std(w) * N(0, 1)`` on every denoiser weight tensor (in place)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.denoiser.parameters():
+            if p.numel() > 1 and p.dtype.is_floating_point:
+                p.add_(scale * p.std() * torch.randn(p.shape, generator=g).to(p.dtype))
+    return model
+
+
+class Sides:
+    """Per-image GenEval correctness and gold reward of one model at one base seed."""
+
+    def __init__(self, records, n: int, batch_size: int):
+        import pandas as pd
+
+        from capo.rewards import load_reward
+        from capo.worlds.shapes.evaluator import detect_batch
+
+        self.records, self.n, self.batch_size = records, n, batch_size
+        self.items = [(r, k) for r in records for k in range(n)]
+        self.prompts = [r["prompt"] for r, _ in self.items]
+        self.index = pd.DataFrame({"prompt_id": [r["prompt_id"] for r, _ in self.items],
+                                   "sample_id": [k for _, k in self.items]})
+        self.pids = self.index["prompt_id"].to_numpy()
+        self.tags = np.array([r["tag"] for r, _ in self.items])
+        self.by_id = {r["prompt_id"]: r for r in records}
+        self.detector = lambda ims: detect_batch(np.stack(ims))  # noqa: E731
+        self.gold = load_reward("shapes-gold")
+        self.sample_seconds = 0.0
+        self.score_seconds = 0.0
+
+    def __call__(self, model, seed: int) -> dict:
+        import torch
+
+        from capo.stages.evaluate import geneval_rows
+        from capo.stages.generate import item_seed
+
+        seeds = [item_seed(seed, r["prompt_id"], k) for r, k in self.items]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            images, _ = model.sample(self.prompts, seeds, batch_size=self.batch_size)
+        t1 = time.perf_counter()
+        rows = geneval_rows(self.by_id, self.index, images, self.detector)
+        gold = np.asarray(self.gold(images, self.prompts), dtype=np.float64)
+        self.sample_seconds += t1 - t0
+        self.score_seconds += time.perf_counter() - t1
+        return {"correct": np.array([r["correct"] for r in rows], dtype=np.float64), "gold": gold}
+
+
+def metrics(model_side: dict, base_side: dict, tags, pids, n_boot: int) -> dict:
+    """`compare_metrics`-shaped ``geneval.overall`` and ``winrate.shapes-gold`` of model vs base."""
+    import pandas as pd
+
+    from capo.eval.winrate import bootstrap_delta, win_rate
+    from capo.stages.evaluate import _geneval_deltas
+
+    f = pd.DataFrame({"tag": tags, "correct": model_side["correct"], "correct@base": base_side["correct"]})
+    g = _geneval_deltas(f, pids, n_boot, bootstrap_delta)["overall"]
+    w = win_rate(model_side["gold"], base_side["gold"], pids, n_boot=n_boot)
+    return {"geneval.overall": {"value": g["delta"], "ci_low": g["ci_low"], "ci_high": g["ci_high"], "kind": "delta"},
+            "winrate.shapes-gold": {"value": w["win_rate"], "ci_low": w["ci_low"], "ci_high": w["ci_high"],
+                                    "kind": "%"}}
+
+
+def fires(m: dict) -> dict:
+    from capo.report import check_gates
+
+    return {key: bool(check_gates(m, [expr])) for key, expr in GATES.items()}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def rate(flags: list[bool]) -> str:
+    k, n = int(sum(flags)), len(flags)
+    lo, hi = wilson(k, n)
+    return f"{k}/{n} = {100 * k / n:.1f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=40, help="repetitions of the null and of the worse model")
+    ap.add_argument("--noise", type=float, default=0.05, help="relative weight noise of the worse checkpoint")
+    ap.add_argument("--limit", type=int, default=32, help="prompts (stratified subset of shapes:geneval)")
+    ap.add_argument("--n", type=int, default=4, help="images per prompt")
+    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (capo eval's default)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--model", default="shapes-sdxl")
+    ap.add_argument("--cache", default=None, metavar="NPZ",
+                    help="keep the per-image results of every side here and reuse them when the settings match")
+    ap.add_argument("--calibrate", default=None, metavar="SCALES",
+                    help="only print the GenEval drop of each noise scale (comma-separated) on all of "
+                         "shapes:geneval x --n images, seed 0")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from capo.eval.geneval import summarize
+    from capo.models import load_model
+    from capo.prompts import load_prompts, strata_of
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    t_start = time.perf_counter()
+
+    if a.calibrate:
+        records = load_prompts("shapes:geneval")
+        sides = Sides(records, a.n, a.batch_size)
+        base = sides(load_model(a.model).eval(), 0)
+        ov = lambda s: summarize([{"tag": t, "correct": c} for t, c in zip(sides.tags, s["correct"])])["overall"]  # noqa: E731
+        print(f"{a.model}: GenEval overall {ov(base):.3f} on {len(records)} prompts x {a.n}")
+        for scale in [float(x) for x in a.calibrate.split(",")]:
+            s = sides(noisy(load_model(a.model).eval(), scale), 0)
+            m = metrics(s, base, sides.tags, sides.pids, a.n_boot)
+            g, w = m["geneval.overall"], m["winrate.shapes-gold"]
+            print(f"noise {scale:g}: overall {ov(s):.3f}, delta {g['value']:+.3f} [{g['ci_low']:+.3f}, "
+                  f"{g['ci_high']:+.3f}], gold win-rate {w['value']:.1f} [{w['ci_low']:.1f}, {w['ci_high']:.1f}]"
+                  f"  ({time.perf_counter() - t_start:.0f}s)", flush=True)
+        return
+
+    records = load_prompts("shapes:geneval", limit=a.limit, stratify=True)
+    sides = Sides(records, a.n, a.batch_size)
+    base_model = load_model(a.model).eval()
+    worse_model = noisy(load_model(a.model).eval(), a.noise)
+    print(f"{a.model}: {len(records)} prompts of shapes:geneval (stratified: "
+          + ", ".join(f"{t} {c}" for t, c in strata_of(records).items())
+          + f") x {a.n} images; {a.reps} repetitions; worse = weight noise {a.noise:g}; "
+          f"{torch.get_num_threads()} torch threads", flush=True)
+
+    base, worse = {}, {}
+    key = f"{a.model}/{a.limit}/{a.n}/{a.noise}/{a.batch_size}"
+    if a.cache and os.path.isfile(a.cache):
+        with np.load(a.cache) as z:
+            if str(z["key"]) == key:
+                for name in z.files:
+                    if name != "key":
+                        which, seed, field = name.split("-")
+                        (base if which == "base" else worse).setdefault(int(seed), {})[field] = z[name]
+                print(f"  reusing {len(base) + len(worse)} sides from {a.cache}", flush=True)
+    for s in range(a.reps + 1):
+        if s not in base:
+            base[s] = sides(base_model, s)
+        if s >= 1 and s not in worse:
+            worse[s] = sides(worse_model, s)
+        if s % 5 == 0 or s == a.reps:
+            print(f"  {s + 1} base and {s} worse sides done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+            if a.cache:
+                with open(a.cache + ".tmp", "wb") as fh:
+                    np.savez(fh, key=key, **{f"{w}-{sd}-{f}": v for w, d in (("base", base), ("worse", worse))
+                                             for sd, side in d.items() for f, v in side.items()})
+                os.replace(a.cache + ".tmp", a.cache)
+    t_gen = time.perf_counter()
+
+    def run(pairs):
+        out, vals = [], []
+        for m_seed, b_seed, model_sides in pairs:
+            m = metrics(model_sides[m_seed], base[b_seed], sides.tags, sides.pids, a.n_boot)
+            out.append(fires(m))
+            vals.append(m)
+        return out, vals
+
+    null, null_m = run([(r, 0, base) for r in range(1, a.reps + 1)])
+    allp, allp_m = run([(i, j, base) for i in range(a.reps + 1) for j in range(a.reps + 1) if i != j])
+    det, det_m = run([(r, r, worse) for r in range(1, a.reps + 1)])
+    t_end = time.perf_counter()
+
+    print()
+    print(f"| gate | form | null, base@0 vs base@r (false alarms) | null, all {len(allp)} ordered pairs "
+          f"| worse (noise {a.noise:g}) vs base, same seeds (detections) |")
+    print("|---|---|---|---|---|")
+    for key, expr in GATES.items():
+        print(f"| `{expr}` | {key[1]} | {rate([f[key] for f in null])} | {rate([f[key] for f in allp])} "
+              f"| {rate([f[key] for f in det])} |")
+    print()
+    print("rates: count / repetitions = % [95% Wilson interval]")
+    for name in ("geneval.overall", "winrate.shapes-gold"):
+        for label, ms in (("null base@0 vs base@r", null_m), ("null all pairs", allp_m), ("worse vs base", det_m)):
+            v = np.array([m[name]["value"] for m in ms])
+            lo = np.array([m[name]["ci_low"] for m in ms])
+            hi = np.array([m[name]["ci_high"] for m in ms])
+            print(f"{name:20s} {label:22s} mean {v.mean():+8.3f}  sd {v.std(ddof=1):7.3f}  "
+                  f"mean CI width {np.mean(hi - lo):7.3f}")
+    ov = lambda s: summarize([{"tag": t, "correct": c} for t, c in zip(sides.tags, s["correct"])])["overall"]  # noqa: E731
+    ob = np.mean([ov(base[r]) for r in range(1, a.reps + 1)])
+    ow = np.mean([ov(worse[r]) for r in range(1, a.reps + 1)])
+    print(f"GenEval overall (mean of the {a.reps} repetitions): base {ob:.3f}, worse {ow:.3f} ({ow - ob:+.3f})")
+    print(f"wall time {t_end - t_start:.0f}s: sampling {sides.sample_seconds:.0f}s, scoring "
+          f"{sides.score_seconds:.0f}s ({2 * a.reps + 1} sides of {len(sides.items)} images), "
+          f"bootstraps {t_end - t_gen:.0f}s ({len(null) + len(allp) + len(det)} comparisons)")
+
+
+if __name__ == "__main__":
+    main()
