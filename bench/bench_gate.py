@@ -201,6 +201,7 @@ def main(argv=None):
                         which, seed, field = name.split("-")
                         (base if which == "base" else worse).setdefault(int(seed), {})[field] = z[name]
                 print(f"  reusing {len(base) + len(worse)} sides from {a.cache}", flush=True)
+    n_cached = len(base) + len(worse)
     for s in range(a.reps + 1):
         if s not in base:
             base[s] = sides(base_model, s)
@@ -237,20 +238,38 @@ def main(argv=None):
               f"| {rate([f[key] for f in det])} |")
     print()
     print("rates: count / repetitions = % [95% Wilson interval]")
+    print()
+    print("deltas (model - base; win-rate in %): mean and sd over the comparisons; the bootstrap's standard "
+          "error is the mean CI width / 3.92, so sd / SE > 1 means CIs narrower than the spread")
     for name in ("geneval.overall", "winrate.shapes-gold"):
         for label, ms in (("null base@0 vs base@r", null_m), ("null all pairs", allp_m), ("worse vs base", det_m)):
             v = np.array([m[name]["value"] for m in ms])
-            lo = np.array([m[name]["ci_low"] for m in ms])
-            hi = np.array([m[name]["ci_high"] for m in ms])
-            print(f"{name:20s} {label:22s} mean {v.mean():+8.3f}  sd {v.std(ddof=1):7.3f}  "
-                  f"mean CI width {np.mean(hi - lo):7.3f}")
+            se = np.mean([m[name]["ci_high"] - m[name]["ci_low"] for m in ms]) / 3.92
+            print(f"  {name:20s} {label:22s} mean {v.mean():+8.3f}  sd {v.std(ddof=1):7.3f}  "
+                  f"bootstrap SE {se:7.3f}  sd/SE {v.std(ddof=1) / se:5.2f}")
     ov = lambda s: summarize([{"tag": t, "correct": c} for t, c in zip(sides.tags, s["correct"])])["overall"]  # noqa: E731
+    o = np.array([ov(base[s]) for s in range(a.reps + 1)])
+    gold = np.array([base[s]["gold"].mean() for s in range(a.reps + 1)])
+    print()
+    print("the first side held fixed: CI-form false-alarm rate over the other base sides, for each of the "
+          f"{a.reps + 1} base sides as the fixed one")
+    pairs = [(i, j) for i in range(a.reps + 1) for j in range(a.reps + 1) if i != j]
+    for key in [k for k in GATES if k[1] == "CI"]:
+        by_first = np.array([np.mean([f[key] for f, (i, j) in zip(allp, pairs) if j == first])
+                             for first in range(a.reps + 1)])
+        print(f"  `{GATES[key]}`: median {100 * np.median(by_first):.1f}%, range {100 * by_first.min():.1f}-"
+              f"{100 * by_first.max():.1f}%, {int((by_first > 0.05).sum())} of {a.reps + 1} above 5%; "
+              f"base@0 {100 * by_first[0]:.1f}%")
+    z = lambda x: (x[0] - x.mean()) / x.std(ddof=1)  # noqa: E731
+    print(f"  base@0 among the base sides: GenEval overall {o[0]:.3f} (z {z(o):+.2f}; sides {o.min():.3f}-"
+          f"{o.max():.3f}), mean gold {gold[0]:.4f} (z {z(gold):+.2f})")
     ob = np.mean([ov(base[r]) for r in range(1, a.reps + 1)])
     ow = np.mean([ov(worse[r]) for r in range(1, a.reps + 1)])
     print(f"GenEval overall (mean of the {a.reps} repetitions): base {ob:.3f}, worse {ow:.3f} ({ow - ob:+.3f})")
     print(f"wall time {t_end - t_start:.0f}s: sampling {sides.sample_seconds:.0f}s, scoring "
           f"{sides.score_seconds:.0f}s ({2 * a.reps + 1} sides of {len(sides.items)} images), "
-          f"bootstraps {t_end - t_gen:.0f}s ({len(null) + len(allp) + len(det)} comparisons)")
+          f"bootstraps {t_end - t_gen:.0f}s ({len(null) + len(allp) + len(det)} comparisons)"
+          + (f"; {n_cached} sides reused from {a.cache}" if n_cached else ""))
 
 
 if __name__ == "__main__":

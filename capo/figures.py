@@ -24,15 +24,22 @@ def _plt():
     return plt
 
 
-def winrate_bars(res: dict, rewards: list[str], names: dict[str, str], path: Path) -> None:
+def _cells(ev) -> list[str]:
+    return [label(o, s) for o in OBJECTIVES for s in SELECTORS if ev.has(label(o, s))]
+
+
+def winrate_bars(ev, rewards: list[str], names: dict[str, str], path: Path) -> None:
+    """Table 2's cells: win-rate over the base per reward, mean over training seeds with the
+    two-level 95% CI (``capo.tables.Evidence``)."""
     plt = _plt()
-    labels = [label(o, s) for o in OBJECTIVES for s in SELECTORS if label(o, s) in res["results"]]
+    labels = _cells(ev)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 3.6))
     width = 0.8 / max(1, len(rewards))
     for j, r in enumerate(rewards):
-        w = [res["results"][lab]["winrate"][r] for lab in labels]
-        v = np.array([x["win_rate"] for x in w])
-        err = np.array([[x["win_rate"] - x["ci_low"] for x in w], [x["ci_high"] - x["win_rate"] for x in w]])
+        st = ev.stats(labels, ("win", r)).arms if labels else {}
+        v = np.array([st[lab]["mean"] for lab in labels])
+        err = np.array([[st[lab]["mean"] - st[lab]["ci_low"] for lab in labels],
+                        [st[lab]["ci_high"] - st[lab]["mean"] for lab in labels]]).reshape(2, len(labels))
         ax.bar(np.arange(len(labels)) + (j - (len(rewards) - 1) / 2) * width, v, width, yerr=err, capsize=2,
                label=names.get(r, r))
     ax.axhline(50, color="k", lw=0.8, ls="--")
@@ -44,18 +51,20 @@ def winrate_bars(res: dict, rewards: list[str], names: dict[str, str], path: Pat
     plt.close(fig)
 
 
-def pareto_plot(res: dict, rx: str, ry: str, names: dict[str, str], path: Path) -> None:
+def pareto_plot(ev, rx: str, ry: str, names: dict[str, str], path: Path) -> None:
+    """Table 2's cells in reward space: mean scores (over seeds) against the base's."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    base = res["results"][res["base"]]["winrate"]
-    ax.scatter([base[rx]["mean_b"]], [base[ry]["mean_b"]], c="k", marker="x", label="base")
+    base = ev.frame(ev.base)
+    ax.scatter([base[rx].mean()], [base[ry].mean()], c="k", marker="x", label="base")
     markers = {"sum": "o", "soup": "s", "frs": "*"}
-    for o in OBJECTIVES:
-        for s in SELECTORS:
-            w = res["results"].get(label(o, s), {}).get("winrate")
-            if w:
-                ax.scatter([w[rx]["score"]], [w[ry]["score"]], c=COLORS[o], marker=markers[s], s=60 if s == "frs" else 30,
-                           label=f"{o.upper() if o != 'capo' else 'CaPO'}-{s.upper()}")
+    labels = _cells(ev)
+    sx = ev.stats(labels, ("score", rx)).arms if labels else {}
+    sy = ev.stats(labels, ("score", ry)).arms if labels else {}
+    for lab in labels:
+        o, s = lab.split("-", 1)
+        ax.scatter([sx[lab]["mean"]], [sy[lab]["mean"]], c=COLORS[o], marker=markers[s], s=60 if s == "frs" else 30,
+                   label=f"{o.upper() if o != 'capo' else 'CaPO'}-{s.upper()}")
     ax.set_xlabel(f"mean {names.get(rx, rx)}")
     ax.set_ylabel(f"mean {names.get(ry, ry)}")
     ax.legend(fontsize=6, ncol=2)
@@ -270,20 +279,23 @@ def write_all(root: Path, reports: Path, roles: dict[str, str], gold: str | None
     names = dict(roles)
     if gold:
         names[gold] = f"gold ({gold})"
+    from capo.tables import Evidence
+
     for res_path in sorted(root.glob("*/eval/results.json")):
         base = res_path.parent.parent.name
-        res = json.loads(res_path.read_text())
-        rewards = [r for r in list(roles) + ([gold] if gold else []) if r in res["rewards"]]
+        ev = Evidence(res_path.parent)
+        rewards = [r for r in list(roles) + ([gold] if gold else []) if r in ev.res["rewards"]]
         p = reports / f"winrate_{base}.png"
-        winrate_bars(res, rewards, names, p)
+        winrate_bars(ev, rewards, names, p)
         written.append(p)
         rs = list(roles)
         if len(rs) >= 2:
             p = reports / f"pareto_{base}.png"
-            pareto_plot(res, rs[0], rs[1], names, p)
+            pareto_plot(ev, rs[0], rs[1], names, p)
             written.append(p)
         p = reports / f"grid_{base}.png"
-        qualitative_grid(res_path.parent, ["base", "dpo-frs", "capo-frs"], p)
+        first = {c: ev.seeds[c][min(ev.seeds[c])] for c in ("dpo-frs", "capo-frs") if ev.has(c)}  # first seed's model
+        qualitative_grid(res_path.parent, ["base", *first.values()], p)
         written.append(p)
     for base_dir in sorted({f.parents[2] for f in root.glob("*/sweep/*/sweep.json")}):
         written += frontier_plots(base_dir, reports, names)

@@ -10,7 +10,8 @@ from capo.config import build, load_yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"generate": "capo.stages.generate:GenerateConfig", "score": "capo.stages.score:ScoreConfig",
           "train": "capo.stages.train:TrainConfig", "merge": "capo.stages.merge:MergeConfig",
-          "eval": "capo.stages.evaluate:EvalConfig", "reproduce": "capo.stages.reproduce:ReproduceConfig"}
+          "eval": "capo.stages.evaluate:EvalConfig", "sweep": "capo.stages.sweep:SweepConfig",
+          "reproduce": "capo.stages.reproduce:ReproduceConfig"}
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
