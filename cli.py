@@ -223,8 +223,8 @@ def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates
 
     MODEL_A / MODEL_B: registered names, pipeline dirs or checkpoints (label=spec to name them).
     A point gate ('geneval.overall < -0.02') fires on noise alone in a good share of runs
-    (bench/bench_gate.py measures it); a CI gate (':ci_high < 0') only when the whole 95% CI
-    is below the line.
+    (38% of null comparisons at the defaults, bench/bench_gate.py); a CI gate
+    ('geneval.overall:ci_high < 0') only when the whole 95% CI is below the line (4%).
     """
     from capo.artifacts import ArtifactError
     from capo.models import ModelLoadError

@@ -19,13 +19,34 @@ tensor (``w += noise * std(w) * N(0, 1)``, one fixed draw, ``--noise``), against
 the same seeds, as `capo compare` pairs them: repetition ``r`` compares base@``r`` and
 worse@``r``. Its GenEval drop is printed (mean over the repetitions' pooled images).
 
+Measured (this script, defaults but ``--noise 0.05,0.1``: 40 repetitions, 121 sides of 128
+images, sampling ~95% of the time; on the 2-core CPU shared with other jobs, 1 torch thread,
+7-9 img/s: 2,120 s in two runs through ``--cache``; a default run's 81 sides took 9.8 s each
+at 2 threads beside one other busy process, ~13 min, and would take ~6-7 min at the README's
+idle 30 img/s. Results do not depend on the thread count: the sides are identical.)
+
+| gate | null, base@0 fixed | null, all 1640 pairs | noise 0.05 (GenEval -0.016) | noise 0.1 (-0.033) |
+|---|---|---|---|---|
+| ``geneval.overall < -0.02`` | 29/40 (72.5%) | 37.7% | 18/40 (45%) | 25/40 (62.5%) |
+| ``geneval.overall:ci_high < 0`` | 4/40 (10%) | 4.1% | 3/40 (7.5%) | 4/40 (10%) |
+| ``winrate.shapes-gold < 50`` | 5/40 (12.5%) | 47.1% | 33/40 (82.5%) | 39/40 (97.5%) |
+| ``winrate.shapes-gold:ci_high < 50`` | 0/40 (0%) | 2.3% | 13/40 (32.5%) | 14/40 (35%) |
+
+The CI form's unconditional false-alarm rate is within 5% (GenEval 4.1%, gold 2.3%); with
+the first side fixed it depends on that side's luck (base@0 is +0.92 sd in GenEval: 10%;
+median over the 41 choices 2.5%, range 0-35%). The bootstrap's width is right on average
+(sd / SE 1.02), but ``geneval.overall`` at 32 prompts rests on ~5 effective prompts (the
+one single_object prompt carries 38% of its variance, the two two_object ones 32%), so its
+percentile CI's tail is thin: 4.1% one-sided against 1.9% for the unweighted mean over
+images. A 2-3 point GenEval drop is invisible to the CI gate at 32 x 4 (SE ~0.06).
+
 Each side's images are generated once (``R + 1`` base sides, ``R`` worse sides) and scored
 once (GenEval correctness by ``capo.stages.evaluate.geneval_rows`` with the shapes
 detector; the ``shapes-gold`` reward); deltas and win-rates come from
 ``capo.stages.evaluate._geneval_deltas`` (the eval stage's per-image tag weights) and
 ``capo.eval.winrate``; the gates from ``capo.report.check_gates``.
 
-    python bench/bench_gate.py [--reps 40] [--noise 0.05] [--limit 32] [--n 4] [--cache sides.npz]
+    python bench/bench_gate.py [--reps 40] [--noise 0.1] [--limit 32] [--n 4] [--cache sides.npz]
     python bench/bench_gate.py --calibrate 0.05,0.1,0.2     # GenEval drop per noise scale
 """
 
@@ -118,6 +139,13 @@ def metrics(model_side: dict, base_side: dict, tags, pids, n_boot: int) -> dict:
                                     "kind": "%"}}
 
 
+def overall(tags, side: dict) -> float:
+    """GenEval overall of one side (the unweighted mean over tags, ``capo.eval.geneval.summarize``)."""
+    from capo.eval.geneval import summarize
+
+    return summarize([{"tag": t, "correct": c} for t, c in zip(tags, side["correct"])])["overall"]
+
+
 def fires(m: dict) -> dict:
     from capo.report import check_gates
 
@@ -143,7 +171,8 @@ def rate(flags: list[bool]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=40, help="repetitions of the null and of the worse model")
-    ap.add_argument("--noise", type=float, default=0.05, help="relative weight noise of the worse checkpoint")
+    ap.add_argument("--noise", default="0.1", help="relative weight noise of the worse checkpoint (several: "
+                    "comma-separated, one worse checkpoint and column each)")
     ap.add_argument("--limit", type=int, default=32, help="prompts (stratified subset of shapes:geneval)")
     ap.add_argument("--n", type=int, default=4, help="images per prompt")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (capo eval's default)")
@@ -159,7 +188,6 @@ def main(argv=None):
 
     import torch
 
-    from capo.eval.geneval import summarize
     from capo.models import load_model
     from capo.prompts import load_prompts, strata_of
 
@@ -171,7 +199,7 @@ def main(argv=None):
         records = load_prompts("shapes:geneval")
         sides = Sides(records, a.n, a.batch_size)
         base = sides(load_model(a.model).eval(), 0)
-        ov = lambda s: summarize([{"tag": t, "correct": c} for t, c in zip(sides.tags, s["correct"])])["overall"]  # noqa: E731
+        ov = lambda side: overall(sides.tags, side)  # noqa: E731
         print(f"{a.model}: GenEval overall {ov(base):.3f} on {len(records)} prompts x {a.n}")
         for scale in [float(x) for x in a.calibrate.split(",")]:
             s = sides(noisy(load_model(a.model).eval(), scale), 0)
@@ -184,76 +212,84 @@ def main(argv=None):
 
     records = load_prompts("shapes:geneval", limit=a.limit, stratify=True)
     sides = Sides(records, a.n, a.batch_size)
-    base_model = load_model(a.model).eval()
-    worse_model = noisy(load_model(a.model).eval(), a.noise)
+    scales = [float(x) for x in str(a.noise).split(",")]
     print(f"{a.model}: {len(records)} prompts of shapes:geneval (stratified: "
           + ", ".join(f"{t} {c}" for t, c in strata_of(records).items())
-          + f") x {a.n} images; {a.reps} repetitions; worse = weight noise {a.noise:g}; "
+          + f") x {a.n} images; {a.reps} repetitions; worse = weight noise {', '.join(map(str, scales))}; "
           f"{torch.get_num_threads()} torch threads", flush=True)
 
-    base, worse = {}, {}
-    key = f"{a.model}/{a.limit}/{a.n}/{a.noise}/{a.batch_size}"
+    # side results: {"base" | "noise<scale>": {seed: {"correct", "gold"}}}
+    got: dict[str, dict[int, dict]] = {"base": {}, **{f"noise{x:g}": {} for x in scales}}
+    key = f"{a.model}/{a.limit}/{a.n}/{a.batch_size}"
     if a.cache and os.path.isfile(a.cache):
         with np.load(a.cache) as z:
             if str(z["key"]) == key:
                 for name in z.files:
                     if name != "key":
                         which, seed, field = name.split("-")
-                        (base if which == "base" else worse).setdefault(int(seed), {})[field] = z[name]
-                print(f"  reusing {len(base) + len(worse)} sides from {a.cache}", flush=True)
-    n_cached = len(base) + len(worse)
+                        got.setdefault(which, {}).setdefault(int(seed), {})[field] = z[name]
+    n_cached = sum(len(got[w]) for w in ["base"] + [f"noise{x:g}" for x in scales])
+    if n_cached:
+        print(f"  reusing {n_cached} sides from {a.cache}", flush=True)
+    models = {"base": lambda: load_model(a.model).eval(),
+              **{f"noise{x:g}": (lambda x: lambda: noisy(load_model(a.model).eval(), x))(x) for x in scales}}
+    loaded: dict = {}
+    n_sides = a.reps + 1 + a.reps * len(scales)
     for s in range(a.reps + 1):
-        if s not in base:
-            base[s] = sides(base_model, s)
-        if s >= 1 and s not in worse:
-            worse[s] = sides(worse_model, s)
+        for which in models:
+            if s not in got[which] and (which == "base" or s >= 1):
+                if which not in loaded:
+                    loaded[which] = models[which]()
+                got[which][s] = sides(loaded[which], s)
         if s % 5 == 0 or s == a.reps:
-            print(f"  {s + 1} base and {s} worse sides done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+            print(f"  seeds 0-{s} done ({time.perf_counter() - t_start:.0f}s)", flush=True)
             if a.cache:
                 with open(a.cache + ".tmp", "wb") as fh:
-                    np.savez(fh, key=key, **{f"{w}-{sd}-{f}": v for w, d in (("base", base), ("worse", worse))
+                    np.savez(fh, key=key, **{f"{w}-{sd}-{f}": v for w, d in got.items()
                                              for sd, side in d.items() for f, v in side.items()})
                 os.replace(a.cache + ".tmp", a.cache)
     t_gen = time.perf_counter()
+    base = got["base"]
 
     def run(pairs):
         out, vals = [], []
-        for m_seed, b_seed, model_sides in pairs:
-            m = metrics(model_sides[m_seed], base[b_seed], sides.tags, sides.pids, a.n_boot)
+        for model_side, base_side in pairs:
+            m = metrics(model_side, base_side, sides.tags, sides.pids, a.n_boot)
             out.append(fires(m))
             vals.append(m)
         return out, vals
 
-    null, null_m = run([(r, 0, base) for r in range(1, a.reps + 1)])
-    allp, allp_m = run([(i, j, base) for i in range(a.reps + 1) for j in range(a.reps + 1) if i != j])
-    det, det_m = run([(r, r, worse) for r in range(1, a.reps + 1)])
+    null, null_m = run([(base[r], base[0]) for r in range(1, a.reps + 1)])
+    pairs = [(i, j) for i in range(a.reps + 1) for j in range(a.reps + 1) if i != j]
+    allp, allp_m = run([(base[i], base[j]) for i, j in pairs])
+    det = {x: run([(got[f"noise{x:g}"][r], base[r]) for r in range(1, a.reps + 1)]) for x in scales}
     t_end = time.perf_counter()
 
     print()
-    print(f"| gate | form | null, base@0 vs base@r (false alarms) | null, all {len(allp)} ordered pairs "
-          f"| worse (noise {a.noise:g}) vs base, same seeds (detections) |")
-    print("|---|---|---|---|---|")
-    for key, expr in GATES.items():
-        print(f"| `{expr}` | {key[1]} | {rate([f[key] for f in null])} | {rate([f[key] for f in allp])} "
-              f"| {rate([f[key] for f in det])} |")
+    print(f"| gate | form | null: base@0 vs base@r (false alarms) | null: all {len(allp)} ordered pairs "
+          + "".join(f"| worse (noise {x:g}) vs base, same seeds (detections) " for x in scales) + "|")
+    print("|---|---|---|---|" + "---|" * len(scales))
+    for k, expr in GATES.items():
+        print(f"| `{expr}` | {k[1]} | {rate([f[k] for f in null])} | {rate([f[k] for f in allp])} "
+              + "".join(f"| {rate([f[k] for f in det[x][0]])} " for x in scales) + "|")
     print()
     print("rates: count / repetitions = % [95% Wilson interval]")
     print()
     print("deltas (model - base; win-rate in %): mean and sd over the comparisons; the bootstrap's standard "
           "error is the mean CI width / 3.92, so sd / SE > 1 means CIs narrower than the spread")
     for name in ("geneval.overall", "winrate.shapes-gold"):
-        for label, ms in (("null base@0 vs base@r", null_m), ("null all pairs", allp_m), ("worse vs base", det_m)):
+        for label, ms in (("null base@0 vs base@r", null_m), ("null all pairs", allp_m),
+                          *((f"noise {x:g} vs base", det[x][1]) for x in scales)):
             v = np.array([m[name]["value"] for m in ms])
             se = np.mean([m[name]["ci_high"] - m[name]["ci_low"] for m in ms]) / 3.92
             print(f"  {name:20s} {label:22s} mean {v.mean():+8.3f}  sd {v.std(ddof=1):7.3f}  "
                   f"bootstrap SE {se:7.3f}  sd/SE {v.std(ddof=1) / se:5.2f}")
-    ov = lambda s: summarize([{"tag": t, "correct": c} for t, c in zip(sides.tags, s["correct"])])["overall"]  # noqa: E731
+    ov = lambda side: overall(sides.tags, side)  # noqa: E731
     o = np.array([ov(base[s]) for s in range(a.reps + 1)])
     gold = np.array([base[s]["gold"].mean() for s in range(a.reps + 1)])
     print()
     print("the first side held fixed: CI-form false-alarm rate over the other base sides, for each of the "
           f"{a.reps + 1} base sides as the fixed one")
-    pairs = [(i, j) for i in range(a.reps + 1) for j in range(a.reps + 1) if i != j]
     for key in [k for k in GATES if k[1] == "CI"]:
         by_first = np.array([np.mean([f[key] for f, (i, j) in zip(allp, pairs) if j == first])
                              for first in range(a.reps + 1)])
@@ -263,12 +299,27 @@ def main(argv=None):
     z = lambda x: (x[0] - x.mean()) / x.std(ddof=1)  # noqa: E731
     print(f"  base@0 among the base sides: GenEval overall {o[0]:.3f} (z {z(o):+.2f}; sides {o.min():.3f}-"
           f"{o.max():.3f}), mean gold {gold[0]:.4f} (z {z(gold):+.2f})")
+    # why the tag-weighted overall is noisier than its image count suggests: a few heavily
+    # weighted prompts carry its variance (per prompt: weight^2 x the variance of a paired
+    # 4-image mean difference at that prompt's accuracy over the base sides)
+    acc = np.stack([base[s]["correct"] for s in range(a.reps + 1)]).mean(0)
+    counts = {t: int((sides.tags == t).sum()) for t in set(sides.tags)}
+    w = np.array([len(sides.tags) / (len(counts) * counts[t]) for t in sides.tags])
+    import pandas as pd
+
+    vp = pd.Series(w ** 2 * 2 * acc * (1 - acc)).groupby(sides.pids).mean() / a.n
+    share = vp.groupby([sides.by_id[i]["tag"] for i in vp.index]).sum() / vp.sum()
+    print(f"  geneval.overall rests on {vp.sum() ** 2 / (vp ** 2).sum():.1f} effective prompts of {len(vp)}; "
+          "share of its variance by tag: " + ", ".join(f"{t} {100 * v:.0f}%" for t, v in share.items()))
     ob = np.mean([ov(base[r]) for r in range(1, a.reps + 1)])
-    ow = np.mean([ov(worse[r]) for r in range(1, a.reps + 1)])
-    print(f"GenEval overall (mean of the {a.reps} repetitions): base {ob:.3f}, worse {ow:.3f} ({ow - ob:+.3f})")
+    for x in scales:
+        ow = np.mean([ov(got[f"noise{x:g}"][r]) for r in range(1, a.reps + 1)])
+        wr = np.mean([m["winrate.shapes-gold"]["value"] for m in det[x][1]])
+        print(f"worse, noise {x:g}: GenEval overall {ow:.3f} vs base {ob:.3f} ({ow - ob:+.3f}), gold win-rate "
+              f"{wr:.1f} (means over the {a.reps} repetitions' seeds)")
     print(f"wall time {t_end - t_start:.0f}s: sampling {sides.sample_seconds:.0f}s, scoring "
-          f"{sides.score_seconds:.0f}s ({2 * a.reps + 1} sides of {len(sides.items)} images), "
-          f"bootstraps {t_end - t_gen:.0f}s ({len(null) + len(allp) + len(det)} comparisons)"
+          f"{sides.score_seconds:.0f}s ({n_sides - n_cached} new sides of {len(sides.items)} images), "
+          f"bootstraps {t_end - t_gen:.0f}s ({len(null) + len(allp) + a.reps * len(scales)} comparisons)"
           + (f"; {n_cached} sides reused from {a.cache}" if n_cached else ""))
 
 

@@ -76,17 +76,37 @@ def test_unknown_preset_lists_known():
     assert r.exit_code == 2 and "known: demo, full, quick" in r.output
 
 
-def test_table3_rows_name_the_base_model_and_bold_the_better():
-    from capo.tables import table3
+def test_table3_rows_name_the_base_model_and_bold_the_better(tmp_path):
+    """Table 3 from per-image GenEval rows: the mean over seeds, the paired delta with its CI,
+    and bold only for the model that is better beyond that CI."""
+    import pandas as pd
 
-    tags = {"single_object": 1.0, "two_object": 0.5, "counting": 0.25, "colors": 0.5, "position": 0.0, "color_attr": 0.0}
-    bench = {"base": "base", "models": {"base": "shapes-sd3", "capo-frs": "runs/t/final"},
-             "n_prompts": {"shapes:geneval": 10}, "n_per_prompt": 4,
-             "results": {"base": {"geneval": {"overall": 0.375, "tags": tags}},
-                         "capo-frs": {"geneval": {"overall": 0.5, "tags": tags | {"counting": 1.0}},
-                                      "geneval_delta": {"overall": {"delta": 0.125, "ci_low": 0.0, "ci_high": 0.25}}}}}
-    md = table3(bench)
-    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
-    assert set(rows) >= {"shapes-sd3", "CaPO+shapes-sd3"}  # as the paper's "SDXL" / "CaPO+SDXL"
-    assert "**0.500**" in rows["CaPO+shapes-sd3"] and "**0.375**" not in rows["shapes-sd3"]
-    assert "GenEval overall +0.125 [+0.000, +0.250]" in md
+    from capo.tables import table3, to_markdown
+
+    pids = [f"p{i}" for i in range(20)]
+    tags = ["counting"] * 10 + ["colors"] * 10
+    base = pd.DataFrame({"prompt_id": pids, "sample_id": 0, "tag": tags, "correct": [i % 2 == 0 for i in range(20)]})
+    res = {"base": "base", "models": {"base": "shapes-sd3"}, "n_prompts": {"shapes:geneval@test": 20},
+           "n_per_prompt": 1, "results": {"base": {}}}
+    for s in (0, 1):  # CaPO gets every counting prompt right in both seeds, colours unchanged
+        lab = f"capo-frs.s{s}"
+        res["models"][lab], res["results"][lab] = f"runs/t{s}/final", {}
+        f = base.copy()
+        f["correct"] = [True if t == "counting" else c for t, c in zip(tags, base["correct"])]
+        (tmp_path / "results" / lab).mkdir(parents=True)
+        f.to_parquet(tmp_path / "results" / lab / "geneval_per_image.parquet")
+    (tmp_path / "results" / "base").mkdir(parents=True)
+    base.to_parquet(tmp_path / "results" / "base" / "geneval_per_image.parquet")
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    t = table3(tmp_path, "shapes-sd3")
+    rows = dict(t.rows)
+    assert set(rows) == {"shapes-sd3", "CaPO+shapes-sd3", "CaPO − base"}  # as the paper's "SDXL" / "CaPO+SDXL"
+    j = t.columns.index("GenEval counting") - 1
+    assert rows["shapes-sd3"][j]["value"] == 0.5 and rows["CaPO+shapes-sd3"][j]["value"] == 1.0
+    assert rows["CaPO − base"][j]["value"] == pytest.approx(0.5) and rows["CaPO − base"][j]["ci_low"] > 0
+    assert rows["CaPO+shapes-sd3"][j]["mark"] == "best" and rows["shapes-sd3"][j]["mark"] == ""
+    k = t.columns.index("GenEval colors") - 1
+    assert rows["CaPO − base"][k]["value"] == 0 and rows["CaPO+shapes-sd3"][k]["mark"] == ""  # no change: no bold
+    o = t.columns.index("GenEval overall") - 1  # unweighted mean of the tags: (1.0 + 0.5) / 2
+    assert rows["CaPO+shapes-sd3"][o]["value"] == pytest.approx(0.75)
+    assert "**1.000**" in to_markdown(t)

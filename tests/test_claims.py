@@ -1,0 +1,104 @@
+"""Claims verdicts and decisive bold on hand-made evaluation directories with planted effects."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capo import claims
+from capo.tables import Evidence, table2, to_csv_rows, to_latex, to_markdown
+
+REWARDS = ["ra", "rb"]
+ROLES = {"ra": "MPS", "rb": "VQA"}
+
+
+def _experiment(tmp_path, effects: dict[str, float], seeds=(0, 1, 2), P=40, K=2, seed=0):
+    """An eval dir: base scores ~ N(0, 1); a cell's scores = base + effect + noise, so an
+    effect > 0 wins over the base (and over cells with smaller effects) on most images."""
+    rng = np.random.default_rng(seed)
+    d = tmp_path / "exp" / "b" / "eval"
+    pids = np.repeat([f"p{i:03d}" for i in range(P)], K)
+    sids = np.tile(np.arange(K), P)
+    base = pd.DataFrame({"prompt_id": pids, "sample_id": sids} | {r: rng.normal(size=P * K) for r in REWARDS})
+    res = {"base": "base", "models": {"base": "m"}, "rewards": REWARDS, "n_prompts": {"set@test": P},
+           "n_per_prompt": K, "results": {"base": {}}}
+    frames = {"base": base}
+    for cell, eff in effects.items():
+        for s in seeds:
+            lab = f"{cell}.s{s}"
+            frames[lab] = base.copy()
+            for r in REWARDS:
+                frames[lab][r] = base[r] + eff + 0.3 * rng.normal(size=P * K)
+            res["models"][lab], res["results"][lab] = lab, {}
+    for lab, f in frames.items():
+        (d / "results" / lab).mkdir(parents=True)
+        f.to_parquet(d / "results" / lab / "winrate_per_image.parquet")
+    (d / "results.json").write_text(json.dumps(res))
+    return Evidence(d, n_boot=500)
+
+
+def test_combine():
+    assert claims.combine(["reproduced", "reproduced"]) == "reproduced"
+    assert claims.combine(["reproduced", "inconclusive"]) == "inconclusive"
+    assert claims.combine(["reproduced", "contradicted"]) == "contradicted"
+    assert claims.combine([]) == "inconclusive"
+
+
+def test_each_verdict_is_reached(tmp_path):
+    # C2 (FRS > SUM for every objective): planted, large; C3 (CaPO+FRS > CaPO+SOUP): the
+    # opposite planted; C1 (CaPO best on its trained reward): no effect at all.
+    effects = {f"{o}-frs": 0.3 for o in ("dpo", "ipo", "capo")} | {f"{o}-sum": 0.0 for o in ("dpo", "ipo", "capo")}
+    effects |= {"capo-soup": 1.0}  # win-rates over the base: FRS ~84%, SUM ~50%, SOUP ~100%
+    effects |= {f"{o}-single-{r}": 0.2 for o in ("dpo", "ipo", "capo") for r in REWARDS}
+    ev = _experiment(tmp_path, effects)
+    res = claims.evaluate(ev, {}, ROLES, "ra", "b")
+    assert res["C2"]["verdict"] == "reproduced" and len(res["C2"]["comparisons"]) == 3
+    assert res["C3"]["verdict"] == "contradicted"
+    assert res["C1"]["verdict"] == "inconclusive" and len(res["C1"]["comparisons"]) == 4
+    assert res["C5"]["comparisons"] == []  # no dpo-human cell: nothing to test
+    md = claims.render(tmp_path / "exp", {"b": {"evidence": ev, "tables": {}}}, ROLES, "ra")
+    row = next(line for line in md.splitlines() if line.startswith("| C2:"))
+    assert "**reproduced**" in row and "3 / 0 / 3" in row
+    assert "**contradicted**" in next(line for line in md.splitlines() if line.startswith("| C3:"))
+    assert "**not run**" in next(line for line in md.splitlines() if line.startswith("| C5:"))
+
+
+def test_no_effect_is_inconclusive_in_most_repetitions(tmp_path):
+    """With equal cells, C2's verdict is inconclusive in at least 90% of repetitions."""
+    n_inc = 0
+    reps = 20
+    for i in range(reps):
+        effects = {f"{o}-{s}": 0.5 for o in ("dpo", "ipo", "capo") for s in ("frs", "sum")}
+        ev = _experiment(tmp_path / str(i), effects, seed=100 + i, P=30)
+        n_inc += claims.evaluate(ev, {}, ROLES, "ra", "b")["C2"]["verdict"] == "inconclusive"
+    assert n_inc >= 0.9 * reps
+
+
+def test_bold_only_beyond_the_ci_and_every_format(tmp_path):
+    effects = {"dpo-sum": 0.0, "dpo-soup": 0.02, "dpo-frs": 0.01, "capo-frs": 0.3}
+    ev = _experiment(tmp_path, effects)
+    t = table2(ev, ROLES, "b")
+    rows = dict(t.rows)
+    j = t.columns.index("MPS win (%)") - 1
+    assert rows["CaPO + FRS"][j]["mark"] == "best"  # far ahead: bold
+    assert all(rows[n][j]["mark"] == "" for n in ("DPO + SUM", "DPO + SOUP", "DPO + FRS"))
+    ev2 = _experiment(tmp_path / "tie", {"dpo-sum": 0.5, "dpo-frs": 0.5})
+    t2 = table2(ev2, ROLES, "b")
+    marks = {n: c[0]["mark"] for n, c in t2.rows if n != "base"}
+    assert set(marks.values()) == {"tied"}  # equal cells: no bold, both marked tied
+    md = to_markdown(t)
+    assert "**" in md and "±" in md
+    csv_rows = to_csv_rows(t)
+    cap = next(r for r in csv_rows if r["row"] == "CaPO + FRS" and r["column"] == "MPS win (%)")
+    assert cap["ci_low"] < cap["value"] < cap["ci_high"] and cap["mark"] == "best"
+    tex = to_latex(t)
+    assert "\\toprule" in tex and "\\textbf{" in tex and "$\\pm$" in tex
+
+
+def test_evidence_refuses_misaligned_images(tmp_path):
+    ev = _experiment(tmp_path, {"dpo-frs": 0.5})
+    f = ev.dir / "results" / "dpo-frs.s1" / "winrate_per_image.parquet"
+    pd.read_parquet(f).iloc[1:].to_parquet(f)
+    with pytest.raises(ValueError, match="different images"):
+        Evidence(ev.dir).values(["dpo-frs"], ("win", "ra"))
