@@ -24,6 +24,16 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, title: str = "") -> None:
+    """Title (if any), tight layout, a 120-dpi PNG at ``path``, and the figure closed."""
+    plt = _plt()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _cells(ev) -> list[str]:
     return [label(o, s) for o in OBJECTIVES for s in SELECTORS if ev.has(label(o, s))]
 
@@ -46,9 +56,7 @@ def winrate_bars(ev, rewards: list[str], names: dict[str, str], path: Path) -> N
     ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("win-rate over base (%)")
     ax.legend(fontsize=7, ncol=len(rewards))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def pareto_plot(ev, rx: str, ry: str, names: dict[str, str], path: Path) -> None:
@@ -68,9 +76,7 @@ def pareto_plot(ev, rx: str, ry: str, names: dict[str, str], path: Path) -> None
     ax.set_xlabel(f"mean {names.get(rx, rx)}")
     ax.set_ylabel(f"mean {names.get(ry, ry)}")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def qualitative_grid(eval_dir: Path, labels: list[str], path: Path, n_prompts: int = 6) -> None:
@@ -180,11 +186,7 @@ def frontier_plot(sweeps: dict[str, dict], rewards: list[str], names: dict[str, 
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("validation win-rate over base (%)", fontsize=8)
     _legend(axes[0])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title)
     return True
 
 
@@ -237,11 +239,7 @@ def overopt_plot(sweeps: dict[str, dict], gold: str, names: dict[str, str], path
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel(f"{names.get(gold, gold)} win-rate over base (%)", fontsize=8)
     _legend(axes[0])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title)
     return True
 
 

@@ -73,8 +73,25 @@ def test_gate_parsing_and_checks():
 
 
 def test_unknown_benchmark_and_duplicate_labels(tiny_chain, tmp_path):
-    with pytest.raises(ValueError, match="known: winrate, geneval, compbench"):
+    with pytest.raises(ValueError, match="known: winrate, geneval, compbench, divergence"):
         evaluate.run(evaluate.EvalConfig(models=[str(tiny_chain / "base")], out=str(tmp_path / "x"),
                                          benchmarks=["drawbench"]))
     with pytest.raises(ValueError, match="unique"):
         evaluate.parse_models(["a=x", "a=y"])
+
+
+def test_divergence_benchmark(tiny_chain, tuned, tmp_path):
+    """`--benchmarks divergence`: exactly 0 for the base against itself, positive for a
+    fine-tuned model, on the same images the win-rates score; the strata are recorded."""
+    base = str(tiny_chain / "base")
+    res = evaluate.run(evaluate.EvalConfig(models=[f"base={base}", f"same={base}", f"tuned={tuned}"],
+                                           out=str(tmp_path / "e"), limit=3, n=2, n_t=2,
+                                           benchmarks=["winrate", "divergence"], rewards=["toy-red"]))
+    same, tuned_d = res["results"]["same"]["divergence"], res["results"]["tuned"]["divergence"]
+    assert same["mean"] == 0.0 and same["param_distance"] == 0.0
+    assert tuned_d["mean"] > 0 and tuned_d["ci_low"] <= tuned_d["mean"] <= tuned_d["ci_high"]
+    assert tuned_d["param_distance"] > 0 and tuned_d["n_images"] == 6
+    assert "divergence" not in res["results"]["base"]
+    assert sum(res["strata"]["shapes:geneval"].values()) == 3  # the tags the 3 prompts cover
+    saved = json.loads((tmp_path / "e" / "results" / "tuned" / "divergence.json").read_text())
+    assert saved["result"]["mean"] == tuned_d["mean"]

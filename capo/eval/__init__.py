@@ -7,6 +7,10 @@
                      registry; the CLIP colour classifier
 * ``t2i_compbench``  T2I-CompBench's BLIP-VQA, 2D-spatial, CLIPScore and 3-in-1 rules and scorers
 * ``winrate``        win-rate (%) and paired metric deltas with prompt-level bootstrap CIs
+* ``stats``          means over training seeds with CIs over prompts AND seeds (two-level
+                     bootstrap), paired contrasts between methods, verdicts, decisive bold
+* ``divergence``     how far a model moved from its base: the reverse-process KL term on its
+                     own samples (``capo.method.divergence``) and ``||theta - theta_ref||``
 
 Importing this package is cheap: torch, transformers, open_clip and spaCy are imported only
 inside the factories that need them.
@@ -24,10 +28,12 @@ from capo.eval.geneval import (
 from capo.eval.geneval import summarize as summarize_geneval
 from capo.eval.prompts import PROMPT_SETS, get_prompt_set, list_prompt_sets, load_prompt_set
 from capo.eval.t2i_compbench import summarize as summarize_t2i_compbench
+from capo.eval.stats import best_beyond_ci, bootstrap_contrasts, two_level_bootstrap, verdict
 from capo.eval.winrate import bootstrap_delta, bootstrap_mean, win_rate
 
 __all__ = [
     "DETECTORS", "Detector", "clip_color_classifier", "evaluate_image", "get_detector", "load_metadata",
     "register_detector", "summarize_geneval", "PROMPT_SETS", "get_prompt_set", "list_prompt_sets",
     "load_prompt_set", "summarize_t2i_compbench", "bootstrap_delta", "bootstrap_mean", "win_rate",
+    "best_beyond_ci", "bootstrap_contrasts", "two_level_bootstrap", "verdict",
 ]

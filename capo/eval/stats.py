@@ -114,76 +114,18 @@ VERDICTS = ("reproduced", "contradicted", "inconclusive")
 
 # --------------------------------------------------------------------------- Student's t
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b): the continued fraction of Numerical Recipes 6.4
-    (modified Lentz), on the side of (a + 1) / (a + b + 2) where it converges fast."""
-    if x <= 0 or x >= 1:
-        return 0.0 if x <= 0 else 1.0
-    if x > (a + 1) / (a + b + 2):
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    f = d
-    for m in range(1, 10_000):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),          # d_{2m}
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # d_{2m+1}
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            f *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return front * f
-
-
-def _t_abs_cdf(x: float, df: float) -> float:
-    """P(|T| <= x) = 1 - I_{df / (df + x^2)}(df / 2, 1 / 2) for Student's t with ``df`` df."""
-    return 1.0 - _betainc(df / 2, 0.5, df / (df + x * x))
-
-
 @functools.lru_cache(maxsize=1024)
 def t_quantile(q: float, df: float) -> float:
     """The ``q`` quantile (``q`` in [0.5, 1)) of Student's t with ``df`` > 0 degrees of freedom
-    (not necessarily an integer): Newton's method on P(|T| <= x) = 2 q - 1, kept inside a
-    bisection bracket; above 10^6 df the Cornish-Fisher terms ``z + (z^3 + z) / (4 df)``."""
+    (not necessarily an integer)."""
+    from scipy.stats import t
+
     if not 0.5 <= q < 1:
         raise ValueError(f"q must lie in [0.5, 1), got {q}")
     if not df > 0:
         raise ValueError(f"df must be positive, got {df}")
-    target = 2 * q - 1
-    if df > 1e6:
-        z = _solve(lambda x: math.erf(x / math.sqrt(2)),
-                   lambda x: math.sqrt(2 / math.pi) * math.exp(-x * x / 2), target)
-        return z + (z ** 3 + z) / (4 * df)
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    density = lambda x: 2 * math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))  # of |T|
-    return _solve(lambda x: _t_abs_cdf(x, df), density, target)
+    return float(t.ppf(q, df))
 
-
-def _solve(cdf, pdf, target: float) -> float:
-    """x >= 0 with cdf(x) = target for an increasing cdf with cdf(0) = 0: safeguarded Newton."""
-    if target <= 0:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < target:
-        lo, hi = hi, 2 * hi
-    x = (lo + hi) / 2
-    for _ in range(200):
-        err = cdf(x) - target
-        lo, hi = (x, hi) if err < 0 else (lo, x)
-        dens = pdf(x)
-        new = x - err / dens if dens > 0 and lo < x - err / dens < hi else (lo + hi) / 2
-        if abs(new - x) <= 1e-14 * max(x, 1e-300) or hi - lo <= 1e-14 * hi:
-            return new
-        x = new
-    return x
-
-
-# --------------------------------------------------------------------------- layout and checks
 
 def _ids(ids, n: int, name: str) -> np.ndarray:
     if len(ids) != n:

@@ -9,13 +9,15 @@ Public API (stable names):
 ``implicit_reward(...)``               diffusion implicit reward R_theta (Eq. 5)
 ``dpo_loss / ipo_loss / capo_loss``    objectives (Eq. 4, Eq. 8)
 ``merge(base, models, ...)``           SOUP: linear / slerp merging of task vectors
+``divergence_term(...)``               reverse-process KL term between policy and reference
 =====================================  ==============================================
 
 Submodules: ``schedules`` (log-SNR), ``implicit`` (Eq. 5, weighting Sec. 4.4),
-``objectives``, ``calibration``, ``selection``, ``merging``.
+``objectives``, ``calibration``, ``selection``, ``merging``, ``divergence``.
 """
 
 from capo.method.calibration import bt_transform, calibrate, parse_transform
+from capo.method.divergence import divergence_factor, divergence_term, param_distance
 from capo.method.implicit import (
     implicit_reward,
     loss_factor,
@@ -37,7 +39,7 @@ from capo.method.selection import (
 
 __all__ = [
     "OBJECTIVES", "SELECTORS", "PairSelection", "bt_transform", "calibrate", "capo_loss",
-    "ddpm_terms", "dpo_loss", "eps_from_prediction", "flow_terms", "frs_sets", "implicit_reward",
-    "ipo_loss", "loss_factor", "merge", "nondominated_sort", "pareto_sets", "parse_transform",
+    "ddpm_terms", "divergence_factor", "divergence_term", "dpo_loss", "eps_from_prediction", "flow_terms", "frs_sets", "implicit_reward",
+    "ipo_loss", "loss_factor", "merge", "param_distance", "nondominated_sort", "pareto_sets", "parse_transform",
     "sample_pair_noise", "select_pairs", "sigmoid_factor", "squared_error",
 ]

@@ -301,7 +301,8 @@ def run(cfg: EvalConfig) -> dict:
             if bench in entry:
                 artifacts.write_json(out / "results" / label / f"{bench}.json",
                                      {"eval_run": manifest["run_key"], "model": dict(models)[label],
-                                      "prompt_sets": sets[bench], "result": entry[bench],
+                                      "prompt_sets": sets["winrate" if bench == "divergence" else bench],
+                                      "result": entry[bench],
                                       "delta": entry.get(f"{bench}_delta")})
     artifacts.write_json(out / "results.json", results)
     artifacts.finish(out, manifest, counts={"models": len(models), **{f"prompts:{k}": len(v) for k, v in records.items()}},
