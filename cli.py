@@ -112,13 +112,20 @@ def _fields_help(module: str, cls_name: str) -> str:
     import importlib
     import inspect
 
-    src = inspect.getsource(getattr(importlib.import_module(module), cls_name)).splitlines()[2:]
+    import dataclasses
+    import json
+
+    cls = getattr(importlib.import_module(module), cls_name)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+                for f in dataclasses.fields(cls)}
     rows = []
-    for line in src:
+    for line in inspect.getsource(cls).splitlines()[2:]:
         m = re.match(r"\s+(\w+): ([^=#]+?)(?: = ([^#]+?))?\s*(?:# (.*))?$", line)
-        if m:
-            name, _, default, comment = m.groups()
-            rows.append(f"  {name:<16} {('= ' + default) if default else '(required)':<22} {comment or ''}")
+        if m and m.group(1) in defaults:
+            name, comment, value = m.group(1), m.group(4), defaults[m.group(1)]
+            shown = "(required)" if value is dataclasses.MISSING else "= " + json.dumps(value)
+            rows.append(f"  {name:<16} {shown:<22} {comment or ''}")
     return "\b\nKeys (key=value or --key value; a YAML --config file gives defaults):\n" + "\n".join(rows)
 
 

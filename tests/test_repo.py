@@ -42,5 +42,27 @@ def test_readme_main_job_is_a_valid_reproduce_preset():
 
 def test_help_lists_every_subcommand():
     r = CliRunner().invoke(main, ["--help"])
-    for name in ("generate", "score", "pairs", "train", "merge", "eval", "compare", "tables", "reproduce", "ls"):
+    for name in ("generate", "score", "pairs", "train", "sweep", "merge", "eval", "compare", "tables", "reproduce",
+                 "ls"):
         assert re.search(rf"^\s+{name}\s", r.output, flags=re.M), name
+
+
+def test_readme_results_quote_the_generated_claims():
+    """Every line between the README's `claims:` markers stands verbatim in the claims file
+    it names: the results are quoted as generated, never rewritten by hand."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"<!-- claims: (\S+) -->\n(.*?)<!-- /claims -->", text, flags=re.S)
+    assert blocks, "the README's results section quotes no claims file"
+    for path, body in blocks:
+        generated = (ROOT / path).read_text().splitlines()
+        lines = [x for x in body.splitlines() if x.strip()]
+        assert lines and all(x in generated for x in lines), path
+
+
+def test_stage_help_shows_default_values():
+    """`capo <stage> --help` lists every key with its default value (not source text)."""
+    for stage in ("sweep", "train", "eval"):
+        r = CliRunner().invoke(main, [stage, "--help"])
+        assert r.exit_code == 0 and "field(" not in r.output and "default_factory" not in r.output, stage
+    r = CliRunner().invoke(main, ["sweep", "--help"])
+    assert "= [50.0, 150.0, 500.0, 1500.0, 5000.0]" in r.output and "model            (required)" in r.output

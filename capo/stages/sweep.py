@@ -305,7 +305,9 @@ def run(cfg: SweepConfig) -> dict:
                            "checkpoint": rows[best]["checkpoint"], "criterion": values[best]},
               "bracketed": len(grid) > 2 and 0 < best < len(grid) - 1}
     artifacts.write_json(out / "sweep.json", result)
-    artifacts.finish(out, manifest, selected=result["selected"], bracketed=result["bracketed"],
+    artifacts.finish(out, manifest, selected=result["selected"], bracketed=result["bracketed"], widened=widened,
+                     grid=[{"beta": r["beta"], "criterion": r["criterion"], "divergence": r["divergence"]["mean"],
+                            "winrate": {k: v["win_rate"] for k, v in r["winrate"].items()}} for r in rows],
                      seconds=round(time.time() - t0, 3))
     log(f"selected beta={fmt_beta(grid[best])} ({'bracketed' if result['bracketed'] else 'at the grid edge'})")
     return {**result, "skipped": False}
