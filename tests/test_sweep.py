@@ -109,3 +109,7 @@ def test_gold_and_test_prompts_do_not_change_the_selection(tiny_chain, tmp_path)
     # divergence and parameter distance are measured and grow with the step (lower beta: larger move)
     d = {p["beta"]: p for p in a["grid"]}
     assert d[5.0]["param_distance"] > 0 and d[5.0]["divergence"]["mean"] >= 0
+    # the grid's runs keep their final weights and drop the resume state once complete
+    for p in a["grid"]:
+        run = tmp_path / "a" / f"beta-{sweep.fmt_beta(p['beta'])}"
+        assert (run / "final").is_dir() and not (run / "checkpoints").exists()

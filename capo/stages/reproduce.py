@@ -189,7 +189,7 @@ def run(cfg: ReproduceConfig) -> dict:
                 train.run(train.TrainConfig(model=base, pairs=str(c["pairs"]), out=str(d), objective=c["objective"],
                                             beta=sel["beta_trained"], weighting=c["weighting"], bias=c["bias"],
                                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                            lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps,
+                                            lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps, keep_checkpoints=0,
                                             log_every=max(1, cfg.steps // 5), quiet=q))
                 checkpoints[seed_label(lab, s)] = str(d / "final")
         for o in OBJECTIVES:

@@ -271,7 +271,7 @@ def run(cfg: SweepConfig) -> dict:
             train.run(train.TrainConfig(model=cfg.model, pairs=cfg.pairs, out=str(d), objective=cfg.objective,
                                         beta=beta / scale, weighting=cfg.weighting, bias=cfg.bias, noise=cfg.noise,
                                         lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
-                                        batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps,
+                                        batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps, keep_checkpoints=0,
                                         log_every=max(1, cfg.steps // 5), quiet=True))
             vf = d / "validation.json"
             vkey = artifacts.run_key({"val": [cfg.val_n, cfg.eval_seed, cfg.n_t, sorted(rewards)]},

@@ -63,7 +63,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | fp16 | bf16
     ema: float = 0.0  # EMA decay of the trained weights (0: off); the final checkpoint uses EMA
     checkpoint_every: int = 50  # optimizer steps between checkpoints
-    keep_checkpoints: int = 2  # newest checkpoints kept
+    keep_checkpoints: int = 2  # newest checkpoints kept (0: the newest until the run completes, then none)
     log_every: int = 10  # optimizer steps between metric lines
     seed: int = 0
     stop_after: int | None = None  # stop (as if killed) after this many steps; for tests and budgets
@@ -408,7 +408,8 @@ def run(cfg: TrainConfig) -> dict:
                 artifacts.write_json(d / "trainer_state.json", {"step": step})  # written last: checkpoint complete
                 import shutil
 
-                for old in sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))[:-cfg.keep_checkpoints]:
+                done = sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))
+                for old in done[:-max(1, cfg.keep_checkpoints)]:
                     shutil.rmtree(old)
             accelerator.wait_for_everyone()
         if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps:
@@ -430,5 +431,9 @@ def run(cfg: TrainConfig) -> dict:
         lines = [json.loads(x) for x in metrics_f.read_text().splitlines()] if metrics_f.is_file() else []
         artifacts.finish(out, manifest, counts={"steps": cfg.steps, "prompts_with_pairs": len(source.prompts)},
                          final_metrics=lines[-1] if lines else None, seconds=round(time.time() - t_start, 3))
+        if cfg.keep_checkpoints == 0:  # complete: final/ is what later stages read; drop the resume state
+            import shutil
+
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
     return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": False}
