@@ -561,17 +561,13 @@ def n_table(ev: Evidence, roles: dict[str, str], base: str) -> Table | None:
     ns = sorted(int(c.removeprefix("capo-frs-n")) for c in ev.seeds if re.fullmatch(r"capo-frs-n\d+", c))
     if not ns:
         return None
-    sw = _load(ev.dir.parent / "sweep" / "capo-frs" / "sweep.json")
-    n_default = None
     pm = _load(ev.dir.parent / "pairs" / "frs" / "manifest.json")
-    if pm:
-        n_default = pm["config"].get("n")
+    n_default = pm["config"].get("n") if pm else None
     rows = [(f"N = {n}", f"capo-frs-n{n}") for n in ns]
     if n_default:
         rows.append((f"N = {n_default}", "capo-frs"))
     rows.sort(key=lambda r: int(r[0].split("= ")[1]))
     ev_cols, names = _eval_columns(ev, roles)
-    del sw
     return _win_table("n", base, "CaPO + FRS by samples per prompt N (each N with its own selected beta): "
                       "win-rate (%) over the base.", ev, rows, [(names[r], ("win", r)) for r in ev_cols])
 
