@@ -96,6 +96,17 @@ def _load(path: Path) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- evidence
+def seed_label(cell: str, seed: int) -> str:
+    """The evaluated model of ``cell`` trained with ``seed``: ``capo-frs.s1`` (``split_label``'s inverse)."""
+    return f"{cell}.s{seed}"
+
+
+def bias_name(b: float) -> str:
+    """Table 5's row name of a sigmoid bias: 1 -> "b1.0", 1.5 -> "b1.5", 1.25 -> "b1.25"."""
+    s = f"{b:g}"
+    return "b" + (s if "." in s or "e" in s else s + ".0")
+
+
 def split_label(lab: str) -> tuple[str, int]:
     """``capo-frs.s1`` -> ``("capo-frs", 1)``; a label without a seed is seed 0."""
     cell, sep, s = lab.rpartition(".s")
@@ -380,7 +391,7 @@ def _cell_weighting(ev: Evidence, cell: str) -> str | None:
     sw = _load(ev.dir.parent / "sweep" / cell / "sweep.json")
     if sw:
         c = sw["cell"]
-        return "constant" if c["weighting"] == "constant" else f"b{c['bias']:.1f}"
+        return "constant" if c["weighting"] == "constant" else bias_name(c["bias"])
     return None
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capo import artifacts
-from capo.tables import OBJECTIVES, label
+from capo.tables import OBJECTIVES, bias_name, label, seed_label
 
 DEFAULT_BETAS = {o: [50.0, 150.0, 500.0, 1500.0, 5000.0] for o in OBJECTIVES}
 
@@ -85,17 +85,6 @@ def load_preset(name: str) -> dict:
         known = sorted(p.stem.removeprefix("reproduce-") for p in root.glob("reproduce-*.yaml"))
         raise ValueError(f"unknown reproduce preset {name!r}; known: {', '.join(known)} (or a YAML path)")
     return load_yaml(path)
-
-
-def seed_label(cell: str, seed: int) -> str:
-    """The evaluated model of ``cell`` trained with ``seed``: ``capo-frs.s1``."""
-    return f"{cell}.s{seed}"
-
-
-def bias_name(b: float) -> str:
-    """Table 5's row name of a sigmoid bias: 1 -> "b1.0", 1.5 -> "b1.5"."""
-    s = f"{b:g}"
-    return "b" + (s if "." in s or "e" in s else s + ".0")
 
 
 def cells(cfg: ReproduceConfig, pair_dirs: dict[str, Path]) -> dict[str, dict]:
