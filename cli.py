@@ -50,7 +50,7 @@ def main():
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_tries, overwrite, quiet):
     """Select preference pairs from reward TABLES (parquet/CSV: prompt_id, sample_id, one column per reward)."""
-    from capo.artifacts import ArtifactError
+    from capo.artifacts import ArtifactError, no_trace_on_failure
     from capo.registry import UnknownNameError
     from capo.stages import pairs as stage
 
@@ -65,7 +65,8 @@ def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_
         cfg = stage.PairsConfig(rewards_tables=list(tables), out=out, selector=selector, rewards=_csv(rewards),
                                 weights=w, transforms=tmap, seed=seed, draws=draws, max_tries=max_tries,
                                 overwrite=overwrite)
-        res = stage.run(cfg)
+        with no_trace_on_failure(cfg.out):
+            res = stage.run(cfg)
     except (ValueError, ArtifactError, UnknownNameError) as e:
         _fail(str(e))
     if not quiet:
@@ -115,6 +116,8 @@ def _fields_help(module: str, cls_name: str) -> str:
     import dataclasses
     import json
 
+    from capo.config import rule_text
+
     cls = getattr(importlib.import_module(module), cls_name)
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
@@ -125,8 +128,10 @@ def _fields_help(module: str, cls_name: str) -> str:
         if m and m.group(1) in defaults:
             name, comment, value = m.group(1), m.group(4), defaults[m.group(1)]
             shown = "(required)" if value is dataclasses.MISSING else "= " + json.dumps(value)
-            rows.append(f"  {name:<16} {shown:<22} {comment or ''}")
-    return "\b\nKeys (key=value or --key value; a YAML --config file gives defaults):\n" + "\n".join(rows)
+            allowed = rule_text(cls, name)
+            rows.append(f"  {name:<16} {shown:<22} {f'[{allowed}] ' if allowed else ''}{comment or ''}")
+    return ("\b\nKeys (key=value or --key value; a YAML --config file gives defaults; [allowed values]):\n"
+            + "\n".join(rows))
 
 
 def _relaunch(k: int) -> None:
@@ -164,7 +169,7 @@ def _stage_command(name: str, module: str, cls_name: str, doc: str):
         import importlib
         import os
 
-        from capo.artifacts import ArtifactError
+        from capo.artifacts import ArtifactError, no_trace_on_failure
         from capo.config import ConfigError, build
         from capo.models import ModelLoadError
         from capo.registry import UnknownNameError
@@ -175,7 +180,8 @@ def _stage_command(name: str, module: str, cls_name: str, doc: str):
         t0 = time.time()
         try:
             cfg = build(getattr(stage, cls_name), config_path, args)
-            res = stage.run(cfg)
+            with no_trace_on_failure(_out_of(cfg)):
+                res = stage.run(cfg)
         except (ConfigError, ValueError, ArtifactError, UnknownNameError, ModelLoadError, FileNotFoundError) as e:
             _fail(str(e))
         except RuntimeError as e:
@@ -186,6 +192,14 @@ def _stage_command(name: str, module: str, cls_name: str, doc: str):
             click.echo(_summary(name, cfg, res, time.time() - t0))
 
     return _cmd
+
+
+def _out_of(cfg) -> str | None:
+    """The directory a stage writes (score: under its samples by default)."""
+    out = getattr(cfg, "out", None)
+    if out is None and getattr(cfg, "samples", None) and hasattr(cfg, "rewards"):
+        out = str(Path(cfg.samples) / "rewards")
+    return out
 
 
 def _summary(name: str, cfg, res: dict, seconds: float) -> str:
@@ -262,24 +276,19 @@ def world():
     """The embedded shapes world: build it from scratch, show its samples, check its artifacts."""
 
 
-@world.command(name="build", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@world.command(name="build", context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+               help="Train the world's VAE, both base models and the reward models (about 30 min on a CPU).\n\n"
+                    + _fields_help("capo.worlds.shapes.build", "WorldConfig"))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def world_build(args):
-    """Train the world's VAE, both base models and the reward models (about 30 min on a CPU).
-
-    Keys (key=value or --key value): out, size, seed, vae_minutes, vae_steps, vae_batch,
-    base_minutes, base_steps, base_batch, base_lr, base_lr_schedule, reward_minutes,
-    device (cpu | cuda), pool, workers, init, train (base models to continue from init),
-    rewards (false: keep init's), guidance_sdxl, guidance_sd3, shift_sd3,
-    reward_base_fraction, half, eval_images, overwrite, quiet.
-    """
-    from capo.artifacts import ArtifactError
+    from capo.artifacts import ArtifactError, no_trace_on_failure
     from capo.config import ConfigError, build
     from capo.worlds.shapes import build as B
 
     try:
         cfg = build(B.WorldConfig, None, args)
-        res = B.run(cfg)
+        with no_trace_on_failure(cfg.out):
+            res = B.run(cfg)
     except (ConfigError, ValueError, ArtifactError) as e:
         _fail(str(e))
     figs = res.get("figures", {})
@@ -345,6 +354,37 @@ def tables(root, out, with_paper, rewards, roles, gold):
         _fail(str(e))
 
 
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the markdown here (default: print).")
+@click.option("--rewards", default="shapes-pref,shapes-vqa,shapes-aesthetic", show_default=True,
+              help="Rewards in the roles of MPS, VQA, VILA.")
+@click.option("--roles", default="MPS,VQA,VILA", show_default=True)
+def replicate(runs, out, rewards, roles):
+    """Compare the claims of independent `capo reproduce` runs (NAME=DIR ...), e.g. disjoint seed sets.
+
+    Exits 1 when a claim or comparison is reproduced in one run and contradicted in another.
+    """
+    from capo import artifacts, claims
+
+    rw, rl = _csv(rewards), _csv(roles)
+    named = {}
+    for r in runs:
+        name, sep, root = r.partition("=")
+        named[name if sep else Path(r).name] = root if sep else r
+    try:
+        md, conflicts = claims.replication(named, dict(zip(rw, rl)), pref=rw[0])
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        _fail(str(e))
+    if out:
+        artifacts.write_text(out, md)
+        click.echo(f"replicate: {len(conflicts)} conflict(s) -> {out}")
+    else:
+        click.echo(md)
+    if conflicts:
+        sys.exit(1)
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--preset", default="quick", show_default=True, help="quick | full | a YAML path.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -357,7 +397,7 @@ def reproduce(preset, args):
 
     import yaml
 
-    from capo.artifacts import ArtifactError
+    from capo.artifacts import ArtifactError, no_trace_on_failure
     from capo.config import ConfigError, build
     from capo.models import ModelLoadError
     from capo.stages import reproduce as R
@@ -366,8 +406,12 @@ def reproduce(preset, args):
         data = {**R.load_preset(preset), "preset": Path(preset).stem.removeprefix("reproduce-")}
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(data, f)
-        cfg = build(R.ReproduceConfig, f.name, args)
-        res = R.run(cfg)
+        try:
+            cfg = build(R.ReproduceConfig, f.name, args)
+        finally:
+            Path(f.name).unlink(missing_ok=True)
+        with no_trace_on_failure(cfg.out or f"runs/reproduce-{cfg.preset}"):
+            res = R.run(cfg)
     except (ConfigError, ValueError, ArtifactError, ModelLoadError, FileNotFoundError) as e:
         _fail(str(e))
     click.echo(f"reproduce: {res['bases']} in {res['seconds']:.0f}s -> {res['reports']}/tables.md")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -73,7 +75,8 @@ def _coerce(cls, key: str, value: Any) -> Any:
         if target is int and isinstance(value, str):
             return int(value)
     except ValueError:
-        raise ConfigError(f"{cls.__name__}.{key} must be a {target.__name__}, got {value!r}") from None
+        what = {int: "an integer", float: "a number"}.get(target, f"a {getattr(target, '__name__', target)}")
+        raise ConfigError(f"invalid {cls.__name__}: {key} = {value!r}: must be {what}") from None
     return value
 
 
@@ -123,3 +126,128 @@ def build(cls: type[T], config_path: str | None, tokens: list[str] | tuple[str, 
         raise ConfigError(f"missing required {cls.__name__} key(s): {', '.join(missing)} "
                           f"(give them as --{missing[0].replace('_', '-')} VALUE or {missing[0]}=VALUE)")
     return from_dict(cls, data)
+
+
+# ---------------------------------------------------------------------------- validation
+# Every stage config is a ``@stage_config`` dataclass: its fields are checked when it is
+# built (from the command line, a YAML file or Python), before a stage creates anything.
+# Types come from the annotations (ints are integers, floats are finite, lists hold their
+# element type); a class's ``RULES`` adds a range or a set of names per key, written as
+#   "> 0", ">= 1", "<= 1", "[0, 1]", "(0, 1]"       ranges (also for each element of a list)
+#   "a | b | c"                                     one of these names
+#   "@objectives", "@rewards", ...                  a name registered there (capo ls)
+# and its ``contradictions()`` yields a message per combination of keys that cannot hold.
+_RANGE = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*$")
+_BOUND = re.compile(r"^\s*(>=|<=|>|<)\s*(\S+)\s*$")
+
+
+def _rule_error(rule: str, v: Any) -> str | None:
+    """What is wrong with ``v`` under ``rule`` (None if nothing)."""
+    if rule.startswith("@"):
+        from capo.registry import all_registries
+
+        reg = all_registries()[rule[1:]]
+        if v not in reg:
+            near = difflib.get_close_matches(str(v), reg.names(), 3, 0.5)
+            return (f"unknown {reg.kind}" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                    + f"; known: {', '.join(reg.names())}")
+        return None
+    if m := _RANGE.match(rule):
+        lo, hi = float(m.group(2)), float(m.group(3))
+        ok = (v > lo if m.group(1) == "(" else v >= lo) and (v < hi if m.group(4) == ")" else v <= hi)
+        return None if ok else f"must be in {rule}"
+    if m := _BOUND.match(rule):
+        op, x = m.group(1), float(m.group(2))
+        ok = {">": v > x, ">=": v >= x, "<": v < x, "<=": v <= x}[op]
+        return None if ok else f"must be {rule}"
+    names = [s.strip() for s in rule.split("|")]
+    if v not in names:
+        near = difflib.get_close_matches(str(v), names, 1, 0.5)
+        return f"must be one of {' | '.join(names)}" + (f" (did you mean {near[0]}?)" if near else "")
+    return None
+
+
+def _type_error(hint, v: Any) -> str | None:
+    """What is wrong with ``v`` as a value of type ``hint`` (None if nothing). Floats must be finite."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _type_error(inner[0], v) if len(inner) == 1 else None
+    if origin is list:
+        if not isinstance(v, list):
+            return "must be a list"
+        return next((f"item {x!r} {e}" for x in v if (e := _type_error(args[0], x))), None) if args else None
+    if origin is dict:
+        if not isinstance(v, dict):
+            return "must be a mapping"
+        return next((f"{k}: {e}" for k, x in v.items() if (e := _type_error(args[1], x))), None) if args else None
+    if hint is bool:
+        return None if isinstance(v, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(v, int) and not isinstance(v, bool) else "must be an integer"
+    if hint is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "must be a number"
+        return None if math.isfinite(v) else "must be a finite number"
+    if hint is str:
+        return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
+    return None
+
+
+def _elements(hint, v: Any) -> list:
+    """The values a rule applies to: the value itself, the items of a list, the values of a dict."""
+    if v is None:
+        return []
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        origin = typing.get_origin(inner[0]) if len(inner) == 1 else None
+    if origin is list:
+        return list(v)
+    if origin is dict:
+        return [x for vals in v.values() for x in (vals if isinstance(vals, list) else [vals])]
+    return [v]
+
+
+def problems(cfg) -> list[str]:
+    """Every broken rule of a config, one message each, naming the key, the value and what is allowed."""
+    cls = type(cfg)
+    hints = typing.get_type_hints(cls)
+    rules = getattr(cls, "RULES", {})
+    out = []
+    for f in dataclasses.fields(cls):
+        v = getattr(cfg, f.name)
+        if err := _type_error(hints[f.name], v):
+            out.append(f"{f.name} = {v!r}: {err}")
+            continue
+        rule = rules.get(f.name)
+        bad = next(((x, e) for x in _elements(hints[f.name], v) if (e := _rule_error(rule, x))), None) if rule else None
+        if bad:
+            x, err = bad
+            out.append(f"{f.name} = {v!r}: " + (err if x is v else f"item {x!r} {err}"))
+    if not out and hasattr(cfg, "contradictions"):
+        out += list(cfg.contradictions())
+    return out
+
+
+def validate(cfg) -> None:
+    """Raise ``ConfigError`` (one line, every problem) if ``cfg`` breaks a rule."""
+    errs = problems(cfg)
+    if errs:
+        raise ConfigError(f"invalid {type(cfg).__name__}: " + "; ".join(errs))
+
+
+def stage_config(cls: type[T]) -> type[T]:
+    """``@dataclass`` whose instances are validated (``validate``) as soon as they are built."""
+    cls.__post_init__ = validate  # set before dataclass() so that __init__ calls it
+    return dataclasses.dataclass(cls)
+
+
+def rule_text(cls, key: str) -> str:
+    """The allowed values of ``key`` for ``--help``."""
+    rule = getattr(cls, "RULES", {}).get(key, "")
+    if rule.startswith("@"):
+        return f"capo ls {rule[1:]}"
+    return f"in {rule}" if _RANGE.match(rule) else rule

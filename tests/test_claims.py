@@ -102,3 +102,13 @@ def test_evidence_refuses_misaligned_images(tmp_path):
     pd.read_parquet(f).iloc[1:].to_parquet(f)
     with pytest.raises(ValueError, match="different images"):
         Evidence(ev.dir).values(["dpo-frs"], ("win", "ra"))
+
+
+def test_replication_conflict_is_reproduced_against_contradicted_only():
+    from capo.claims import conflict
+
+    assert conflict({"seeds-0": "reproduced", "seeds-1": "contradicted"})
+    assert conflict({"a": "contradicted", "b": "inconclusive", "c": "reproduced"})
+    assert not conflict({"a": "reproduced", "b": "inconclusive"})
+    assert not conflict({"a": "contradicted", "b": "contradicted"})
+    assert not conflict({"a": "inconclusive", "b": "not run"})

@@ -2,10 +2,12 @@
 
 import json
 import re
+import stat
 
 import pytest
 from click.testing import CliRunner
 
+from capo import artifacts
 from capo.stages import reproduce
 from capo.tables import PAPER, paper_table
 from cli import main
@@ -22,6 +24,13 @@ def test_reproduce_tiny_end_to_end(tiny_chain, tmp_path):
         seeds=[0, 1], quiet=True)
     res = reproduce.run(cfg)
     reports = tmp_path / "exp" / "reports"
+    # every manifest is strict JSON (no NaN / Infinity); every file gets the umask's mode (0644 under 022)
+    manifests = list((tmp_path / "exp").rglob("manifest.json"))
+    assert len(manifests) > 50
+    for m in manifests:
+        json.loads(m.read_text(), parse_constant=lambda c: pytest.fail(f"{m}: non-standard JSON constant {c}"))
+    files = [p for p in (tmp_path / "exp").rglob("*") if p.is_file()]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o666 & ~artifacts._UMASK)}
     md = (reports / "tables.md").read_text()
     for n in range(1, 6):
         assert f"## Table {n}." in md
@@ -61,6 +70,15 @@ def test_reproduce_tiny_end_to_end(tiny_chain, tmp_path):
     r = CliRunner().invoke(main, ["tables", "--root", str(tmp_path / "exp"), "--rewards", "toy-bright,toy-red",
                                   "--roles", "MPS,VQA"])
     assert r.exit_code == 0 and "## Table 5." in r.output and "Paper" not in r.output
+    # a run replicates itself: every verdict equal, no conflict
+    r = CliRunner().invoke(main, ["replicate", f"a={tmp_path / 'exp'}", f"b={tmp_path / 'exp'}", "--rewards",
+                                  "toy-bright,toy-red", "--roles", "MPS,VQA", "--out", str(tmp_path / "rep.md")])
+    assert r.exit_code == 0 and "0 conflict(s)" in r.output, r.output
+    rep = (tmp_path / "rep.md").read_text()
+    assert "**Conflicts: 0**" in rep
+    rows = [ln for ln in rep.splitlines() if ln.startswith("| base ") is False and ln.count("|") == 5
+            and ln.split("|")[2].strip().startswith("C")]
+    assert len(rows) == 6 and all(ln.split("|")[3].strip() == ln.split("|")[4].strip() for ln in rows)
 
 
 def test_paper_tables_hold_the_papers_numbers():

@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,17 +283,9 @@ def _download(f: UpstreamFile, dest: Path) -> None:
     got = hashlib.sha256(data).hexdigest()
     if got != f.sha256:
         raise ValueError(f"checksum mismatch for {f.url}: expected sha256 {f.sha256}, got {got}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from capo import artifacts
+
+    artifacts.write_bytes(dest, data)
 
 
 def _source_candidates(source: Path, f: UpstreamFile) -> list[Path]:

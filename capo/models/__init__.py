@@ -99,7 +99,8 @@ def save_checkpoint(out_dir, base_spec: str, denoiser_state: dict | None = None,
     else:
         lora_model.save_pretrained(out / "adapter")
         fmt, weights = "lora", out / "adapter" / "adapter_model.safetensors"
-    meta = {"base": base_spec, "base_fingerprint": model_fingerprint(base_spec), "format": fmt, **(extra or {})}
+    meta = {"base": base_spec, "base_fingerprint": model_fingerprint(base_spec), "format": fmt,
+            "files": {str(weights.relative_to(out)): artifacts.file_record(weights)}, **(extra or {})}
     h = hashlib.sha256(artifacts.sha256_file(weights).encode() + meta["base_fingerprint"].encode())
     meta["fingerprint"] = h.hexdigest()
     artifacts.write_json(out / CHECKPOINT_FILE, meta)
@@ -111,8 +112,21 @@ def load_checkpoint(path):
     (LoRA adapters are merged into the weights)."""
     from safetensors.torch import load_file
 
+    from capo import artifacts
+
     p = Path(path)
-    meta = json.loads((p / CHECKPOINT_FILE).read_text())
+    try:
+        meta = json.loads((p / CHECKPOINT_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{p / CHECKPOINT_FILE}: not valid JSON ({e}); the checkpoint is damaged: re-create it "
+                             "(rerun the train or merge command that wrote it with --overwrite)") from None
+    for name, rec in (meta.get("files") or {}).items():  # before the (slow) base model loads
+        try:
+            artifacts.check_file(p / name, rec, f"the weights of checkpoint {p}",
+                                 "re-create it: rerun the train or merge command that wrote it with --overwrite "
+                                 "(a train run resumes from its newest intact checkpoint-<step>/)")
+        except artifacts.ArtifactError as e:
+            raise ModelLoadError(str(e)) from None
     model = load_model(meta["base"])
     now = model_fingerprint(meta["base"])
     if now != meta["base_fingerprint"]:
@@ -121,7 +135,12 @@ def load_checkpoint(path):
     if meta["format"] == "full":
         if not (p / DENOISER_WEIGHTS).is_file():
             raise ModelLoadError(f"{p}: missing {DENOISER_WEIGHTS}")
-        model.denoiser.load_state_dict(load_file(str(p / DENOISER_WEIGHTS)))
+        try:
+            state = load_file(str(p / DENOISER_WEIGHTS))
+        except Exception as e:  # safetensors' SafetensorError on a truncated or foreign file
+            raise ModelLoadError(f"{p / DENOISER_WEIGHTS}: cannot read the checkpoint's weights ({e}); re-create it: "
+                                 "rerun the train or merge command that wrote it with --overwrite") from None
+        model.denoiser.load_state_dict(state)
     elif meta["format"] == "lora":
         from peft import PeftModel
 

@@ -32,24 +32,25 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from capo import artifacts
-from capo.config import to_dict
+from capo.config import stage_config, to_dict
 
 BENCHMARKS = ("winrate", "geneval", "compbench", "divergence")
 SHAPES_REWARDS = ["shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"]
 REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
 
 
-@dataclass
+@stage_config
 class EvalConfig:
     models: list[str]  # "label=spec" or spec; the FIRST is the base model the others are compared with
     out: str  # output directory
-    benchmarks: list[str] = field(default_factory=lambda: ["winrate"])  # winrate | geneval | compbench | divergence
+    benchmarks: list[str] = field(default_factory=lambda: ["winrate"])  # benchmarks to run
     prompts: str | None = None  # win-rate prompts (default: shapes:geneval in the shapes world, parti otherwise)
     geneval_prompts: str | None = None  # GenEval-form set (default: shapes:geneval / geneval)
     compbench_prompts: list[str] | None = None  # CompBench sets (default: the world's categories)
@@ -59,13 +60,26 @@ class EvalConfig:
     limit: int | None = None  # K prompts of each prompt set, stratified by tag / category
     subset_seed: int = 0  # seed of the stratified subset
     n_t: int = 4  # divergence: (t, eps) draws per image
-    detector: str = "auto"  # shapes | mask2former | mmdet (auto: shapes for shapes models)
+    detector: str = "auto"  # GenEval detector (auto: shapes for shapes models, else mask2former)
     steps: int | None = None  # sampler steps (default: each model's)
     guidance: float | None = None  # guidance scale (default: each model's)
     batch_size: int = 64  # images per sampler / reward call
     n_boot: int = 1000  # bootstrap resamples for the CIs
     overwrite: bool = False
     quiet: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {
+        "benchmarks": "winrate | geneval | compbench | divergence", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
+        "limit": ">= 1", "subset_seed": ">= 0", "n_t": ">= 1", "detector": "auto | shapes | mask2former | mmdet",
+        "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1", "n_boot": ">= 1"}
+
+    def contradictions(self):
+        if not self.benchmarks:
+            yield "benchmarks: name at least one"
+        try:
+            parse_models(self.models)
+        except ValueError as e:
+            yield f"models: {e}"
 
 
 SHAPES_COMPBENCH = [f"shapes:compbench:{c}" for c in ("color", "shape", "texture", "spatial", "numeracy", "complex")]
@@ -185,9 +199,6 @@ def run(cfg: EvalConfig) -> dict:
     from capo.stages import generate, score
 
     t0 = time.time()
-    unknown = [b for b in cfg.benchmarks if b not in BENCHMARKS]
-    if unknown:
-        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     models = parse_models(cfg.models)
     shapes = is_shapes(load_model(models[0][1]))
     sets = {}  # benchmark -> prompt sets

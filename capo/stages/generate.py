@@ -25,18 +25,18 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from capo import artifacts
-from capo.config import to_dict
+from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
 from capo.progress import progress
 
 
-@dataclass
+@stage_config
 class GenerateConfig:
     model: str  # registered name (capo ls models), pipeline dir or capo checkpoint
     prompts: str  # .txt / .jsonl file or a named set (shapes:train, geneval, ...)
@@ -53,6 +53,10 @@ class GenerateConfig:
     cache: bool = True  # keep latents + text embeddings for training
     overwrite: bool = False
     quiet: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {
+        "n": ">= 1", "seed": ">= 0", "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1",
+        "shard_prompts": ">= 1", "limit": ">= 1", "subset_seed": ">= 0"}
 
 
 def item_seed(seed: int, prompt_id: str, k: int) -> int:
@@ -89,13 +93,15 @@ def run(cfg: GenerateConfig) -> dict:
         "prompts": {"path": cfg.prompts, "sha256": records_fingerprint(records)},
     })
     out = Path(cfg.out)
+    if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
+        return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
+    model = load_model(cfg.model)  # inputs load before anything is written
     if prepare_out_dir(state, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
     if state.is_main_process and not (out / "prompts.jsonl").is_file():
         artifacts.write_text(out / "prompts.jsonl", "".join(
             json.dumps({**r, "prompt_idx": i}, ensure_ascii=False) + "\n" for i, r in enumerate(records)))
 
-    model = load_model(cfg.model)
     model.to(state.device)
     n_shards = math.ceil(len(records) / cfg.shard_prompts)
     mine = [s for s in range(n_shards) if s % state.num_processes == state.process_index and not shard_done(out, s)]
@@ -131,7 +137,10 @@ def run(cfg: GenerateConfig) -> dict:
                        "hidden": hidden.float().cpu().contiguous(), "pooled": pooled.float().cpu().contiguous()}
             with artifacts.atomic_path(out / "cache" / f"shard-{s:05d}.safetensors") as tmp:
                 save_file(tensors, str(tmp))
-        artifacts.write_json(out / "cache" / f"shard-{s:05d}.json", {"shard": s, "prompts": shard, "rows": rows})
+        cached = out / "cache" / f"shard-{s:05d}.safetensors"
+        artifacts.write_json(out / "cache" / f"shard-{s:05d}.json",
+                             {"shard": s, "prompts": shard, "rows": rows,
+                              "file": artifacts.file_record(cached) if cfg.cache else None})
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
@@ -140,7 +149,7 @@ def run(cfg: GenerateConfig) -> dict:
             rows += artifacts.read_json(out / "cache" / f"shard-{s:05d}.json")["rows"]
         index = pd.DataFrame(rows)
         artifacts.write_table(index, out / "index.parquet")
-        final = artifacts.finish(out, manifest, counts={"prompts": len(records), "images": len(index),
+        final = artifacts.finish(out, manifest, files=["index.parquet"], counts={"prompts": len(records), "images": len(index),
                                                         "shards": n_shards},
                                  processes=state.num_processes, seconds=round(time.time() - t0, 3))
     state.wait_for_everyone()

@@ -11,33 +11,40 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from capo import artifacts
-from capo.config import to_dict
+from capo.config import stage_config, to_dict
 
 
-@dataclass
+@stage_config
 class MergeConfig:
     checkpoints: list[str]  # capo checkpoints (e.g. runs/train-mps/final), all of one base model
     out: str  # output directory (a capo checkpoint)
     weights: list[float] | None = None  # merge weights, normalised (default uniform 1/L)
-    method: str = "slerp"  # slerp | linear
+    method: str = "slerp"  # how task vectors combine (capo.method.merging)
     overwrite: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {"weights": ">= 0", "method": "slerp | linear"}
+
+    def contradictions(self):
+        if len(self.checkpoints) < 2:
+            yield f"checkpoints: a merge needs at least two, got {len(self.checkpoints)}"
+        if self.weights is not None:
+            if len(self.weights) != len(self.checkpoints):
+                yield f"weights: {len(self.weights)} weights for {len(self.checkpoints)} checkpoints"
+            elif sum(self.weights) <= 0:
+                yield f"weights: {self.weights} must have a positive sum"
 
 
 def run(cfg: MergeConfig) -> dict:
     from safetensors.torch import load_file
 
-    from capo.method.merging import METHODS, apply_delta, lora_scaling, merge, merge_lora
+    from capo.method.merging import apply_delta, lora_scaling, merge, merge_lora
     from capo.models import CHECKPOINT_FILE, DENOISER_WEIGHTS, load_model, save_checkpoint
 
     t0 = time.time()
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown merge method {cfg.method!r}; known: {', '.join(METHODS)}")
-    if len(cfg.checkpoints) < 2:
-        raise ValueError("merge needs at least two checkpoints")
     metas = []
     for c in cfg.checkpoints:
         f = Path(c) / CHECKPOINT_FILE
@@ -53,7 +60,7 @@ def run(cfg: MergeConfig) -> dict:
     manifest = artifacts.make_manifest("merge", config, {
         f"checkpoint_{i}": {"path": c, "sha256": m["fingerprint"]} for i, (c, m) in enumerate(zip(cfg.checkpoints, metas))})
     out = Path(cfg.out)
-    if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
+    if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
     base_state = {k: v.clone() for k, v in load_model(base_spec).denoiser.state_dict().items()}
@@ -70,6 +77,7 @@ def run(cfg: MergeConfig) -> dict:
         merged = apply_delta(base_state, merge_lora(adapters, scalings, weights=cfg.weights, method=cfg.method))
     else:
         raise ValueError(f"cannot merge a mix of full and LoRA checkpoints ({sorted(formats)})")
+    artifacts.prepare_out_dir(out, manifest, cfg.overwrite)  # every input read: now write
     save_checkpoint(out, base_spec, denoiser_state=merged,
                     extra={"merged_from": cfg.checkpoints, "method": cfg.method, "weights": cfg.weights})
     done = artifacts.finish(out, manifest, seconds=round(time.time() - t0, 3))

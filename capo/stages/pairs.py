@@ -16,13 +16,14 @@ into ``out``:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from capo import artifacts
-from capo.config import to_dict
+from capo.config import stage_config, to_dict
 from capo.method.calibration import calibrate, parse_transform
 from capo.method.selection import normalise_weights, select_pairs
 from capo.registry import SELECTORS
@@ -30,11 +31,11 @@ from capo.registry import SELECTORS
 KEYS = ("prompt_id", "sample_id")
 
 
-@dataclass
+@stage_config
 class PairsConfig:
     rewards_tables: list[str]  # reward tables (parquet/csv), joined on prompt_id, sample_id
     out: str  # output directory
-    selector: str = "best-worst"  # best-worst | sum | frs
+    selector: str = "best-worst"  # pair selector (capo ls selectors)
     rewards: list[str] | None = None  # reward columns to use (default: every non-key column)
     weights: list[float] | None = None  # SUM / FRS-target weights, normalised to sum 1 (default uniform)
     transforms: dict[str, str] = field(default_factory=dict)  # reward -> identity | logit | temperature:T
@@ -43,6 +44,26 @@ class PairsConfig:
     max_tries: int = 16  # FRS redraws of a rejected pair
     n: int | None = None  # use only samples with sample_id < n of each prompt (N ablations; default: all)
     overwrite: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {
+        "selector": "@selectors", "weights": ">= 0", "seed": ">= 0", "draws": ">= 1", "max_tries": ">= 1",
+        "n": ">= 2"}
+
+    def contradictions(self):
+        from capo.method.calibration import parse_transform
+
+        if not self.rewards_tables:
+            yield "rewards_tables: give at least one reward table"
+        for name, spec in self.transforms.items():
+            try:
+                parse_transform(spec)
+            except ValueError as e:
+                yield f"transforms: {name}={spec!r}: {e}"
+        if self.weights is not None:
+            if self.rewards is not None and len(self.weights) != len(self.rewards):
+                yield f"weights: {len(self.weights)} weights for {len(self.rewards)} rewards {self.rewards}"
+            if sum(self.weights) <= 0:
+                yield f"weights: {self.weights} must have a positive sum"
 
 
 class PairsError(ValueError):
@@ -59,6 +80,8 @@ def load_rewards(paths: list[str], rewards: list[str] | None, n: int | None = No
         raise PairsError("no reward table given")
     df = None
     for p in paths:
+        if (Path(p).parent / artifacts.MANIFEST).is_file():
+            artifacts.verify(Path(p).parent, Path(p).name, "a reward table")
         t = artifacts.read_table(p)
         missing = [k for k in KEYS if k not in t.columns]
         if missing:
@@ -194,6 +217,6 @@ def run(cfg: PairsConfig) -> dict:
     pairs = pd.concat(pair_rows, ignore_index=True).sort_values(["prompt_id", "draw"], kind="stable")
     artifacts.write_table(pairs, out / "pairs.parquet")
     artifacts.write_table(pd.concat(cand_rows, ignore_index=True), out / "candidates.parquet")
-    done = artifacts.finish(out, manifest, rewards=names, transforms=transforms, counts=stats,
+    done = artifacts.finish(out, manifest, files=["pairs.parquet", "candidates.parquet"], rewards=names, transforms=transforms, counts=stats,
                             seconds=round(time.time() - t0, 3))
     return {**done, "skipped": False}

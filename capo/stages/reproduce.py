@@ -29,16 +29,18 @@ interrupted reproduce resumes where it stopped. Presets live in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import ClassVar
 
 from capo import artifacts
+from capo.config import stage_config
 from capo.tables import OBJECTIVES, bias_name, label, seed_label
 
 DEFAULT_BETAS = {o: [50.0, 150.0, 500.0, 1500.0, 5000.0] for o in OBJECTIVES}
 
 
-@dataclass
+@stage_config
 class ReproduceConfig:
     preset: str = "quick"  # quick | full | a configs/reproduce-<preset>.yaml name (fields below override it)
     out: str | None = None  # experiment directory (default runs/reproduce-<preset>)
@@ -64,7 +66,7 @@ class ReproduceConfig:
     lr: float = 1e-5  # AdamW learning rate
     betas: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_BETAS))  # grid per objective (constant-weighting units)
     widen: int = 2  # grid points added past an edge when the selected beta sits on it
-    criterion: str = "mean-winrate"  # mean-winrate | budget (see capo.stages.sweep)
+    criterion: str = "mean-winrate"  # selection criterion (see capo.stages.sweep)
     divergence_budget: float | None = None  # budget criterion: largest validation divergence
     n_t: int = 2  # divergence draws per validation image
     weighting: str = "constant"  # loss weighting of Tables 1, 2, 4 (Table 5 varies it)
@@ -74,6 +76,29 @@ class ReproduceConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds; the sweep trains on seeds[0]
     seed: int = 0  # data seed: training samples, pair draws, evaluation images
     quiet: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {
+        "rewards": "@rewards", "gold": "@rewards", "train_limit": ">= 1", "n": ">= 2", "n_ablation": ">= 2",
+        "val_limit": ">= 1", "val_n": ">= 1", "eval_limit": ">= 1", "eval_n": ">= 1", "steps": ">= 1",
+        "batch_size": ">= 1", "lr": "> 0", "betas": "> 0", "widen": ">= 0", "criterion": "mean-winrate | budget",
+        "divergence_budget": "> 0", "n_t": ">= 1", "weighting": "constant | sigmoid", "lora_rank": ">= 0",
+        "seeds": ">= 0", "seed": ">= 0"}
+
+    def contradictions(self):
+        if len(self.rewards) != len(self.roles):
+            yield f"roles: {len(self.rewards)} rewards but {len(self.roles)} roles"
+        if missing := [o for o in OBJECTIVES if o not in self.betas]:
+            yield f"betas: no grid for objective(s) {', '.join(missing)}"
+        if unknown := sorted(set(self.betas) - set(OBJECTIVES)):
+            yield f"betas: unknown objective(s) {', '.join(unknown)}; known: {', '.join(OBJECTIVES)}"
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            yield f"seeds: {self.seeds} must be a non-empty list of distinct integers"
+        if self.val_prompts == self.eval_prompts:
+            yield f"val_prompts: the same set as eval_prompts ({self.val_prompts}); use SET@val / SET@test"
+        if self.gold is not None and self.gold in self.rewards:
+            yield f"gold: {self.gold} is also a training reward (the gold is never trained on)"
+        if self.criterion == "budget" and self.divergence_budget is None:
+            yield "divergence_budget: criterion=budget needs it"
 
 
 def load_preset(name: str) -> dict:
@@ -113,25 +138,17 @@ def cells(cfg: ReproduceConfig, pair_dirs: dict[str, Path]) -> dict[str, dict]:
     return out
 
 
-def check(cfg: ReproduceConfig) -> None:
-    if len(cfg.rewards) != len(cfg.roles):
-        raise ValueError(f"{len(cfg.rewards)} rewards but {len(cfg.roles)} roles")
-    missing = [o for o in OBJECTIVES if o not in cfg.betas]
-    if missing:
-        raise ValueError(f"betas has no grid for objective(s) {', '.join(missing)}")
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {cfg.seeds}")
-    if cfg.val_prompts == cfg.eval_prompts:
-        raise ValueError(f"val_prompts and eval_prompts are the same set ({cfg.val_prompts}); use SET@val / SET@test")
-
-
 def run(cfg: ReproduceConfig) -> dict:
     from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
 
     t0 = time.time()
-    check(cfg)
     root = Path(cfg.out or f"runs/reproduce-{cfg.preset}")
     reports = Path(cfg.reports or root / "reports")
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts.lock(root)  # one reproduce per experiment directory
+    for d in (root, reports):  # what a killed run was writing when it died
+        if d.is_dir():
+            artifacts.remove_stale_temps(d)
     q = cfg.quiet
     log = (lambda msg: None) if q else (lambda msg: print(f"reproduce [{time.time() - t0:6.0f}s] {msg}", flush=True))
     summary = {}
@@ -206,6 +223,7 @@ def run(cfg: ReproduceConfig) -> dict:
                                              n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
         summary[base] = {"models": len(checkpoints), "selected": {k: v["beta"] for k, v in selected.items()}}
     write_reports(root, reports, cfg)
+    artifacts.unlock(root)
     log(f"done: {reports}/tables.md, {reports}/claims.md")
     return {"root": str(root), "reports": str(reports), "bases": summary, "seconds": round(time.time() - t0, 1)}
 

@@ -11,18 +11,19 @@ the reward's declared BT transform, so adding a reward never re-scores the other
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from capo import artifacts
-from capo.config import to_dict
+from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
 from capo.progress import progress
 
 
-@dataclass
+@stage_config
 class ScoreConfig:
     samples: str  # a `capo generate` output directory
     rewards: list[str]  # reward model names (capo ls rewards)
@@ -31,6 +32,16 @@ class ScoreConfig:
     reward_paths: dict[str, str] = field(default_factory=dict)  # reward -> local weights directory
     overwrite: bool = False
     quiet: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {"rewards": "@rewards", "batch_size": ">= 1"}
+
+    def contradictions(self):
+        if not self.rewards:
+            yield "rewards: name at least one reward model (capo ls rewards)"
+        if len(set(self.rewards)) != len(self.rewards):
+            yield f"rewards: {self.rewards} names a reward twice"
+        if extra := sorted(set(self.reward_paths) - set(self.rewards)):
+            yield f"reward_paths: {', '.join(extra)} not among rewards {self.rewards}"
 
 
 def load_samples(samples) -> tuple[dict, "object"]:
@@ -43,7 +54,7 @@ def load_samples(samples) -> tuple[dict, "object"]:
         raise artifacts.ArtifactError(f"{d}: holds a {m.get('stage')!r} run, not generated samples")
     if not m.get("complete"):
         raise artifacts.ArtifactError(f"{d}: generation is unfinished; re-run the same `capo generate` to resume it")
-    return m, artifacts.read_table(d / "index.parquet")
+    return m, artifacts.read_table(artifacts.verify(d, "index.parquet", "the samples index"))
 
 
 def load_images(root: Path, paths) -> np.ndarray:
@@ -85,11 +96,14 @@ def run(cfg: ScoreConfig) -> dict:
         if cfg.reward_paths.get(name):
             inputs["reward_weights"] = cfg.reward_paths[name]
         manifest = artifacts.make_manifest("score", config, inputs)
-        if prepare_out_dir(state, rdir, manifest, cfg.overwrite):
+        if artifacts.existing_run(rdir, manifest, cfg.overwrite) == "complete":
             results[name] = {"table": str(rdir / "scores.parquet"), "skipped": True}
             continue
         kwargs = {"path": cfg.reward_paths[name]} if cfg.reward_paths.get(name) else {}
-        reward = load_reward(name, device=state.device, **kwargs)
+        reward = load_reward(name, device=state.device, **kwargs)  # before anything is written
+        if prepare_out_dir(state, rdir, manifest, cfg.overwrite):
+            results[name] = {"table": str(rdir / "scores.parquet"), "skipped": True}
+            continue
         mine = index.iloc[state.process_index::state.num_processes]
         scores = np.empty(len(mine))
         bar = progress(total=len(mine), desc=f"score {name}", unit="img",
@@ -115,7 +129,8 @@ def run(cfg: ScoreConfig) -> dict:
             artifacts.write_table(table, rdir / "scores.parquet")
             for r in range(state.num_processes):
                 (rdir / f"part-{r:03d}.parquet").unlink()
-            artifacts.finish(rdir, manifest, bt_transform=reward.bt_transform, counts={"images": len(table)},
+            artifacts.finish(rdir, manifest, files=["scores.parquet"], bt_transform=reward.bt_transform,
+                             counts={"images": len(table)},
                              mean=float(table[name].mean()), seconds=round(time.time() - t0, 3))
         state.wait_for_everyone()
         results[name] = {"table": str(rdir / "scores.parquet"), "skipped": False}

@@ -41,27 +41,28 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from capo import artifacts
-from capo.config import to_dict
+from capo.config import stage_config, to_dict
 
 CRITERIA = ("mean-winrate", "budget")
 
 
-@dataclass
+@stage_config
 class SweepConfig:
     model: str  # base model (registered name, pipeline dir or capo checkpoint)
     pairs: str  # a `capo pairs` output directory
     out: str  # output directory: beta-<value>/ training runs, sweep.json
-    objective: str = "capo"  # dpo | ipo | capo
+    objective: str = "capo"  # preference objective (capo ls objectives)
     betas: list[float] = field(default_factory=lambda: [50.0, 150.0, 500.0, 1500.0, 5000.0])  # grid, constant-weighting units
     beta_scale: str = "auto"  # auto: sigmoid weighting trains beta / E_t[-w_t lambda'_t]; none: as given
     widen: int = 2  # grid points added past an edge when the selected value sits on it
-    criterion: str = "mean-winrate"  # mean-winrate | budget
+    criterion: str = "mean-winrate"  # selection criterion (module docstring)
     divergence_budget: float | None = None  # budget criterion: largest validation divergence allowed
     trained: list[str] | None = None  # rewards the cell trains on (budget criterion); default: the pairs' rewards
     rewards: list[str] = field(default_factory=lambda: ["shapes-pref", "shapes-vqa", "shapes-aesthetic"])  # criterion rewards
@@ -72,9 +73,9 @@ class SweepConfig:
     eval_seed: int = 0  # base seed of the validation images' per-item seeds
     n_t: int = 2  # divergence draws (t, eps) per validation image
     base_cache: str | None = None  # directory for the base model's validation scores (default <out>/base-val)
-    weighting: str = "constant"  # constant | sigmoid
+    weighting: str = "constant"  # loss weighting w_t
     bias: float = 1.5  # sigmoid bias b
-    noise: str = "shared"  # shared | independent pair noise
+    noise: str = "shared"  # pair noise: eps_w = eps_l, or drawn apart
     lora_rank: int = 0  # 0: full fine-tuning
     lr: float = 1e-5  # AdamW learning rate
     steps: int = 100  # optimizer steps per run
@@ -84,6 +85,25 @@ class SweepConfig:
     n_boot: int = 1000  # bootstrap resamples for the CIs
     overwrite: bool = False
     quiet: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {
+        "objective": "@objectives", "betas": "> 0", "beta_scale": "auto | none", "widen": ">= 0",
+        "criterion": "mean-winrate | budget", "divergence_budget": "> 0", "trained": "@rewards", "rewards": "@rewards",
+        "report_rewards": "@rewards", "val_limit": ">= 1", "val_n": ">= 1", "eval_seed": ">= 0", "n_t": ">= 1",
+        "weighting": "constant | sigmoid", "noise": "shared | independent", "lora_rank": ">= 0", "lr": "> 0",
+        "steps": ">= 1", "batch_size": ">= 1", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
+
+    def contradictions(self):
+        if not self.betas:
+            yield "betas: give at least one value"
+        elif len(set(self.betas)) != len(self.betas):
+            yield f"betas: {self.betas} repeats a value"
+        if not self.rewards:
+            yield "rewards: the criterion needs at least one reward"
+        if self.criterion == "budget" and self.divergence_budget is None:
+            yield "divergence_budget: criterion=budget needs it (the largest validation divergence allowed)"
+        if leak := sorted(set(self.rewards) & set(self.report_rewards)):
+            yield f"report_rewards: {', '.join(leak)} also criterion rewards (report-only rewards are never selected on)"
 
 
 def fmt_beta(beta: float) -> str:
@@ -210,27 +230,6 @@ def select(values: list[float | None]) -> int | None:
     return -max(ok)[1] if ok else None
 
 
-def check(cfg: SweepConfig) -> None:
-    from capo.registry import OBJECTIVES
-
-    OBJECTIVES.get(cfg.objective)
-    if cfg.criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {cfg.criterion!r}; known: {', '.join(CRITERIA)}")
-    if cfg.criterion == "budget" and cfg.divergence_budget is None:
-        raise ValueError("criterion=budget needs divergence_budget (the largest validation divergence allowed)")
-    if cfg.beta_scale not in ("auto", "none"):
-        raise ValueError(f"beta_scale must be auto or none, got {cfg.beta_scale!r}")
-    if not cfg.betas or any(not (b > 0 and math.isfinite(b)) for b in cfg.betas):
-        raise ValueError(f"betas must be positive finite numbers, got {cfg.betas}")
-    if len(set(cfg.betas)) != len(cfg.betas):
-        raise ValueError(f"betas repeat a value: {cfg.betas}")
-    leak = sorted(set(cfg.rewards) & set(cfg.report_rewards))
-    if leak:
-        raise ValueError(f"reward(s) {', '.join(leak)} are both criterion and report-only rewards")
-    if cfg.widen < 0:
-        raise ValueError(f"widen must be >= 0, got {cfg.widen}")
-
-
 # ----------------------------------------------------------------------------- run
 def run(cfg: SweepConfig) -> dict:
     from capo.models import model_fingerprint
@@ -238,7 +237,6 @@ def run(cfg: SweepConfig) -> dict:
     from capo.stages import train
 
     t0 = time.time()
-    check(cfg)
     records = load_prompts(cfg.val_prompts, limit=cfg.val_limit, stratify=True)
     pm = artifacts.read_json(Path(cfg.pairs) / artifacts.MANIFEST)
     trained = list(cfg.trained or pm.get("rewards") or cfg.rewards)

@@ -27,29 +27,29 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from capo import artifacts
-from capo.config import to_dict
+from capo.config import stage_config, to_dict
 from capo.dist import accelerator as make_accelerator
 from capo.dist import prepare_out_dir
 from capo.progress import progress
 
 
-@dataclass
+@stage_config
 class TrainConfig:
     model: str  # base model: registered name, pipeline dir or capo checkpoint
     pairs: str  # a `capo pairs` output directory
     out: str  # output directory
     samples: str | None = None  # default: the samples directory recorded by the pairs' reward tables
-    objective: str = "capo"  # dpo | ipo | capo
+    objective: str = "capo"  # preference objective (capo ls objectives)
     beta: float = 500.0  # KL strength; errors are means over C x H x W (see capo.method.implicit)
-    weighting: str = "constant"  # constant | sigmoid (w_t = sigmoid(-lambda_t + b))
+    weighting: str = "constant"  # w_t: 1, or sigmoid(-lambda_t + b)
     bias: float = 1.5  # b of the sigmoid weighting
-    noise: str = "shared"  # shared | independent (eps+ and eps- of a pair)
+    noise: str = "shared"  # eps_w and eps_l of a pair: one draw, or two
     frs_fresh: bool = True  # FRS pairs: draw a fresh pair per prompt at each step
     lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA of this rank on attention projections
     lora_alpha: float | None = None  # LoRA alpha (default: rank)
@@ -60,7 +60,7 @@ class TrainConfig:
     batch_size: int = 8  # pairs per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step per process
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = "no"  # autocast dtype of the denoiser
     ema: float = 0.0  # EMA decay of the trained weights (0: off); the final checkpoint uses EMA
     checkpoint_every: int = 50  # optimizer steps between checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept (0: the newest until the run completes, then none)
@@ -69,6 +69,19 @@ class TrainConfig:
     stop_after: int | None = None  # stop (as if killed) after this many steps; for tests and budgets
     overwrite: bool = False
     quiet: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {
+        "objective": "@objectives", "beta": "> 0", "weighting": "constant | sigmoid",
+        "noise": "shared | independent", "lora_rank": ">= 0", "lora_alpha": "> 0", "lr": "> 0",
+        "weight_decay": ">= 0", "warmup_steps": ">= 0", "steps": ">= 1", "batch_size": ">= 1", "grad_accum": ">= 1",
+        "max_grad_norm": "> 0", "mixed_precision": "no | fp16 | bf16", "ema": "[0, 1)", "checkpoint_every": ">= 1",
+        "keep_checkpoints": ">= 0", "log_every": ">= 1", "seed": ">= 0", "stop_after": ">= 0"}
+
+    def contradictions(self):
+        if self.lora_alpha is not None and self.lora_rank == 0:
+            yield "lora_alpha: set, but lora_rank = 0 (full fine-tuning has no LoRA alpha)"
+        if self.warmup_steps > self.steps:
+            yield f"warmup_steps: {self.warmup_steps} is more than steps = {self.steps}"
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,9 +96,11 @@ class LatentCache:
         self.samples = samples
         self.where: dict[tuple[str, int], tuple[int, int]] = {}  # (prompt_id, sample_id) -> (shard, row)
         self.prompt_where: dict[str, tuple[int, int]] = {}
+        self.records: dict[int, dict | None] = {}  # shard -> integrity record of its cached tensors
         for f in sorted((samples / "cache").glob("shard-*.json")):
             meta = artifacts.read_json(f)
             s = meta["shard"]
+            self.records[s] = meta.get("file")
             if not (samples / "cache" / f"shard-{s:05d}.safetensors").is_file():
                 raise artifacts.ArtifactError(f"{samples}: shard {s} has no cached latents; generate with cache=true")
             for i, r in enumerate(meta["rows"]):
@@ -93,12 +108,18 @@ class LatentCache:
             for r in meta["rows"]:
                 self.prompt_where.setdefault(r["prompt_id"], (s, meta["prompts"].index(r["prompt_idx"])))
         self._open: dict[int, dict] = {}
+        self._checked: set[int] = set()
 
     def _shard(self, s: int) -> dict:
         if s not in self._open:
             from safetensors.torch import load_file
 
-            self._open = {s: load_file(str(self.samples / "cache" / f"shard-{s:05d}.safetensors"))}  # one at a time
+            f = self.samples / "cache" / f"shard-{s:05d}.safetensors"
+            if s not in self._checked:  # once per shard and process
+                artifacts.check_file(f, self.records.get(s), f"cached latents of shard {s} of {self.samples}",
+                                     f"rerun the `capo generate` that wrote {self.samples} with --overwrite")
+                self._checked.add(s)
+            self._open = {s: load_file(str(f))}  # one at a time
         return self._open[s]
 
     def latents(self, keys) -> "torch.Tensor":
@@ -130,14 +151,14 @@ class PairSource:
         import pandas as pd
 
         self.manifest = artifacts.read_json(pairs_dir / artifacts.MANIFEST)
-        pairs = artifacts.read_table(pairs_dir / "pairs.parquet")
+        pairs = artifacts.read_table(artifacts.verify(pairs_dir, "pairs.parquet", "the training pairs"))
         first = pairs[pairs["draw"] == pairs.groupby("prompt_id")["draw"].transform("min")]
         self.prompts = first["prompt_id"].tolist()  # prompts with at least one pair
         self.fixed = {r.prompt_id: (int(r.pos_sample_id), int(r.neg_sample_id), float(r.target_gap))
                       for r in first.itertuples()}
         self.fresh = fresh and self.manifest["config"]["selector"] == "frs"
         if self.fresh:
-            cand = artifacts.read_table(pairs_dir / "candidates.parquet")
+            cand = artifacts.read_table(artifacts.verify(pairs_dir, "candidates.parquet", "the FRS candidates"))
             names = self.manifest["rewards"]
             sizes = cand.groupby("prompt_id").size()
             if sizes.nunique() != 1:
@@ -204,6 +225,14 @@ def draw_times_and_noise(model, latents_shape, seed: int, m: int, shared: bool):
 
 
 # ----------------------------------------------------------------------------- helpers
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line (None for a line torn by a kill)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     done = sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))
     return done[-1] if done else None
@@ -240,9 +269,6 @@ def run(cfg: TrainConfig) -> dict:
 
     t_start = time.time()
     objective = OBJECTIVES.get(cfg.objective)
-    loss_factor(torch.zeros(1), torch.zeros(1), cfg.weighting, cfg.bias)  # validates the weighting name
-    if cfg.noise not in ("shared", "independent"):
-        raise ValueError(f"unknown noise {cfg.noise!r}; known: shared, independent")
     pairs_dir = Path(cfg.pairs)
     pm_path = pairs_dir / artifacts.MANIFEST
     if not pm_path.is_file():
@@ -262,11 +288,13 @@ def run(cfg: TrainConfig) -> dict:
         "samples": {"path": str(samples), "sha256": sm["run_key"]},
     }, processes=accelerator.num_processes)
     manifest["config"]["effective_batch_pairs"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
+        return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
+    model = load_model(cfg.model)  # inputs load before anything is written
     if prepare_out_dir(accelerator, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
     set_seed(cfg.seed)
-    model = load_model(cfg.model)
     model.to(accelerator.device)
     for mod in (model.text_encoder, model.vae) if hasattr(model, "vae") else ():
         mod.requires_grad_(False)
@@ -320,6 +348,9 @@ def run(cfg: TrainConfig) -> dict:
             return errors(reference, x_t, t_model, hidden, pooled, terms, eps)
 
     metrics_f = out / "metrics.jsonl"
+    if accelerator.is_main_process and metrics_f.is_file():  # a resumed run: drop what was logged after the checkpoint
+        artifacts.write_text(metrics_f, "".join(x + "\n" for x in metrics_f.read_text().splitlines()
+                                                if _logged_step(x) is not None and _logged_step(x) <= step))
     tb = None
     if accelerator.is_main_process:
         try:  # TensorBoard beside the JSONL log when the tensorboard package is installed
