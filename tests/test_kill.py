@@ -60,24 +60,17 @@ def strip(obj):
 
 
 def snapshot(d: Path) -> dict:
-    """Every file under ``d``: its bytes, with ``d``'s own path written as <OUT> in text files
-    (the runs compared live in different directories); manifests and the training log as
-    JSON without their volatile fields."""
+    """Every file under ``d``: its bytes; manifests and the training log as JSON without their
+    volatile fields."""
     out = {}
     for p in sorted(d.rglob("*")):
-        if not p.is_file():
-            continue
-        rel, data = str(p.relative_to(d)), p.read_bytes()
-        try:
-            data = data.decode().replace(str(d), "<OUT>")
-        except UnicodeDecodeError:
-            out[rel] = data
-            continue
-        if p.name in ("manifest.json", "metrics.jsonl"):
-            out[rel] = [strip(json.loads(x)) for x in (data.splitlines() if p.suffix == ".jsonl" else [data])
-                        if x.strip()]
-        else:
-            out[rel] = data
+        if p.is_file():
+            rel = str(p.relative_to(d))
+            if p.name in ("manifest.json", "metrics.jsonl"):
+                out[rel] = [strip(json.loads(x)) for x in p.read_text().splitlines() if x.strip()] \
+                    if p.suffix == ".jsonl" else strip(json.loads(p.read_text()))
+            else:
+                out[rel] = p.read_bytes()
     return out
 
 
@@ -85,21 +78,25 @@ def leftovers(d: Path) -> list[str]:
     return [str(p) for p in d.rglob("*") if p.name.endswith(".tmp") or p.name == artifacts.LOCK]
 
 
-def check_kill_anywhere(tmp_path, monkeypatch, args_for, n_kills: int, seed: int, compare=None):
-    """Reference run; then n_kills runs killed at random writes and resumed; all equal."""
-    ref = tmp_path / "ref"
-    writes = run_here(args_for(ref), monkeypatch)
+def check_kill_anywhere(tmp_path, monkeypatch, args_for, n_kills: int, seed: int):
+    """Reference run; then n_kills runs killed at random writes and resumed; all equal. Every
+    run uses the same directory (moved away in between): run keys hash the paths they read."""
+    import shutil
+
+    out = tmp_path / "run"
+    writes = run_here(args_for(out), monkeypatch)
     assert writes >= 3
-    want = snapshot(compare(ref) if compare else ref)
+    want = snapshot(out)
+    shutil.rmtree(out)
     points = sorted(random.Random(seed).sample(range(1, writes + 1), min(n_kills, writes)))
     for k in points:
-        out = tmp_path / f"kill-{k}"
         p = run_killed(args_for(out), k, tmp_path)
         assert p.returncode == -signal.SIGKILL, (k, p.returncode, p.stderr[-2000:])
-        assert list(out.rglob("*.tmp")) if out.exists() else True  # it died holding a temp file
+        assert list(out.rglob("*.tmp"))  # it died holding a temp file
         run_here(args_for(out), monkeypatch)  # the rerun resumes (or restarts what had no output yet)
-        assert snapshot(compare(out) if compare else out) == want, f"killed at write {k} of {writes}"
+        assert snapshot(out) == want, f"killed at write {k} of {writes}"
         assert not leftovers(out), leftovers(out)
+        shutil.rmtree(out)
     return writes, points
 
 
