@@ -8,7 +8,8 @@ prompts, image seeds and training seeds; a two-level CI over prompts and seeds,
 is above zero, ``contradicted`` when it is below, ``inconclusive`` when it includes zero.
 A claim over several comparisons ("for every objective") is reproduced only when every
 comparison is, contradicted when any is, and inconclusive otherwise; its row shows the
-weakest comparison (the lowest CI bound).
+deciding comparison (``weakest``: for a contradicted claim the contradicting comparison with
+the lowest upper CI bound, otherwise the comparison with the lowest lower bound).
 
 Claims (the paper's, Sec. 5):
 
@@ -91,8 +92,17 @@ def evaluate(ev: Evidence, built_tables: dict, roles: dict[str, str], pref: str,
                                                  "verdict": verdict(c["ci_low"], c["ci_high"], +1)})
     for k, v in out.items():
         v["verdict"] = combine([c["verdict"] for c in v["comparisons"]])
-        v["weakest"] = min(v["comparisons"], key=lambda c: c["ci_low"], default=None)
+        v["weakest"] = weakest(v["comparisons"], v["verdict"])
     return out
+
+
+def weakest(comps: list[dict], claim_verdict: str) -> dict | None:
+    """The comparison a claim's row shows, the one that decides its verdict: for a
+    contradicted claim the most clearly contradicting one (lowest upper bound among the
+    contradicted), otherwise the one with the lowest lower bound (the weakest support)."""
+    if claim_verdict == "contradicted":
+        return min((c for c in comps if c["verdict"] == "contradicted"), key=lambda c: c["ci_high"])
+    return min(comps, key=lambda c: c["ci_low"], default=None)
 
 
 def _is_b15(ev: Evidence, cell: str) -> bool:
@@ -143,8 +153,8 @@ def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> s
              "Generated from the numbers (`capo.claims`): a verdict is *reproduced* when the whole 95% CI of "
              "A − B is above zero, *contradicted* when it is below, *inconclusive* when it includes zero; a claim "
              "over several comparisons needs every one. CIs resample prompts and training seeds together "
-             "(test prompts; paired on prompts, image seeds and training seeds). Statistic: the weakest "
-             "comparison, A − B in win-rate over the base (percentage points), or the absolute change for C4. "
+             "(test prompts; paired on prompts, image seeds and training seeds). Statistic: the deciding "
+             "comparison (a contradicted claim: its clearest contradiction; otherwise the weakest support), A − B in win-rate over the base (percentage points), or the absolute change for C4. "
              "The last column restates the claim at matched divergence on the validation frontiers "
              "(A − B in validation win-rate @ divergence level; one seed, descriptive, no verdict).\n"]
     details = []
@@ -152,7 +162,7 @@ def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> s
         ev = entry["evidence"]
         res = evaluate(ev, entry["tables"], roles, pref, base)
         lines += [f"## base: {base}\n", f"*{ev.footer().strip('*')}*\n",
-                  "| claim | verdict | weakest comparison | statistic [95% CI] | comparisons reproduced / "
+                  "| claim | verdict | deciding comparison | statistic [95% CI] | comparisons reproduced / "
                   "contradicted / total | at matched divergence (validation) |", "|---|---|---|---|---|---|"]
         for k, text in CLAIMS.items():
             v = res[k]

@@ -112,3 +112,16 @@ def test_replication_conflict_is_reproduced_against_contradicted_only():
     assert not conflict({"a": "reproduced", "b": "inconclusive"})
     assert not conflict({"a": "contradicted", "b": "contradicted"})
     assert not conflict({"a": "inconclusive", "b": "not run"})
+
+
+def test_a_contradicted_claim_shows_a_contradicting_comparison():
+    from capo.claims import weakest
+
+    comps = [{"a": "x", "ci_low": -31.7, "ci_high": 3.7, "verdict": "inconclusive"},
+             {"a": "y", "ci_low": -20.0, "ci_high": -2.0, "verdict": "contradicted"},
+             {"a": "z", "ci_low": -25.0, "ci_high": -5.0, "verdict": "contradicted"}]
+    assert weakest(comps, "contradicted")["a"] == "z"  # the clearest contradiction, not x (lowest bound)
+    assert weakest(comps[:1], "inconclusive")["a"] == "x"
+    ok = [{"a": "p", "ci_low": 1.0, "ci_high": 9.0, "verdict": "reproduced"},
+          {"a": "q", "ci_low": 0.5, "ci_high": 20.0, "verdict": "reproduced"}]
+    assert weakest(ok, "reproduced")["a"] == "q" and weakest([], "inconclusive") is None
