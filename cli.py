@@ -301,8 +301,8 @@ def world_build(args):
 @world.command(name="show")
 @click.option("--model", default="shapes-sdxl", show_default=True)
 @click.option("--out", default="reports/world_shapes-sdxl.png", show_default=True)
-@click.option("--per-tag", default=4, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--per-tag", default=4, show_default=True, type=click.IntRange(min=1), help="Images per GenEval tag.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def world_show(model, out, per_tag, seed):
     """Write a PNG grid of a model's samples per GenEval tag, framed by the evaluator's verdict."""
     from capo.models import ModelLoadError

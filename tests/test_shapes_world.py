@@ -349,3 +349,19 @@ def test_simulated_choices_follow_bradley_terry():
     assert 0 < sum(singles) < 40 or T.preference_probability(u_a, u_b) > 0.99
     assert T.preference_probability(0.7, 0.7) == 0.5
     assert T.preference_probability(1.0, 0.0, temperature=0.1) == pytest.approx(1 / (1 + math.exp(-10)))
+
+
+def test_truth_parses_text_only_records_and_refuses_prompts_outside_the_grammar():
+    import numpy as np
+
+    from capo.worlds.shapes import truth
+    from capo.worlds.shapes.rewards.prompts import parse_prompt
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    text = "a photo of a green square left of a circle"
+    assert truth.alignment({"prompt": text}, img) == truth.alignment(parse_prompt(text), img)
+    assert np.isfinite(truth.utility({"prompt": text, "prompt_id": "p0"}, img))
+    with pytest.raises(ValueError, match="cannot parse 'a cat on the moon'"):
+        truth.alignment({"prompt": "a cat on the moon"}, img)
+    with pytest.raises(ValueError, match="names no object the shapes world knows"):
+        truth.alignment({"prompt_id": "x", "include": []}, img)

@@ -120,9 +120,18 @@ def alignment_parts(record: dict, detections: Sequence[dict], side: float = 32.0
 def alignment(record: dict, image: np.ndarray | None, detections: Sequence[dict] | None = None) -> float:
     """Graded prompt alignment in [0, 1]: the mean of ``alignment_parts``. Pass
     ``detections`` (of ``image``) to skip detection; ``image`` may then be ``None`` (32 px)."""
+    if "include" not in record and record.get("prompt"):  # text only (a .txt prompt file): parse it
+        from capo.worlds.shapes.rewards.prompts import parse_prompt
+
+        record = {**record, **parse_prompt(record["prompt"])}  # a prompt outside the grammar: ValueError
     dets = detect(image) if detections is None else detections
     side = 32.0 if image is None else float(np.shape(image)[0])
-    return float(np.mean(alignment_parts(record, dets, side=side)))
+    parts = alignment_parts(record, dets, side=side)
+    if not parts:  # nothing to align with: the mean would be NaN and poison every utility after it
+        raise ValueError(f"prompt {record.get('prompt', record.get('prompt_id'))!r} names no object the shapes world "
+                         "knows (no include, relation or exclude clause): the shapes world's truth, gold reward "
+                         "and labelled pairs need prompts of its grammar (shapes:train, shapes:geneval, ...)")
+    return float(np.mean(parts))
 
 
 # --------------------------------------------------------------------------- aesthetic
