@@ -76,8 +76,8 @@ def test_reproduce_tiny_end_to_end(tiny_chain, tmp_path):
     assert r.exit_code == 0 and "0 conflict(s)" in r.output, r.output
     rep = (tmp_path / "rep.md").read_text()
     assert "**Conflicts: 0**" in rep
-    rows = [ln for ln in rep.splitlines() if ln.startswith("| base ") is False and ln.count("|") == 5
-            and ln.split("|")[2].strip().startswith("C")]
+    claims_part = rep.split("## Claims")[1].split("## Comparisons")[0]
+    rows = [ln for ln in claims_part.splitlines() if ln.count("|") == 5 and ln.split("|")[2].strip().startswith("C")]
     assert len(rows) == 6 and all(ln.split("|")[3].strip() == ln.split("|")[4].strip() for ln in rows)
 
 
