@@ -10,6 +10,12 @@ from capo import artifacts
 from capo.prompts import load_prompts
 from capo.stages import sweep
 
+from capo.rewards import REWARDS
+
+for _name in ("a", "b", "gold"):  # reward names of the hand-made validation tables (configs check names)
+    if _name not in REWARDS:
+        REWARDS.register(_name, lambda **kw: None, "test placeholder")
+
 
 def _point(wr: dict, div: float = 0.1) -> dict:
     return {"winrate": {r: {"win_rate": v} for r, v in wr.items()}, "divergence": {"mean": div}}
