@@ -129,6 +129,6 @@ def test_two_stage_build_keeps_init_rewards_and_sets_sampler_defaults(tmp_path):
 
 
 def test_build_refuses_an_unknown_base_model_to_train_and_writes_nothing(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown base model\(s\) \['sd3'\].*sdxl-like, sd3-like"):
+    with pytest.raises(ValueError, match=r"train = 'sdxl-like,sd3': must name sdxl-like and/or sd3-like"):
         build.run(build.WorldConfig(out=str(tmp_path / "w"), size="tiny", train="sdxl-like,sd3", quiet=True))
     assert not (tmp_path / "w").exists()
