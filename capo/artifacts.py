@@ -66,6 +66,11 @@ def _fault_point() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _has_content(d: Path) -> bool:
+    """Whether directory ``d`` holds anything but debris (its lock, temp files)."""
+    return d.is_dir() and any(not _debris(p) for p in d.iterdir())
+
+
 def _debris(p: Path) -> bool:
     """What a killed run may leave besides its outputs: its lock file, a temp file."""
     return p.name == LOCK or (p.name.startswith(".") and p.name.endswith(".tmp"))
@@ -319,7 +324,7 @@ def existing_run(out_dir, manifest: dict, overwrite: bool = False) -> str:
                 f"{out} already holds a different {old.get('stage', '?')} run (run_key {old.get('run_key', '?')[:12]}, "
                 f"this one {manifest['run_key'][:12]}); pass --overwrite to replace it or choose another output directory"
             )
-    elif out.is_dir() and any(not _debris(p) for p in out.iterdir()) and not overwrite:
+    elif _has_content(out) and not overwrite:
         raise ArtifactError(f"{out} is not empty and has no {MANIFEST}; pass --overwrite or choose another directory")
     return "new"
 
@@ -339,7 +344,7 @@ def prepare_out_dir(out_dir, manifest: dict, overwrite: bool = False) -> bool:
     if state == "resume":
         remove_stale_temps(out)  # what a killed run was writing when it died
         return False  # unfinished: resume into it
-    if out.is_dir() and any(not _debris(p) for p in out.iterdir()):
+    if _has_content(out):
         unlock(out)
         shutil.rmtree(out)  # overwrite (existing_run refused it otherwise)
     out.mkdir(parents=True, exist_ok=True)

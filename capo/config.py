@@ -50,12 +50,17 @@ def load_yaml(path) -> dict[str, Any]:
     return data
 
 
+def _unwrap_optional(hint):
+    """``Optional[X]`` / ``X | None`` -> ``X``; any other hint unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else hint
+    return hint
+
+
 def _coerce(cls, key: str, value: Any) -> Any:
     """Coerce a command-line value to the field's declared type (lists from commas)."""
-    hint = typing.get_type_hints(cls)[key]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X] / X | None -> X
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        hint = inner[0] if len(inner) == 1 else hint
+    hint = _unwrap_optional(typing.get_type_hints(cls)[key])
     args = [hint]
     origin = typing.get_origin(hint)
     if origin is list and isinstance(value, str):
@@ -173,8 +178,8 @@ def _type_error(hint, v: Any) -> str | None:
     if origin in (typing.Union, types.UnionType):
         if v is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _type_error(inner[0], v) if len(inner) == 1 else None
+        inner = _unwrap_optional(hint)
+        return None if inner is hint else _type_error(inner, v)
     if origin is list:
         if not isinstance(v, list):
             return "must be a list"
@@ -200,10 +205,7 @@ def _elements(hint, v: Any) -> list:
     """The values a rule applies to: the value itself, the items of a list, the values of a dict."""
     if v is None:
         return []
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        origin = typing.get_origin(inner[0]) if len(inner) == 1 else None
+    origin = typing.get_origin(_unwrap_optional(hint))
     if origin is list:
         return list(v)
     if origin is dict:
