@@ -46,9 +46,12 @@ def main():
 @click.option("--seed", default=0, show_default=True, help="Seed for FRS draws.")
 @click.option("--draws", default=1, show_default=True, help="FRS pairs drawn per prompt.")
 @click.option("--max-tries", default=16, show_default=True, help="FRS redraws of a rejected pair.")
+@click.option("--n", "n", default=None, type=int, help="Use only the first n samples of each prompt (default: all).")
+@click.option("--reference", "reference", multiple=True, type=click.Path(dir_okay=False),
+              help="Reward table of a reference model's samples (repeatable): calibrate against them, not Eq. 7.")
 @click.option("--overwrite", is_flag=True, help="Replace an output directory holding a different run.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_tries, overwrite, quiet):
+def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_tries, n, reference, overwrite, quiet):
     """Select preference pairs from reward TABLES (parquet/CSV: prompt_id, sample_id, one column per reward)."""
     from capo.artifacts import ArtifactError, no_trace_on_failure
     from capo.registry import UnknownNameError
@@ -63,8 +66,8 @@ def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_
             tmap[name] = spec
         w = [float(x) for x in _csv(weights)] if weights else None
         cfg = stage.PairsConfig(rewards_tables=list(tables), out=out, selector=selector, rewards=_csv(rewards),
-                                weights=w, transforms=tmap, seed=seed, draws=draws, max_tries=max_tries,
-                                overwrite=overwrite)
+                                weights=w, transforms=tmap, seed=seed, draws=draws, max_tries=max_tries, n=n,
+                                reference=list(reference) or None, overwrite=overwrite)
         with no_trace_on_failure(cfg.out):
             res = stage.run(cfg)
     except (ValueError, ArtifactError, UnknownNameError) as e:
@@ -103,6 +106,8 @@ STAGES = {  # command -> (module, config class, one-line help)
     "merge": ("capo.stages.merge", "MergeConfig", "SOUP: merge fine-tuned checkpoints (slerp or linear)."),
     "sweep": ("capo.stages.sweep", "SweepConfig",
               "Choose beta on validation prompts: train a grid, score it, select by a declared criterion."),
+    "iterate": ("capo.stages.iterate", "IterateConfig",
+                "Online training: rounds of sampling the policy, calibrating against the base, training on."),
     "eval": ("capo.stages.evaluate", "EvalConfig",
              "Evaluate models against the first (base): reward win-rates, GenEval, T2I-CompBench."),
 }
@@ -212,6 +217,8 @@ def _summary(name: str, cfg, res: dict, seconds: float) -> str:
         sel = res["selected"]
         return (f"sweep: beta={sel['beta']:.6g} selected ({res['criterion']} {sel['criterion']:.2f}; "
                 f"{'bracketed' if res['bracketed'] else 'at the grid edge'}) -> {out}/sweep.json")
+    if name == "iterate":
+        return f"iterate: {len(res['rounds'])} round(s) in {res['seconds']:.1f}s -> final checkpoint {res['final']}"
     if name == "eval":
         return f"eval: {len(res['models'])} models on {res['n_prompts']} x {res['n_per_prompt']} images -> {out}/results.json"
     counts = res.get("counts") or {k: v["table"] for k, v in res.get("rewards", {}).items()}

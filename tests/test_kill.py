@@ -82,9 +82,11 @@ def leftovers(d: Path) -> list[str]:
     return [str(p) for p in d.rglob("*") if p.name.endswith(".tmp") or p.name == artifacts.LOCK]
 
 
-def check_kill_anywhere(tmp_path, monkeypatch, args_for, n_kills: int, seed: int):
+def check_kill_anywhere(tmp_path, monkeypatch, args_for, n_kills: int, seed: int, window=None, after_kill=None):
     """Reference run; then n_kills runs killed at random writes and resumed; all equal. Every
-    run uses the same directory (moved away in between): run keys hash the paths they read."""
+    run uses the same directory (moved away in between): run keys hash the paths they read.
+    ``window(W)``: the writes to draw kill points from (default all W); ``after_kill(out)``:
+    checks on the killed run's directory before it resumes."""
     import shutil
 
     out = tmp_path / "run"
@@ -92,11 +94,14 @@ def check_kill_anywhere(tmp_path, monkeypatch, args_for, n_kills: int, seed: int
     assert writes >= 3
     want = snapshot(out)
     shutil.rmtree(out)
-    points = sorted(random.Random(seed).sample(range(1, writes + 1), min(n_kills, writes)))
+    span = window(writes) if window else range(1, writes + 1)
+    points = sorted(random.Random(seed).sample(span, min(n_kills, len(span))))
     for k in points:
         p = run_killed(args_for(out), k, tmp_path)
         assert p.returncode == -signal.SIGKILL, (k, p.returncode, p.stderr[-2000:])
         assert list(out.rglob("*.tmp"))  # it died holding a temp file
+        if after_kill:
+            after_kill(out)
         run_here(args_for(out), monkeypatch)  # the rerun resumes (or restarts what had no output yet)
         got = snapshot(out)
         differ = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))  # (no giant assertion diff)

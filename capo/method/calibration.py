@@ -16,6 +16,16 @@ Rewards not trained as BT logits are mapped onto a BT scale first (METHOD.md, Eq
                       to ``[1e-6, 1 - 1e-6]``
 * ``temperature:T``   bounded scores (an aesthetic score): ``R / T``
 
+Against a reference sample set (online CaPO, issue #13): the M samples ``x_1..x_M`` of a
+*policy* calibrated against N samples ``y_1..y_N`` of the *reference* model for the same
+prompt::
+
+    R_ca(x_i, c) = 1/N * sum_j sigmoid( R(x_i, c) - R(y_j, c) )
+
+the expected win-rate of ``x_i`` over the reference (Eq. 6 with ``p_ref`` the reference
+model, not the policy), a target whose meaning stays fixed while the policy moves. Eq. 7 is
+the special case ``x = y`` with the self-pair ``j = i`` left out (``exclude_self``).
+
 Arrays in, arrays out (numpy), vectorised over any number of prompts.
 """
 
@@ -89,6 +99,61 @@ def win_rates(rewards: np.ndarray) -> np.ndarray:
     return out.reshape(r.shape)
 
 
+def win_rates_against(rewards: np.ndarray, reference: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+    """Cross-set calibration along the last axis: policy ``(..., M)`` against reference
+    ``(..., N)`` BT-scale rewards -> ``(..., M)`` in [0, 1], ``1/N sum_j sigmoid(R_i - R^ref_j)``.
+    ``exclude_self``: the two sets are the same samples (M = N) and ``j = i`` is left out
+    (then this is Eq. 7, :func:`win_rates`)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if r.shape[:-1] != ref.shape[:-1]:
+        raise ValueError(f"policy rewards {r.shape} and reference rewards {ref.shape} differ in their leading "
+                         "(prompt) axes: calibrate each prompt against its own reference samples")
+    if exclude_self:
+        if r.shape != ref.shape or not np.array_equal(r, ref):
+            raise ValueError("exclude_self: the policy and reference sets must be the same samples")
+        return win_rates(r)
+    N = ref.shape[-1]
+    if N < 1:
+        raise ValueError("calibration against a reference needs N >= 1 reference samples per prompt")
+    _check_finite(r), _check_finite(ref)
+    M = r.shape[-1]
+    flat, flat_ref = r.reshape(-1, M), ref.reshape(-1, N)
+    out = np.empty_like(flat)
+    for s in range(0, flat.shape[0], _CHUNK):
+        pair = _sigmoid(flat[s : s + _CHUNK, :, None] - flat_ref[s : s + _CHUNK, None, :])  # (B, M, N)
+        out[s : s + _CHUNK] = pair.mean(-1)
+    return out.reshape(r.shape)
+
+
+def _bt_stack(r: np.ndarray, transform: str | Sequence[str], axis: int) -> np.ndarray:
+    """The BT transform of ``r``: one spec for all, or one per index of the last axis."""
+    if isinstance(transform, str):
+        return bt_transform(r, transform)
+    specs = list(transform)
+    if r.ndim < 2 or r.shape[-1] != len(specs):
+        raise ValueError(f"{len(specs)} transforms given but the last axis of rewards has size {r.shape[-1:]}")
+    if axis % r.ndim == r.ndim - 1:
+        raise ValueError("with one transform per reward (last axis), the sample axis must be another axis")
+    return np.stack([bt_transform(r[..., j], s) for j, s in enumerate(specs)], axis=-1)
+
+
+def calibrate_against(
+    rewards: np.ndarray,
+    reference: np.ndarray,
+    transform: str | Sequence[str] = "identity",
+    axis: int = -1,
+) -> np.ndarray:
+    """Rewards of policy samples calibrated against reference samples of the same prompts
+    (see the module docstring), after their BT transform. ``rewards`` ``(P, M[, L])`` and
+    ``reference`` ``(P, N[, L])`` with the samples along ``axis``; ``transform`` as in
+    :func:`calibrate`. Returns the shape of ``rewards``, in [0, 1]."""
+    r, ref = np.asarray(rewards, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    t, t_ref = _bt_stack(r, transform, axis), _bt_stack(ref, transform, axis)
+    out = win_rates_against(np.moveaxis(t, axis, -1), np.moveaxis(t_ref, axis, -1))
+    return np.moveaxis(out, -1, axis)
+
+
 def calibrate(
     rewards: np.ndarray,
     transform: str | Sequence[str] = "identity",
@@ -101,15 +166,6 @@ def calibrate(
     of the LAST axis (then ``rewards`` is ``(P, N, L)`` and ``axis`` the sample axis, 1).
     Returns an array of the same shape, in [0, 1].
     """
-    r = np.asarray(rewards, dtype=np.float64)
-    if isinstance(transform, str):
-        t = bt_transform(r, transform)
-    else:
-        specs = list(transform)
-        if r.ndim < 2 or r.shape[-1] != len(specs):
-            raise ValueError(f"{len(specs)} transforms given but the last axis of rewards has size {r.shape[-1:]}")
-        if axis % r.ndim == r.ndim - 1:
-            raise ValueError("with one transform per reward (last axis), the sample axis must be another axis")
-        t = np.stack([bt_transform(r[..., j], s) for j, s in enumerate(specs)], axis=-1)
+    t = _bt_stack(np.asarray(rewards, dtype=np.float64), transform, axis)
     moved = np.moveaxis(t, axis, -1)
     return np.moveaxis(win_rates(moved), -1, axis)

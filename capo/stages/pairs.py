@@ -11,6 +11,12 @@ into ``out``:
 * ``candidates.parquet``: every sample with its calibrated rewards, the selection score
   and, for FRS, membership of ``X+`` / ``X-`` (training draws fresh FRS pairs from it);
 * ``manifest.json``: config, input fingerprints, versions, counts, timings.
+
+With ``reference`` (reward tables of a *reference* model's samples of the same prompts, the
+same reward columns), each sample is calibrated against the reference samples of its prompt
+(``capo.method.calibration.calibrate_against``: its expected win-rate over the reference
+model) instead of against its own siblings (Eq. 7); online CaPO (``capo iterate``) uses it to
+keep the target's meaning fixed to the base model while the policy moves.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import stage_config, to_dict
-from capo.method.calibration import calibrate, parse_transform
+from capo.method.calibration import calibrate, calibrate_against, parse_transform
 from capo.method.selection import normalise_weights, select_pairs
 from capo.registry import SELECTORS
 
@@ -42,7 +48,8 @@ class PairsConfig:
     seed: int = 0  # FRS draws
     draws: int = 1  # FRS pairs drawn per prompt
     max_tries: int = 16  # FRS redraws of a rejected pair
-    n: int | None = None  # use only samples with sample_id < n of each prompt (N ablations; default: all)
+    n: int | None = None  # use only samples with sample_id < n of each prompt, reference's too (default: all)
+    reference: list[str] | None = None  # reward tables of reference samples: calibrate against them, not Eq. 7
     overwrite: bool = False
 
     RULES: ClassVar[dict[str, str]] = {
@@ -64,6 +71,8 @@ class PairsConfig:
                 yield f"weights: {len(self.weights)} weights for {len(self.rewards)} rewards {self.rewards}"
             if sum(self.weights) <= 0:
                 yield f"weights: {self.weights} must have a positive sum"
+        if self.reference is not None and not self.reference:
+            yield "reference: give at least one reward table (or leave it unset for Eq. 7)"
 
 
 class PairsError(ValueError):
@@ -130,6 +139,25 @@ def load_rewards(paths: list[str], rewards: list[str] | None, n: int | None = No
     return df.sort_values(list(KEYS), kind="stable").reset_index(drop=True), names
 
 
+def reference_rewards(paths: list[str], names: list[str], prompts: set, n: int | None = None):
+    """The reference samples' rewards, indexed by prompt_id (rows sorted by sample_id within
+    a prompt; with ``n``, the first n of each prompt): every prompt of the policy's tables
+    must have the same number of them."""
+    df, _ = load_rewards(paths, names, n=n)
+    missing = sorted(prompts - set(df["prompt_id"]))
+    if missing:
+        raise PairsError(f"{len(missing)} prompt(s) have no reference samples in {', '.join(paths)}: "
+                         f"{', '.join(map(repr, missing[:10]))}")
+    df = df[df["prompt_id"].isin(prompts)]
+    sizes = df.groupby("prompt_id").size()
+    if sizes.nunique() != 1:
+        raise PairsError(f"the reference tables hold different numbers of samples per prompt ({sorted(set(sizes))}); "
+                         "calibration against a reference needs the same N for every prompt")
+    out = df.set_index("prompt_id")[names]
+    out.attrs["n_ref"] = int(sizes.iloc[0])
+    return out
+
+
 def table_provenance(paths: list[str]) -> tuple[dict | None, dict[str, str]]:
     """The samples run that ``capo score`` tables came from (must be one) and the BT
     transforms their rewards declared. Tables without a score manifest contribute nothing."""
@@ -158,13 +186,23 @@ def run(cfg: PairsConfig) -> dict:
     SELECTORS.get(cfg.selector)  # unknown names: error listing the known selectors
     for spec in cfg.transforms.values():
         parse_transform(spec)
+    config = to_dict(cfg) | {"out": None, "overwrite": None}
+    if cfg.reference is None:
+        config.pop("reference")  # unset: the run key of runs made before the key existed is unchanged
     manifest = artifacts.make_manifest(
-        "pairs", to_dict(cfg) | {"out": None, "overwrite": None},
-        {f"rewards_table_{i}": p for i, p in enumerate(cfg.rewards_tables)},
+        "pairs", config,
+        {f"rewards_table_{i}": p for i, p in enumerate(cfg.rewards_tables)}
+        | {f"reference_table_{i}": p for i, p in enumerate(cfg.reference or [])},
     )
     samples, declared = table_provenance(cfg.rewards_tables)
     if samples:
         manifest["samples"] = samples
+    if cfg.reference:
+        ref_samples, ref_declared = table_provenance(cfg.reference)
+        if ref_samples:
+            manifest["reference_samples"] = ref_samples
+        if clash := {r: (t, ref_declared[r]) for r, t in declared.items() if r in ref_declared and ref_declared[r] != t}:
+            raise PairsError(f"reference tables declare other BT transforms than the reward tables: {clash}")
     out = Path(cfg.out)
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
@@ -182,6 +220,7 @@ def run(cfg: PairsConfig) -> dict:
     if cfg.weights is not None:
         normalise_weights(cfg.weights, len(names))  # validates count and signs
 
+    ref = reference_rewards(cfg.reference, names, set(df["prompt_id"]), n=cfg.n) if cfg.reference else None
     rng = np.random.default_rng(cfg.seed)
     pair_rows, cand_rows, stats = [], [], {"prompts": 0, "pairs": 0, "rejections": 0, "no_pair_prompts": 0}
     # Prompts with the same number of samples N are calibrated and selected together (vectorised).
@@ -189,9 +228,13 @@ def run(cfg: PairsConfig) -> dict:
     for N, block in df.groupby(sizes, sort=True):
         P = len(block) // N
         raw = block[names].to_numpy().reshape(P, N, len(names))
-        ca = calibrate(raw, transform=[transforms[r] for r in names], axis=1)
-        sel = select_pairs(ca, cfg.selector, weights=cfg.weights, rng=rng, num_draws=cfg.draws, max_tries=cfg.max_tries)
         pids = block["prompt_id"].to_numpy().reshape(P, N)[:, 0]
+        specs = [transforms[r] for r in names]
+        if ref is None:
+            ca = calibrate(raw, transform=specs, axis=1)  # Eq. 7
+        else:
+            ca = calibrate_against(raw, ref.loc[pids].to_numpy().reshape(P, -1, len(names)), transform=specs, axis=1)
+        sel = select_pairs(ca, cfg.selector, weights=cfg.weights, rng=rng, num_draws=cfg.draws, max_tries=cfg.max_tries)
         sids = block["sample_id"].to_numpy().reshape(P, N)
         p_idx, k_idx = np.nonzero(sel.valid)
         pos, neg = sel.pos[p_idx, k_idx], sel.neg[p_idx, k_idx]
@@ -217,6 +260,8 @@ def run(cfg: PairsConfig) -> dict:
     pairs = pd.concat(pair_rows, ignore_index=True).sort_values(["prompt_id", "draw"], kind="stable")
     artifacts.write_table(pairs, out / "pairs.parquet")
     artifacts.write_table(pd.concat(cand_rows, ignore_index=True), out / "candidates.parquet")
-    done = artifacts.finish(out, manifest, files=["pairs.parquet", "candidates.parquet"], rewards=names, transforms=transforms, counts=stats,
+    calibration = "eq7" if ref is None else f"against {ref.attrs['n_ref']} reference samples per prompt"
+    done = artifacts.finish(out, manifest, files=["pairs.parquet", "candidates.parquet"], rewards=names,
+                            transforms=transforms, calibration=calibration, counts=stats,
                             seconds=round(time.time() - t0, 3))
     return {**done, "skipped": False}

@@ -10,7 +10,8 @@ weighting and sigmoid bias ``b``, steps, lr. Top to bottom:
    ``val_n`` per prompt with the evaluation's per-item seeds, scored by every reward in
    ``rewards`` and ``report_rewards``; cached in ``base_cache`` (shared by every sweep of
    one base model);
-2. for each ``beta`` of the grid: ``capo train`` (``<out>/beta-<value>/``), then the trained
+2. for each ``beta`` of the grid: ``capo train`` (``<out>/beta-<value>/``; with ``rounds > 1``
+   ``capo iterate``, online training over R rounds from the same pairs), then the trained
    model's images on the same prompts and seeds, scored the same way; per reward its
    win-rate over the base (prompt-bootstrap CI), the divergence from the base
    (``capo.eval.divergence``: constant weighting, ``n_t`` draws per image, on the
@@ -78,8 +79,11 @@ class SweepConfig:
     noise: str = "shared"  # pair noise: eps_w = eps_l, or drawn apart
     lora_rank: int = 0  # 0: full fine-tuning
     lr: float = 1e-5  # AdamW learning rate
-    steps: int = 100  # optimizer steps per run
+    steps: int = 100  # optimizer steps per run (in all, over its rounds)
     batch_size: int = 8  # pairs per step
+    rounds: int = 1  # > 1: each grid point trains online for R rounds (capo iterate) from these pairs
+    calibration: str = "reference"  # rounds > 1: calibration of later rounds (capo iterate)
+    reference: str = "base"  # rounds > 1: KL reference of later rounds (capo iterate)
     seed: int = 0  # training seed of the sweep's runs
     batch: int = 64  # images per sampler / reward call
     n_boot: int = 1000  # bootstrap resamples for the CIs
@@ -91,7 +95,8 @@ class SweepConfig:
         "criterion": "mean-winrate | budget", "divergence_budget": "> 0", "trained": "@rewards", "rewards": "@rewards",
         "report_rewards": "@rewards", "val_limit": ">= 1", "val_n": ">= 1", "eval_seed": ">= 0", "n_t": ">= 1",
         "weighting": "constant | sigmoid", "noise": "shared | independent", "lora_rank": ">= 0", "lr": "> 0",
-        "steps": ">= 1", "batch_size": ">= 1", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
+        "steps": ">= 1", "batch_size": ">= 1", "rounds": ">= 1", "calibration": "reference | self",
+        "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
 
     def contradictions(self):
         if not self.betas:
@@ -102,6 +107,8 @@ class SweepConfig:
             yield "rewards: the criterion needs at least one reward"
         if self.criterion == "budget" and self.divergence_budget is None:
             yield "divergence_budget: criterion=budget needs it (the largest validation divergence allowed)"
+        if self.steps < self.rounds:
+            yield f"steps: {self.steps} cannot be split over rounds = {self.rounds}"
         if leak := sorted(set(self.rewards) & set(self.report_rewards)):
             yield f"report_rewards: {', '.join(leak)} also criterion rewards (report-only rewards are never selected on)"
 
@@ -234,7 +241,7 @@ def select(values: list[float | None]) -> int | None:
 def run(cfg: SweepConfig) -> dict:
     from capo.models import model_fingerprint
     from capo.prompts import load_prompts, records_fingerprint
-    from capo.stages import train
+    from capo.stages import iterate, train
 
     t0 = time.time()
     records = load_prompts(cfg.val_prompts, limit=cfg.val_limit, stratify=True)
@@ -246,6 +253,9 @@ def run(cfg: SweepConfig) -> dict:
             raise ValueError(f"trained reward(s) {', '.join(missing)} are not among the criterion rewards")
     out = Path(cfg.out)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "base_cache": None, "batch": None}
+    if cfg.rounds == 1:  # offline: the run key of sweeps made before the online keys existed is unchanged
+        for k in ("rounds", "calibration", "reference"):
+            config.pop(k)
     manifest = artifacts.make_manifest("sweep", config, {
         "model": {"path": cfg.model, "sha256": model_fingerprint(cfg.model)},
         "pairs": {"path": cfg.pairs, "sha256": pm["run_key"]},
@@ -266,20 +276,28 @@ def run(cfg: SweepConfig) -> dict:
                 continue
             d = out / f"beta-{fmt_beta(beta)}"
             log(f"{cfg.objective} beta={fmt_beta(beta)} (trained as {beta / scale:.4g})")
-            train.run(train.TrainConfig(model=cfg.model, pairs=cfg.pairs, out=str(d), objective=cfg.objective,
-                                        beta=beta / scale, weighting=cfg.weighting, bias=cfg.bias, noise=cfg.noise,
-                                        lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
-                                        batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps, keep_checkpoints=0,
-                                        log_every=max(1, cfg.steps // 5), quiet=True))
+            if cfg.rounds == 1:
+                train.run(train.TrainConfig(model=cfg.model, pairs=cfg.pairs, out=str(d), objective=cfg.objective,
+                                            beta=beta / scale, weighting=cfg.weighting, bias=cfg.bias, noise=cfg.noise,
+                                            lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
+                                            batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps,
+                                            keep_checkpoints=0, log_every=max(1, cfg.steps // 5), quiet=True))
+                ckpt = d / "final"
+            else:
+                ckpt = Path(iterate.run(iterate.IterateConfig(
+                    model=cfg.model, pairs=cfg.pairs, out=str(d), rounds=cfg.rounds, calibration=cfg.calibration,
+                    reference=cfg.reference, objective=cfg.objective, beta=beta / scale, weighting=cfg.weighting,
+                    bias=cfg.bias, noise=cfg.noise, lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
+                    batch_size=cfg.batch_size, seed=cfg.seed, batch=cfg.batch, quiet=True))["final"])
             vf = d / "validation.json"
             vkey = artifacts.run_key({"val": [cfg.val_n, cfg.eval_seed, cfg.n_t, sorted(rewards)]},
                                      {"train": artifacts.read_json(d / artifacts.MANIFEST)["run_key"],
                                       "prompts": records_fingerprint(records)})
             v = artifacts.read_json(vf) if vf.is_file() else None
             if not v or v.get("key") != vkey:
-                v = {"key": vkey, **validate(cfg, str(d / "final"), records, base_scores, rewards)}
+                v = {"key": vkey, **validate(cfg, str(ckpt), records, base_scores, rewards)}
                 artifacts.write_json(vf, v)
-            points[beta] = {"beta": beta, "beta_trained": beta / scale, "checkpoint": str(d / "final"),
+            points[beta] = {"beta": beta, "beta_trained": beta / scale, "checkpoint": str(ckpt),
                             **{k: v[k] for k in ("winrate", "divergence", "param_distance")}}
         values = [criterion_value(points[b], cfg, trained) for b in grid]
         best = select(values)
@@ -294,7 +312,8 @@ def run(cfg: SweepConfig) -> dict:
         raise ValueError(f"no grid point is admissible: every validation divergence exceeds the budget "
                          f"{cfg.divergence_budget} (smallest {min(p['divergence']['mean'] for p in points.values()):.4g})")
     rows = [{**points[b], "criterion": values[i]} for i, b in enumerate(grid)]
-    result = {"cell": {k: getattr(cfg, k) for k in ("model", "pairs", "objective", "weighting", "bias", "steps", "lr")},
+    result = {"cell": {k: getattr(cfg, k) for k in ("model", "pairs", "objective", "weighting", "bias", "steps", "lr",
+                                                     "rounds")},
               "criterion": cfg.criterion, "criterion_rewards": list(cfg.rewards), "trained": trained,
               "report_rewards": list(cfg.report_rewards), "divergence_budget": cfg.divergence_budget,
               "val_prompts": cfg.val_prompts, "val_prompt_ids": [r["prompt_id"] for r in records],

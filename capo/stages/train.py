@@ -7,7 +7,9 @@ embeddings (paper Eq. 5 and 8; METHOD.md):
    (0, 1)) and noise ``eps+``, ``eps-`` (shared by default, or independent);
 2. ``x+_t = alpha_t x+ + sigma_t eps+`` and likewise ``x-_t`` (same ``t``);
 3. squared eps errors of the policy and the frozen reference (under LoRA: the same
-   network with its adapter disabled), model outputs converted to eps first;
+   network with its adapter disabled; with ``reference``: that model's denoiser, e.g. the
+   base model when an online round continues from the previous round's checkpoint),
+   model outputs converted to eps first;
 4. ``R_theta = (-w_t lambda'_t)(err_ref - err_theta)`` with constant or sigmoid weighting;
 5. the objective's loss on ``beta (R+ - R-)`` (CaPO's target: the pair's calibrated gap).
 
@@ -45,6 +47,7 @@ class TrainConfig:
     pairs: str  # a `capo pairs` output directory
     out: str  # output directory
     samples: str | None = None  # default: the samples directory recorded by the pairs' reward tables
+    reference: str | None = None  # frozen reference model (default: the model trained; online CaPO: the base)
     objective: str = "capo"  # preference objective (capo ls objectives)
     beta: float = 500.0  # KL strength; errors are means over C x H x W (see capo.method.implicit)
     weighting: str = "constant"  # w_t: 1, or sigmoid(-lambda_t + b)
@@ -257,6 +260,21 @@ def _check_inputs(cfg: TrainConfig, pairs_dir: Path, samples: Path):
     return pm, sm
 
 
+def reference_denoiser(spec: str, denoiser):
+    """The denoiser of model ``spec`` as a frozen reference for ``denoiser``: the same
+    architecture is required (same parameter names and shapes)."""
+    from capo.models import load_model
+
+    ref = load_model(spec).denoiser
+    mine = {k: tuple(v.shape) for k, v in denoiser.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    if mine != theirs:
+        diff = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
+        raise ValueError(f"reference={spec}: its denoiser is not the architecture of the model trained "
+                         f"(first differences: {diff}); the reference must be the base or a checkpoint of it")
+    return ref
+
+
 # ----------------------------------------------------------------------------- run
 def run(cfg: TrainConfig) -> dict:
     import torch
@@ -282,15 +300,22 @@ def run(cfg: TrainConfig) -> dict:
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     out = Path(cfg.out)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "stop_after": None}
+    if cfg.reference is None:
+        config.pop("reference")  # unset: the run key of runs made before the key existed is unchanged
     manifest = artifacts.make_manifest("train", config, {
         "model": {"path": cfg.model, "sha256": sm["inputs"]["model"]["sha256"]},
         "pairs": {"path": str(pairs_dir), "sha256": pm["run_key"]},
         "samples": {"path": str(samples), "sha256": sm["run_key"]},
     }, processes=accelerator.num_processes)
+    if cfg.reference:
+        from capo.models import model_fingerprint
+
+        manifest["inputs"]["reference"] = {"path": cfg.reference, "sha256": model_fingerprint(cfg.reference)}
     manifest["config"]["effective_batch_pairs"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
     model = load_model(cfg.model)  # inputs load before anything is written
+    ref_net = reference_denoiser(cfg.reference, model.denoiser) if cfg.reference else None
     if prepare_out_dir(accelerator, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
@@ -308,8 +333,10 @@ def run(cfg: TrainConfig) -> dict:
                                                  init_lora_weights="gaussian", target_modules=targets))
         reference = None  # the adapter-disabled policy
     else:
-        reference = copy.deepcopy(base).requires_grad_(False).eval()
+        reference = copy.deepcopy(base).requires_grad_(False).eval() if ref_net is None else None
         policy = base
+    if ref_net is not None:
+        reference = ref_net.to(accelerator.device).requires_grad_(False).eval()
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
