@@ -108,6 +108,8 @@ STAGES = {  # command -> (module, config class, one-line help)
               "Choose beta on validation prompts: train a grid, score it, select by a declared criterion."),
     "iterate": ("capo.stages.iterate", "IterateConfig",
                 "Online training: rounds of sampling the policy, calibrating against the base, training on."),
+    "online": ("capo.stages.online", "OnlineConfig",
+               "Offline vs online (R rounds) at an equal budget, beta selected per run; writes reports/online.md."),
     "eval": ("capo.stages.evaluate", "EvalConfig",
              "Evaluate models against the first (base): reward win-rates, GenEval, T2I-CompBench."),
 }
@@ -217,6 +219,8 @@ def _summary(name: str, cfg, res: dict, seconds: float) -> str:
         sel = res["selected"]
         return (f"sweep: beta={sel['beta']:.6g} selected ({res['criterion']} {sel['criterion']:.2f}; "
                 f"{'bracketed' if res['bracketed'] else 'at the grid edge'}) -> {out}/sweep.json")
+    if name == "online":
+        return f"online: {len(res['bases'])} base(s) in {res['seconds']:.0f}s -> {', '.join(res['reports'])}"
     if name == "iterate":
         return f"iterate: {len(res['rounds'])} round(s) in {res['seconds']:.1f}s -> final checkpoint {res['final']}"
     if name == "eval":

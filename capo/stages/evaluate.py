@@ -306,6 +306,7 @@ def run(cfg: EvalConfig) -> dict:
             from capo.eval.divergence import divergence_summary
 
             dv = frames["divergence"][label]
+            artifacts.write_table(dv["rows"], out / "results" / label / "divergence_per_image.parquet")
             entry["divergence"] = {**divergence_summary(dv["rows"], n_boot=cfg.n_boot),
                                    "param_distance": dv["param_distance"]}
         for bench in ("winrate", "geneval", "compbench", "divergence"):

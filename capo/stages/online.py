@@ -1,0 +1,307 @@
+"""Stage `online`: offline vs online (iterative) training at an equal budget, on the shapes
+world (or any base model with rewards), under the fair-comparison protocol; writes
+``online.md`` and one figure per base into ``reports``.
+
+Per base model and objective (default CaPO and DPO) and number of rounds R in ``rounds``
+(default 1, 2, 3; R = 1 is offline training, the paper's setting):
+
+1. ``generate`` ``n`` images per training prompt from the base model and ``score`` them (the
+   same samples serve every R); round 1 of an R-round run trains on the FRS pairs of the first
+   ``n / R`` of them, and every later round samples ``n / R`` more per prompt from its previous
+   round's checkpoint: every run generates ``n`` images per prompt and takes ``steps``
+   optimizer steps in all (the equal budget);
+2. ``sweep`` (``rounds=R``): beta chosen per (objective, R) on the validation prompts by the
+   declared criterion (mean win-rate over the rewards; never the gold, never test prompts),
+   training seed ``seeds[0]``; the other seeds run ``capo iterate`` at the selected beta;
+3. ``eval`` on the test prompts of every run's last checkpoint and, for R > 1, of its earlier
+   rounds' checkpoints (for the per-round curve): win-rates over the base under every reward
+   and the gold, and the divergence from the base;
+4. the report: per base, a table of win-rates and divergence (two-level CIs over prompts and
+   training seeds), the head-to-head comparisons (online vs offline per objective; online
+   CaPO vs online DPO at each R, which says whether calibration is what makes online training
+   work) with verdicts from their CIs, and a figure of gold win-rate against divergence along
+   the rounds.
+
+Labels: ``<objective>-r<R>`` (the run's last checkpoint), ``<objective>-r<R>-round<r>`` (an
+earlier round), ``.s<seed>`` per training seed. Every stage is skipped when complete, so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from capo import artifacts
+from capo.config import stage_config
+from capo.tables import seed_label
+
+
+@stage_config
+class OnlineConfig:
+    out: str = "runs/online"  # experiment directory
+    reports: str = "reports"  # where online.md and online_<base>.png go
+    bases: list[str] = field(default_factory=lambda: ["shapes-sdxl", "shapes-sd3"])  # base models
+    rewards: list[str] = field(default_factory=lambda: ["shapes-pref", "shapes-vqa", "shapes-aesthetic"])  # trained
+    roles: list[str] = field(default_factory=lambda: ["MPS", "VQA", "VILA"])  # the paper's name for each reward
+    gold: str | None = "shapes-gold"  # hidden true preference: reported, never used to select
+    objectives: list[str] = field(default_factory=lambda: ["capo", "dpo"])  # objectives compared
+    rounds: list[int] = field(default_factory=lambda: [1, 2, 3])  # R values (1: offline)
+    calibration: str = "reference"  # later rounds: against the base's samples, or Eq. 7 (capo iterate)
+    reference: str = "base"  # later rounds' KL reference (capo iterate)
+    train_prompts: str = "shapes:train"  # preference-training prompts
+    train_limit: int | None = 48  # first K training prompts
+    n: int = 12  # images per training prompt in all, over the rounds (divisible by every R)
+    val_prompts: str = "shapes:geneval@val"  # validation prompts: beta selection only
+    val_limit: int | None = 20  # stratified subset of K validation prompts
+    val_n: int = 1  # images per validation prompt
+    eval_prompts: str = "shapes:geneval@test"  # test prompts: every reported figure
+    eval_limit: int | None = None  # stratified subset of K test prompts
+    eval_n: int = 1  # images per test prompt
+    n_t: int = 2  # divergence draws per image
+    betas: dict[str, list[float]] = field(default_factory=lambda: {
+        "capo": [50.0, 500.0, 5000.0], "dpo": [50.0, 500.0, 5000.0]})  # grid per objective (constant-weighting units)
+    widen: int = 0  # grid points added past an edge
+    steps: int = 24  # optimizer steps per run, in all over its rounds
+    batch_size: int = 8  # pairs per step
+    lr: float = 1e-5  # AdamW learning rate
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds; the sweep trains on seeds[0]
+    seed: int = 0  # data seed: training samples, pair draws, evaluation images
+    quiet: bool = False
+
+    RULES: ClassVar[dict[str, str]] = {
+        "rewards": "@rewards", "gold": "@rewards", "objectives": "@objectives", "rounds": ">= 1",
+        "calibration": "reference | self", "reference": "base | previous", "train_limit": ">= 1", "n": ">= 2",
+        "val_limit": ">= 1", "val_n": ">= 1", "eval_limit": ">= 1", "eval_n": ">= 1", "n_t": ">= 1", "betas": "> 0",
+        "widen": ">= 0", "steps": ">= 1", "batch_size": ">= 1", "lr": "> 0", "seeds": ">= 0", "seed": ">= 0"}
+
+    def contradictions(self):
+        if len(self.rewards) != len(self.roles):
+            yield f"roles: {len(self.rewards)} rewards but {len(self.roles)} roles"
+        if missing := [o for o in self.objectives if o not in self.betas]:
+            yield f"betas: no grid for objective(s) {', '.join(missing)}"
+        if bad := [R for R in self.rounds if self.n % R or self.n // R < 2]:
+            yield f"n: {self.n} images per prompt cannot be split into >= 2 per round for rounds {bad}"
+        if bad := [R for R in self.rounds if self.steps < R]:
+            yield f"steps: {self.steps} cannot be split over rounds {bad}"
+        if len(set(self.rounds)) != len(self.rounds) or len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            yield "rounds, seeds: give distinct values (and at least one seed)"
+        if 1 not in self.rounds:
+            yield f"rounds: {self.rounds} lacks 1 (offline training, the baseline every online run is compared to)"
+        if self.gold is not None and self.gold in self.rewards:
+            yield f"gold: {self.gold} is also a training reward (the gold is never trained on)"
+        if self.val_prompts == self.eval_prompts:
+            yield f"val_prompts: the same set as eval_prompts ({self.val_prompts}); use SET@val / SET@test"
+
+
+def run_label(objective: str, R: int, r: int | None = None) -> str:
+    """``capo-r3`` (the run's last checkpoint) or ``capo-r3-round1`` (an earlier round)."""
+    return f"{objective}-r{R}" + (f"-round{r}" if r is not None and r < R else "")
+
+
+def round_checkpoints(checkpoint: str, R: int) -> list[str]:
+    """Every round's checkpoint of the run whose last checkpoint is ``checkpoint``."""
+    from capo.stages import iterate
+
+    if R == 1:
+        return [checkpoint]
+    run_dir = Path(checkpoint).parents[2]  # <run>/round-R/train/final
+    return [str(iterate.round_checkpoint(run_dir, r)) for r in range(1, R + 1)]
+
+
+def run(cfg: OnlineConfig) -> dict:
+    from capo.stages import evaluate, generate, iterate, pairs, score, sweep
+
+    t0 = time.time()
+    root, reports = Path(cfg.out), Path(cfg.reports)
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts.lock(root)  # one online comparison per experiment directory
+    artifacts.remove_stale_temps(root)
+    q = cfg.quiet
+    log = (lambda m: None) if q else (lambda m: print(f"online [{time.time() - t0:6.0f}s] {m}", flush=True))
+    gold = [cfg.gold] if cfg.gold else []
+    summary = {}
+    for base in cfg.bases:
+        from capo.stages.reproduce import _slug
+
+        b = root / _slug(base)
+        log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {cfg.n}")
+        generate.run(generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"), n=cfg.n,
+                                             limit=cfg.train_limit, seed=cfg.seed, quiet=q))
+        score.run(score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q))
+        tables = [str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards]
+        models: dict[str, str] = {}
+        selected: dict[str, dict] = {}
+        for R in cfg.rounds:
+            k = cfg.n // R
+            pairs_dir = b / "pairs" / f"frs-n{k}"
+            pairs.run(pairs.PairsConfig(rewards_tables=tables, out=str(pairs_dir), selector="frs", seed=cfg.seed, n=k))
+            for o in cfg.objectives:
+                lab = run_label(o, R)
+                log(f"{base}: sweep {lab} ({R} round{'s' * (R > 1)} of {k} images per prompt)")
+                res = sweep.run(sweep.SweepConfig(
+                    model=base, pairs=str(pairs_dir), out=str(b / "sweep" / lab), objective=o, betas=list(cfg.betas[o]),
+                    widen=cfg.widen, rewards=list(cfg.rewards), report_rewards=gold, val_prompts=cfg.val_prompts,
+                    val_limit=cfg.val_limit, val_n=cfg.val_n, eval_seed=cfg.seed, n_t=cfg.n_t,
+                    base_cache=str(b / "val-base"), lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
+                    rounds=R, calibration=cfg.calibration, reference=cfg.reference, seed=cfg.seeds[0], quiet=q))
+                sel = res["selected"]
+                selected[lab] = {k2: sel[k2] for k2 in ("beta", "beta_trained", "criterion")} | {
+                    "bracketed": res["bracketed"], "grid": [p["beta"] for p in res["grid"]]}
+                finals = {cfg.seeds[0]: sel["checkpoint"]}
+                for s in cfg.seeds[1:]:
+                    log(f"{base}: {lab} seed {s} at beta={sel['beta']:.6g}")
+                    finals[s] = iterate.run(iterate.IterateConfig(
+                        model=base, pairs=str(pairs_dir), out=str(b / "runs" / seed_label(lab, s)), rounds=R,
+                        calibration=cfg.calibration, reference=cfg.reference, objective=o, beta=sel["beta_trained"],
+                        lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, seed=s, quiet=True))["final"]
+                for s, ck in finals.items():
+                    for r, rck in enumerate(round_checkpoints(ck, R), start=1):
+                        models[seed_label(run_label(o, R, r), s)] = rck
+        artifacts.write_json(b / "selected.json", selected)
+        log(f"{base}: eval {len(models)} checkpoints on {cfg.eval_prompts}")
+        evaluate.run(evaluate.EvalConfig(
+            models=[f"base={base}"] + [f"{lab}={ck}" for lab, ck in models.items()], out=str(b / "eval"),
+            benchmarks=["winrate", "divergence"], prompts=cfg.eval_prompts, rewards=list(cfg.rewards) + gold,
+            n=cfg.eval_n, n_t=cfg.n_t, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
+        summary[base] = {"models": len(models), "selected": {k2: v["beta"] for k2, v in selected.items()}}
+    paths = write_report(root, reports, cfg)
+    artifacts.unlock(root)
+    log(f"done: {', '.join(map(str, paths))}")
+    return {"root": str(root), "reports": [str(p) for p in paths], "bases": summary,
+            "seconds": round(time.time() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------- report
+def divergence_stats(ev, cells: list[str]) -> dict[str, dict]:
+    """Per cell: the mean divergence from the base over its seeds' test images, with a
+    two-level (prompts, training seeds) bootstrap CI."""
+    import pandas as pd
+
+    from capo.eval.stats import two_level_bootstrap
+
+    out = {}
+    for c in cells:
+        parts = [pd.read_parquet(ev.dir / "results" / lab / "divergence_per_image.parquet").assign(seed=s)
+                 for s, lab in sorted(ev.seeds[c].items())]
+        f = pd.concat(parts, ignore_index=True)
+        out[c] = two_level_bootstrap(f["divergence"].to_numpy(float), f["prompt_id"].to_numpy(), f["seed"].to_numpy(),
+                                     n_boot=ev.n_boot)
+    return out
+
+
+def comparisons(cfg: OnlineConfig, ev) -> list[dict]:
+    """Online vs offline per objective and R > 1; online CaPO vs online DPO at each R."""
+    from capo.tables import _eval_columns
+
+    cols, names = _eval_columns(ev, dict(zip(cfg.rewards, cfg.roles)))
+    crit = tuple(r for r in cfg.rewards if r in cols)
+    metrics = [("mean of " + "/".join(names[r] for r in crit), ("mean-win", crit))] + \
+              [(names[g], ("win", g)) for g in cols if g not in crit]
+    out = []
+    for R in (R for R in cfg.rounds if R > 1):
+        for o in cfg.objectives:
+            out.append({"table": "online", "a": run_label(o, R), "b": run_label(o, 1), "metrics": metrics, "claim": None})
+    if "capo" in cfg.objectives and "dpo" in cfg.objectives:
+        for R in cfg.rounds:
+            out.append({"table": "online", "a": run_label("capo", R), "b": run_label("dpo", R), "metrics": metrics,
+                        "claim": None})
+    return [c for c in out if ev.has(c["a"]) and ev.has(c["b"])]
+
+
+def base_markdown(cfg: OnlineConfig, b: Path, base: str) -> str:
+    from capo.tables import Evidence, _eval_columns, _win_table, cell, head_to_head, to_markdown
+
+    ev = Evidence(b / "eval")
+    roles = dict(zip(cfg.rewards, cfg.roles))
+    cols, names = _eval_columns(ev, roles)
+    rows = [(f"{o.upper() if o != 'capo' else 'CaPO'} " + ("offline" if R == 1 else f"online, R = {R}"),
+             run_label(o, R)) for o in cfg.objectives for R in sorted(cfg.rounds)]
+    t = _win_table("online", base, "", ev, rows, [(names[r], ("win", r)) for r in cols])
+    present = [c for _, c in rows if ev.has(c)]
+    div = divergence_stats(ev, present)
+    t.columns.append("divergence from base")
+    for (_, cells), c in zip(t.rows, present):
+        d = div[c]
+        cells.append(cell(d["mean"], d["ci_low"], d["ci_high"], digits=4))
+    sel = artifacts.read_json(b / "selected.json")
+    t.columns.append("selected beta")
+    for (_, cells), c in zip(t.rows, present):
+        s = sel[c]
+        cells.append(cell(text=f"{s['beta']:g}" + ("" if s["bracketed"] else " (edge)")))
+    lines = [f"### {base}", "", "Win-rate over the base model (%) on the test prompts, mean ± half-width of the 95% "
+             "CI; divergence: the reverse-process KL term from the base (capo.eval.divergence) on the same images.", "",
+             to_markdown(t), ""]
+    h2h = ["| A vs B | metric | Δ win-rate (pp) [95% CI] | verdict (A > B) |", "|---|---|---|---|"]
+    for comp in comparisons(cfg, ev):
+        for r in head_to_head(ev, comp):
+            d = r["delta"]
+            h2h.append(f"| {comp['a']} vs {comp['b']} | {r['metric']} | {d['delta']:+.1f} [{d['ci_low']:+.1f}, "
+                       f"{d['ci_high']:+.1f}] | {r['verdict']} |")
+    lines += ["Head-to-head (paired on prompts, image seeds and training seeds; *reproduced* = A beats B beyond the "
+              "CI, *contradicted* = B beats A beyond it):", "", *h2h, ""]
+    return "\n".join(lines)
+
+
+def write_report(root: Path, reports: Path, cfg: OnlineConfig) -> list[Path]:
+    """``reports/online.md`` and ``reports/online_<base>.png`` from the experiment directory."""
+    from capo.stages.reproduce import _slug
+
+    reports.mkdir(parents=True, exist_ok=True)
+    parts = [f"<!-- made by `capo online`; experiment directory {root} -->",
+             "# Offline vs online training (issue #13)", "",
+             f"Equal budget per run: {cfg.n} generated images per training prompt ({cfg.train_limit or 'all'} prompts "
+             f"of {cfg.train_prompts}) and {cfg.steps} optimizer steps of {cfg.batch_size} pairs, split evenly over R "
+             f"rounds (R = 1: offline, the paper's setting). Round r > 1 samples round r-1's checkpoint, calibrates "
+             f"{'against the base model' if cfg.calibration == 'reference' else 'within its own samples (Eq. 7)'}'s "
+             f"samples and trains on FRS pairs from there; the KL reference is "
+             f"{'the base model' if cfg.reference == 'base' else 'the previous round'}. beta is selected per "
+             f"(objective, R) on {cfg.val_limit or 'all'} validation prompts by the mean win-rate over the rewards "
+             f"(never the gold); training seeds {cfg.seeds}. DPO uses the same pairs and ignores the calibrated "
+             "target, so CaPO online vs DPO online says what the calibrated target adds.", ""]
+    paths = []
+    for base in cfg.bases:
+        b = root / _slug(base)
+        parts.append(base_markdown(cfg, b, base))
+        png = reports / f"online_{_slug(base)}.png"
+        rounds_plot(cfg, b, png, base)
+        parts += [f"![gold win-rate against divergence along the rounds, {base}]({png.name})", ""]
+        paths.append(png)
+    md = reports / "online.md"
+    artifacts.write_text(md, "\n".join(parts))
+    return [md, *paths]
+
+
+def rounds_plot(cfg: OnlineConfig, b: Path, path: Path, base: str) -> None:
+    """Gold (or first reward) win-rate against divergence, one line per (objective, R) from the
+    base through its rounds; means over training seeds with two-level CIs."""
+    from capo.figures import COLORS, _plt, _save
+    from capo.tables import Evidence
+
+    plt = _plt()
+    ev = Evidence(b / "eval")
+    metric_reward = cfg.gold if cfg.gold and cfg.gold in ev.res.get("rewards", []) else cfg.rewards[0]
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    styles = {1: "o-", 2: "s--", 3: "^:"}
+    for o in cfg.objectives:
+        for R in sorted(cfg.rounds):
+            cells = [run_label(o, R, r) for r in range(1, R + 1)]
+            if not all(ev.has(c) for c in cells):
+                continue
+            win = ev.stats(cells, ("win", metric_reward)).arms
+            div = divergence_stats(ev, cells)
+            x = [0.0] + [div[c]["mean"] for c in cells]
+            y = [50.0] + [win[c]["mean"] for c in cells]
+            yerr = np.array([[0.0] + [win[c]["mean"] - win[c]["ci_low"] for c in cells],
+                             [0.0] + [win[c]["ci_high"] - win[c]["mean"] for c in cells]])
+            ax.errorbar(x, y, yerr=yerr, fmt=styles.get(R, "d-."), color=COLORS.get(o, "k"), capsize=2, ms=4,
+                        label=f"{o} {'offline' if R == 1 else f'R={R}'}")
+    ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("divergence from the base (test images)")
+    ax.set_ylabel(f"{'gold' if metric_reward == cfg.gold else metric_reward} win-rate over base (%)")
+    ax.legend(fontsize=7)
+    _save(fig, path, title=f"{base}: offline vs online, per round")
