@@ -7,7 +7,10 @@ A spec is one of
   ``evaluation_metadata.jsonl`` form works as is; an ``"id"`` is kept);
 * ``shapes:<set>``: a prompt set of the embedded shapes world (``shapes:train``,
   ``shapes:geneval``, ``shapes:compbench:<category>``);
-* a benchmark name known to ``capo.eval.prompts`` (``geneval``, ``parti``, ...).
+* a benchmark name known to ``capo.eval.prompts`` (``geneval``, ``parti``, ...);
+* ``diffusiondb`` or ``diffusiondb:<metadata.parquet>``: DiffusionDB's prompts after capo's
+  recipe (``capo.datasets.diffusiondb``: de-duplicated, length- and NSFW-filtered, in a seeded
+  order, so ``limit=K`` is a seeded sample of K).
 
 Every record gets a ``prompt_id`` (its ``id`` if given, else its 0-based index as
 ``%05d``). Blank prompts, duplicate prompts, duplicate ids and prompts longer than
@@ -79,6 +82,10 @@ def _read_file(path: Path) -> list[dict]:
 
 
 def _named(spec: str) -> list[dict]:
+    if spec == "diffusiondb" or spec.startswith("diffusiondb:"):
+        from capo.datasets import diffusiondb
+
+        return diffusiondb.load(spec.partition(":")[2] or None)
     if spec.startswith("shapes:"):
         from capo.worlds.shapes.grammar import prompt_sets
 

@@ -4,6 +4,7 @@ Public API (stable names):
 
 =====================================  ==============================================
 ``calibrate(rewards, transform=...)``  calibrated rewards R_ca (Eq. 7)
+``calibrate_against(rewards, ref)``    R_ca against a reference sample set (online CaPO)
 ``pareto_sets(points)``                upper / lower Pareto sets (Sec. 4.3)
 ``select_pairs(calibrated, ...)``      best-worst, SUM, FRS pair selection (Sec. 4.3)
 ``implicit_reward(...)``               diffusion implicit reward R_theta (Eq. 5)
@@ -16,7 +17,7 @@ Submodules: ``schedules`` (log-SNR), ``implicit`` (Eq. 5, weighting Sec. 4.4),
 ``objectives``, ``calibration``, ``selection``, ``merging``, ``divergence``.
 """
 
-from capo.method.calibration import bt_transform, calibrate, parse_transform
+from capo.method.calibration import bt_transform, calibrate, calibrate_against, parse_transform
 from capo.method.divergence import divergence_factor, divergence_term, param_distance
 from capo.method.implicit import (
     implicit_reward,
@@ -38,7 +39,7 @@ from capo.method.selection import (
 )
 
 __all__ = [
-    "OBJECTIVES", "SELECTORS", "PairSelection", "bt_transform", "calibrate", "capo_loss",
+    "OBJECTIVES", "SELECTORS", "PairSelection", "bt_transform", "calibrate", "calibrate_against", "capo_loss",
     "ddpm_terms", "divergence_factor", "divergence_term", "dpo_loss", "eps_from_prediction", "flow_terms", "frs_sets", "implicit_reward",
     "ipo_loss", "loss_factor", "merge", "param_distance", "nondominated_sort", "pareto_sets", "parse_transform",
     "sample_pair_noise", "select_pairs", "sigmoid_factor", "squared_error",

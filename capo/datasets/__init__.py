@@ -1,0 +1,1 @@
+"""Training-data sources of real runs: prompt sets and labelled preference datasets."""
