@@ -82,6 +82,31 @@ def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_
                        f"-> {out}/pairs.parquet in {res['seconds']:.2f}s")
 
 
+@main.command(name="import")
+@click.argument("source", type=click.Choice(["pickapic"]))
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", required=True, help="The model that will be trained (its VAE and text encoders encode the pairs).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Writes OUT/samples and OUT/pairs.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="First K labelled, untied comparisons.")
+@click.option("--overwrite", is_flag=True, help="Replace an output directory holding a different run.")
+def import_(source, files, model, out, limit, overwrite):
+    """Labelled preference pairs (Pick-a-Pic v2 parquet shards) -> capo samples + pairs for `capo train`."""
+    from capo.artifacts import ArtifactError, no_trace_on_failure
+    from capo.datasets import pickapic
+    from capo.models import ModelLoadError
+    from capo.registry import UnknownNameError
+
+    try:
+        with no_trace_on_failure(out):
+            res = pickapic.import_pairs(list(files), model, out, limit=limit, overwrite=overwrite)
+    except (ValueError, ArtifactError, UnknownNameError, ModelLoadError) as e:
+        _fail(str(e))
+    c = res["counts"]
+    click.echo(f"import: {c['pairs']} pairs ({c['ties_or_unlabelled']} ties / unlabelled dropped of {c['rows']}) "
+               f"-> {res['pairs']} in {res['seconds']:.1f}s; train with: capo train --model {model} "
+               f"--pairs {res['pairs']} --objective dpo ...")
+
+
 @main.command(name="ls")
 @click.argument("kind", required=False)
 def ls_(kind):

@@ -50,7 +50,7 @@ def load_samples(samples) -> tuple[dict, "object"]:
     if not (d / artifacts.MANIFEST).is_file():
         raise artifacts.ArtifactError(f"{d}: not a samples directory (no {artifacts.MANIFEST}); run `capo generate` first")
     m = artifacts.read_json(d / artifacts.MANIFEST)
-    if m.get("stage") != "generate":
+    if m.get("stage") not in ("generate", "import"):
         raise artifacts.ArtifactError(f"{d}: holds a {m.get('stage')!r} run, not generated samples")
     if not m.get("complete"):
         raise artifacts.ArtifactError(f"{d}: generation is unfinished; re-run the same `capo generate` to resume it")
