@@ -206,9 +206,12 @@ def _stage_command(name: str, module: str, cls_name: str, doc: str):
         from capo.models import ModelLoadError
         from capo.registry import UnknownNameError
 
+        stage = importlib.import_module(module)
+        if getattr(stage, "SINGLE_PROCESS", False) and max(num_processes, int(os.environ.get("WORLD_SIZE", "1"))) > 1:
+            _fail(f"{name} runs in one process (it drives other stages and their output directories); "
+                  "run its train / generate stages under accelerate separately, or drop --num-processes")
         if num_processes > 1 and "WORLD_SIZE" not in os.environ:
             _relaunch(num_processes)
-        stage = importlib.import_module(module)
         t0 = time.time()
         try:
             cfg = build(getattr(stage, cls_name), config_path, args)

@@ -136,3 +136,16 @@ def test_sweep_over_online_runs(tiny_chain, tmp_path):
         run = json.loads((Path(p["checkpoint"]).parents[2] / artifacts.MANIFEST).read_text())
         assert run["stage"] == "iterate" and run["complete"] and run["config"]["rounds"] == 2
     assert res["cell"]["rounds"] == 2
+
+
+def test_driver_stages_refuse_several_processes(monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    for stage in ("iterate", "sweep", "online"):
+        r = CliRunner().invoke(main, [stage, "--num-processes", "2", "model=m", "pairs=p", "out=o"])
+        assert r.exit_code != 0 and f"{stage} runs in one process" in r.output, r.output
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(main, ["iterate", "model=m", "pairs=p", "out=o"])
+    assert r.exit_code != 0 and "iterate runs in one process" in r.output

@@ -43,6 +43,7 @@ from capo import artifacts
 from capo.config import stage_config, to_dict
 
 SEED_STRIDE = 1000  # seed offset between rounds (training seed and sampling seed)
+SINGLE_PROCESS = True  # drives other stages; refused under several processes (cli)
 
 
 @stage_config

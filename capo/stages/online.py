@@ -39,6 +39,7 @@ import numpy as np
 from capo import artifacts
 from capo.config import stage_config
 from capo.tables import seed_label
+SINGLE_PROCESS = True  # drives other stages; refused under several processes (cli)
 
 
 @stage_config

@@ -52,6 +52,7 @@ from capo import artifacts
 from capo.config import stage_config, to_dict
 
 CRITERIA = ("mean-winrate", "budget")
+SINGLE_PROCESS = True  # drives other stages; refused under several processes (cli)
 
 
 @stage_config
