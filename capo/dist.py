@@ -21,8 +21,15 @@ def partial_state():
 
 
 def accelerator(**kwargs):
+    """An ``Accelerator``. accelerate keeps one precision per process; a later stage in the same
+    process (a notebook, a test, a driver running several trainings) asking for another one
+    gets a fresh accelerator state, the process group untouched."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    mp = kwargs.get("mixed_precision")
+    if AcceleratorState._shared_state and mp is not None and str(AcceleratorState().mixed_precision) != mp:
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=on_cpu(), **kwargs)
 
 

@@ -55,6 +55,7 @@ class PairsConfig:
     RULES: ClassVar[dict[str, str]] = {
         "selector": "@selectors", "weights": ">= 0", "seed": ">= 0", "draws": ">= 1", "max_tries": ">= 1",
         "n": ">= 2"}
+    LATER: ClassVar[dict] = {"reference": None}  # keys added later (capo.config.to_dict)
 
     def contradictions(self):
         from capo.method.calibration import parse_transform
@@ -186,11 +187,8 @@ def run(cfg: PairsConfig) -> dict:
     SELECTORS.get(cfg.selector)  # unknown names: error listing the known selectors
     for spec in cfg.transforms.values():
         parse_transform(spec)
-    config = to_dict(cfg) | {"out": None, "overwrite": None}
-    if cfg.reference is None:
-        config.pop("reference")  # unset: the run key of runs made before the key existed is unchanged
     manifest = artifacts.make_manifest(
-        "pairs", config,
+        "pairs", to_dict(cfg) | {"out": None, "overwrite": None},
         {f"rewards_table_{i}": p for i, p in enumerate(cfg.rewards_tables)}
         | {f"reference_table_{i}": p for i, p in enumerate(cfg.reference or [])},
     )

@@ -98,6 +98,7 @@ class SweepConfig:
         "weighting": "constant | sigmoid", "noise": "shared | independent", "lora_rank": ">= 0", "lr": "> 0",
         "steps": ">= 1", "batch_size": ">= 1", "rounds": ">= 1", "calibration": "reference | self",
         "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
+    LATER: ClassVar[dict] = {"rounds": 1, "calibration": "reference", "reference": "base"}  # capo.config.to_dict
 
     def contradictions(self):
         if not self.betas:
@@ -254,9 +255,6 @@ def run(cfg: SweepConfig) -> dict:
             raise ValueError(f"trained reward(s) {', '.join(missing)} are not among the criterion rewards")
     out = Path(cfg.out)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "base_cache": None, "batch": None}
-    if cfg.rounds == 1:  # offline: the run key of sweeps made before the online keys existed is unchanged
-        for k in ("rounds", "calibration", "reference"):
-            config.pop(k)
     manifest = artifacts.make_manifest("sweep", config, {
         "model": {"path": cfg.model, "sha256": model_fingerprint(cfg.model)},
         "pairs": {"path": cfg.pairs, "sha256": pm["run_key"]},

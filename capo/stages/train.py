@@ -64,6 +64,11 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step per process
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # autocast dtype of the denoiser
+    gradient_checkpointing: str = "auto"  # recompute activations in backward: auto = on for real backbones (SDXL, SD3)
+    optimizer: str = "adamw"  # adamw (fused on CUDA) | adamw-8bit (bitsandbytes: pip install 'capo[bnb]')
+    compile: str = "off"  # torch.compile of the denoiser: off | inductor | eager (dynamo only)
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions
+    data_workers: int = 0  # processes assembling micro-batches (0: in the training process)
     ema: float = 0.0  # EMA decay of the trained weights (0: off); the final checkpoint uses EMA
     checkpoint_every: int = 50  # optimizer steps between checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept (0: the newest until the run completes, then none)
@@ -77,8 +82,14 @@ class TrainConfig:
         "objective": "@objectives", "beta": "> 0", "weighting": "constant | sigmoid",
         "noise": "shared | independent", "lora_rank": ">= 0", "lora_alpha": "> 0", "lr": "> 0",
         "weight_decay": ">= 0", "warmup_steps": ">= 0", "steps": ">= 1", "batch_size": ">= 1", "grad_accum": ">= 1",
-        "max_grad_norm": "> 0", "mixed_precision": "no | fp16 | bf16", "ema": "[0, 1)", "checkpoint_every": ">= 1",
+        "max_grad_norm": "> 0", "mixed_precision": "no | fp16 | bf16", "gradient_checkpointing": "auto | on | off",
+        "optimizer": "adamw | adamw-8bit", "compile": "off | inductor | eager", "data_workers": ">= 0",
+        "ema": "[0, 1)", "checkpoint_every": ">= 1",
         "keep_checkpoints": ">= 0", "log_every": ">= 1", "seed": ">= 0", "stop_after": ">= 0"}
+
+    LATER: ClassVar[dict] = {  # keys added later (capo.config.to_dict); none changes the numbers on a CPU
+        "reference": None, "gradient_checkpointing": "auto", "optimizer": "adamw", "compile": "off", "tf32": True,
+        "data_workers": 0}
 
     def contradictions(self):
         if self.lora_alpha is not None and self.lora_rank == 0:
@@ -93,7 +104,10 @@ class TrainingDiverged(RuntimeError):
 
 # ----------------------------------------------------------------------------- data
 class LatentCache:
-    """Cached latents and text embeddings of a samples directory, read lazily per shard."""
+    """Cached latents and text embeddings of a samples directory, read lazily: each shard is
+    memory-mapped (``safetensors.safe_open``) and only the rows a batch needs are read."""
+
+    OPEN_SHARDS = 16  # memory-mapped shard handles kept open per process
 
     def __init__(self, samples: Path):
         self.samples = samples
@@ -110,41 +124,79 @@ class LatentCache:
                 self.where[(r["prompt_id"], int(r["sample_id"]))] = (s, i)
             for r in meta["rows"]:
                 self.prompt_where.setdefault(r["prompt_id"], (s, meta["prompts"].index(r["prompt_idx"])))
-        self._open: dict[int, dict] = {}
+        self._open: dict[int, object] = {}
         self._checked: set[int] = set()
 
-    def _shard(self, s: int) -> dict:
+    def __getstate__(self):  # DataLoader workers open their own handles
+        return {**self.__dict__, "_open": {}}
+
+    def _shard(self, s: int):
         if s not in self._open:
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
             f = self.samples / "cache" / f"shard-{s:05d}.safetensors"
             if s not in self._checked:  # once per shard and process
                 artifacts.check_file(f, self.records.get(s), f"cached latents of shard {s} of {self.samples}",
                                      f"rerun the `capo generate` that wrote {self.samples} with --overwrite")
                 self._checked.add(s)
-            self._open = {s: load_file(str(f))}  # one at a time
+            if len(self._open) >= self.OPEN_SHARDS:
+                self._open.pop(next(iter(self._open)))
+            self._open[s] = safe_open(str(f), framework="pt")
         return self._open[s]
 
-    def latents(self, keys) -> "torch.Tensor":
+    def _rows(self, name: str, where) -> "torch.Tensor":
         import torch
 
-        out = []
-        for k in keys:
-            if k not in self.where:
-                raise artifacts.ArtifactError(f"{self.samples}: no cached latent for prompt_id={k[0]!r}, sample_id={k[1]}")
-            s, i = self.where[k]
-            out.append(self._shard(s)["latents"][i])
-        return torch.stack(out)
+        return torch.stack([self._shard(s).get_slice(name)[i] for s, i in where])
+
+    def latents(self, keys) -> "torch.Tensor":
+        missing = [k for k in keys if k not in self.where]
+        if missing:
+            k = missing[0]
+            raise artifacts.ArtifactError(f"{self.samples}: no cached latent for prompt_id={k[0]!r}, sample_id={k[1]}")
+        return self._rows("latents", [self.where[k] for k in keys])
 
     def text(self, prompt_ids) -> tuple["torch.Tensor", "torch.Tensor"]:
+        where = [self.prompt_where[p] for p in prompt_ids]
+        return self._rows("hidden", where), self._rows("pooled", where)
+
+
+class MicroBatches:
+    """The micro-batches ``m`` of one process, in order, assembled from the pair source and the
+    latent cache: ``(m, pairs, x_w, x_l, gap, hidden, pooled)``. Iterated directly, or by a
+    ``DataLoader`` whose ``workers`` each build every ``workers``-th micro-batch (the loader
+    returns them in order, so the bytes are the same whatever the worker count)."""
+
+    def __init__(self, source: "PairSource", cache: LatentCache, seed: int, B: int, indices: list[int]):
+        self.source, self.cache, self.seed, self.B, self.indices = source, cache, seed, B, indices
+
+    def build(self, m: int):
         import torch
 
-        hs, ps = [], []
-        for pid in prompt_ids:
-            s, j = self.prompt_where[pid]
-            sh = self._shard(s)
-            hs.append(sh["hidden"][j]), ps.append(sh["pooled"][j])
-        return torch.stack(hs), torch.stack(ps)
+        batch = self.source.micro_batch(self.seed, m, self.B)
+        pids = [b[0] for b in batch]
+        x_w = self.cache.latents([(p, b[1]) for p, b in zip(pids, batch)])
+        x_l = self.cache.latents([(p, b[2]) for p, b in zip(pids, batch)])
+        gap = torch.tensor([b[3] for b in batch])
+        hidden, pooled = self.cache.text(pids)
+        return m, x_w, x_l, gap, hidden, pooled
+
+    def iterate(self, workers: int, pin: bool):
+        if workers == 0:
+            return (self.build(m) for m in self.indices)
+        import torch
+        from torch.utils.data import DataLoader, IterableDataset
+
+        outer = self
+
+        class _Part(IterableDataset):
+            def __iter__(self):
+                info = torch.utils.data.get_worker_info()
+                k, w = (info.id, info.num_workers) if info else (0, 1)
+                return (outer.build(m) for j, m in enumerate(outer.indices) if j % w == k)
+
+        return iter(DataLoader(_Part(), batch_size=None, num_workers=workers, pin_memory=pin, prefetch_factor=2,
+                               persistent_workers=False))
 
 
 class PairSource:
@@ -275,6 +327,46 @@ def reference_denoiser(spec: str, denoiser):
     return ref
 
 
+def frozen_reference(base, other, lora: bool, mixed_precision: str, device):
+    """The frozen reference network: ``other`` (another model's denoiser, e.g. the base model in
+    an online round) when given, else a copy of ``base`` (full fine-tuning) or None (LoRA: the
+    policy with its adapter disabled). Under mixed precision it is kept in the compute dtype:
+    it is never updated, so it needs no fp32 master copy (half the memory of a full copy)."""
+    import torch
+
+    ref = other if other is not None else (None if lora else copy.deepcopy(base))
+    if ref is None:
+        return None
+    ref = ref.to(device).requires_grad_(False).eval()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    return ref.to(dtype) if dtype is not None else ref
+
+
+def use_checkpointing(setting: str, model) -> bool:
+    """``on`` / ``off``, or ``auto``: on for the real backbones (SDXL, SD3), off for the small
+    shapes-world models (their activations are tiny and recomputation would only cost time)."""
+    if setting != "auto":
+        return setting == "on"
+    from capo.models.diffusers_backends import _DiffusersModel
+
+    return isinstance(model, _DiffusersModel)
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float, fused: bool):
+    """AdamW (PyTorch's fused kernel on CUDA), or bitsandbytes' 8-bit AdamW (optimizer state in
+    8 bits: 2 bytes per parameter instead of 8)."""
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ValueError("optimizer=adamw-8bit needs the bitsandbytes package: pip install 'capo[bnb]' "
+                         "(or use optimizer=adamw)") from None
+    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+
+
 # ----------------------------------------------------------------------------- run
 def run(cfg: TrainConfig) -> dict:
     import torch
@@ -300,8 +392,6 @@ def run(cfg: TrainConfig) -> dict:
     accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     out = Path(cfg.out)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "stop_after": None}
-    if cfg.reference is None:
-        config.pop("reference")  # unset: the run key of runs made before the key existed is unchanged
     manifest = artifacts.make_manifest("train", config, {
         "model": {"path": cfg.model, "sha256": sm["inputs"]["model"]["sha256"]},
         "pairs": {"path": str(pairs_dir), "sha256": pm["run_key"]},
@@ -320,9 +410,20 @@ def run(cfg: TrainConfig) -> dict:
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
     set_seed(cfg.seed)
-    model.to(accelerator.device)
-    for mod in (model.text_encoder, model.vae) if hasattr(model, "vae") else ():
+    # Only the denoiser goes to the device: training reads cached latents and text embeddings,
+    # so the frozen text encoders and VAE stay where they were loaded.
+    for name, mod in model.modules().items():
         mod.requires_grad_(False)
+    model.denoiser.requires_grad_(True)
+    model.denoiser.to(accelerator.device)
+    cuda = accelerator.device.type == "cuda"
+    if cuda and cfg.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if use_checkpointing(cfg.gradient_checkpointing, model):
+        if not getattr(model.denoiser, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"gradient_checkpointing=on: {type(model.denoiser).__name__} does not support it")
+        model.denoiser.enable_gradient_checkpointing()
     base = model.denoiser
     if cfg.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
@@ -331,15 +432,14 @@ def run(cfg: TrainConfig) -> dict:
                          | {"to_out.0"})
         policy = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                                                  init_lora_weights="gaussian", target_modules=targets))
-        reference = None  # the adapter-disabled policy
     else:
-        reference = copy.deepcopy(base).requires_grad_(False).eval() if ref_net is None else None
         policy = base
-    if ref_net is not None:
-        reference = ref_net.to(accelerator.device).requires_grad_(False).eval()
+    reference = frozen_reference(base, ref_net, cfg.lora_rank > 0, cfg.mixed_precision, accelerator.device)
+    if cfg.compile != "off":
+        policy = torch.compile(policy, backend=cfg.compile)
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     policy, opt, sched = accelerator.prepare(policy, opt, sched)
     ema = [p.detach().clone() for p in params] if cfg.ema > 0 else None
@@ -368,7 +468,7 @@ def run(cfg: TrainConfig) -> dict:
         return squared_error(eps_hat, eps)
 
     def reference_errors(x_t, t_model, hidden, pooled, terms, eps):
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():
             if reference is None:
                 with unwrapped.disable_adapter():
                     return errors(unwrapped, x_t, t_model, hidden, pooled, terms, eps)
@@ -392,15 +492,16 @@ def run(cfg: TrainConfig) -> dict:
     window: list[dict] = []
     grad_norms: list[float] = []
     t_window = time.time()
+    todo = [st * cfg.grad_accum * world + a * world + rank  # global micro-batch indices of this process
+            for st in range(step, cfg.steps) for a in range(cfg.grad_accum)]
+    batches = MicroBatches(source, cache, cfg.seed, B, todo).iterate(cfg.data_workers, pin=cuda)
     while step < cfg.steps:
         for a in range(cfg.grad_accum):
             m = step * cfg.grad_accum * world + a * world + rank  # global micro-batch index
-            batch = source.micro_batch(cfg.seed, m, B)
-            pids = [b[0] for b in batch]
-            x_w = cache.latents([(p, b[1]) for p, b in zip(pids, batch)]).to(accelerator.device)
-            x_l = cache.latents([(p, b[2]) for p, b in zip(pids, batch)]).to(accelerator.device)
-            gap = torch.tensor([b[3] for b in batch], device=accelerator.device)
-            hidden, pooled = (v.to(accelerator.device) for v in cache.text(pids))
+            got, x_w, x_l, gap, hidden, pooled = next(batches)
+            assert got == m, (got, m)
+            x_w, x_l, gap = (v.to(accelerator.device, non_blocking=True) for v in (x_w, x_l, gap))
+            hidden, pooled = (v.to(accelerator.device, non_blocking=True) for v in (hidden, pooled))
             terms, t_model, eps_w, eps_l = draw_times_and_noise(model, x_w.shape, cfg.seed, m, cfg.noise == "shared")
             terms = type(terms)(*(v.to(accelerator.device) for v in terms))
             t_model, eps_w, eps_l = t_model.to(accelerator.device), eps_w.to(accelerator.device), eps_l.to(accelerator.device)
@@ -476,16 +577,20 @@ def run(cfg: TrainConfig) -> dict:
     bar.close()
 
     accelerator.wait_for_everyone()
+    if ema is not None:  # the final weights are the EMA weights
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                p.copy_(e)
+    # the full state dict (gathered from every shard under FSDP: a collective, so all processes call it)
+    state = accelerator.get_state_dict(policy) if cfg.lora_rank == 0 else None
+    if state is not None:  # a compiled module's keys carry torch.compile's wrapper prefix
+        state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
     if accelerator.is_main_process:
-        if ema is not None:  # the final weights are the EMA weights
-            with torch.no_grad():
-                for e, p in zip(ema, params):
-                    p.copy_(e)
         extra = {"objective": cfg.objective, "beta": cfg.beta, "steps": cfg.steps, "train_run": manifest["run_key"]}
         if cfg.lora_rank > 0:
             save_checkpoint(out / "final", cfg.model, lora_model=unwrapped, extra=extra)
         else:
-            save_checkpoint(out / "final", cfg.model, denoiser_state=unwrapped.state_dict(), extra=extra)
+            save_checkpoint(out / "final", cfg.model, denoiser_state=state, extra=extra)
         lines = [json.loads(x) for x in metrics_f.read_text().splitlines()] if metrics_f.is_file() else []
         artifacts.finish(out, manifest, counts={"steps": cfg.steps, "prompts_with_pairs": len(source.prompts)},
                          final_metrics=lines[-1] if lines else None, seconds=round(time.time() - t_start, 3))
