@@ -120,16 +120,16 @@ def test_killed_in_round_two_resumes_to_the_same_result(tiny_chain, tmp_path, mo
         assert artifacts.read_json(out / "round-1" / "train" / artifacts.MANIFEST)["complete"]
         assert not artifacts.read_json(out / artifacts.MANIFEST)["complete"]
 
-    writes, points = check_kill_anywhere(tmp_path, monkeypatch, args, n_kills=2, seed=6,
+    writes, points = check_kill_anywhere(tmp_path, monkeypatch, args, n_kills=1, seed=6,
                                          window=lambda w: range(w // 2, w + 1), after_kill=in_round_two)
-    assert len(points) == 2
+    assert len(points) == 1 and points[0] > writes // 2
 
 
 @pytest.mark.slow
 def test_sweep_over_online_runs(tiny_chain, tmp_path):
     res = sweep.run(sweep.SweepConfig(
         model=str(tiny_chain / "base"), pairs=str(tiny_chain / "pairs-frs"), out=str(tmp_path / "sw"), objective="capo",
-        betas=[5.0, 500.0], widen=0, rewards=["toy-bright"], val_prompts="shapes:geneval@val", val_limit=4, val_n=1,
+        betas=[5.0], widen=0, rewards=["toy-bright"], val_prompts="shapes:geneval@val", val_limit=4, val_n=1,
         steps=4, batch_size=2, lr=1e-3, rounds=2, quiet=True))
     for p in res["grid"]:  # every grid point is a two-round online run, validated at its last round
         assert p["checkpoint"].endswith("round-2/train/final")

@@ -229,13 +229,18 @@ def base_markdown(cfg: OnlineConfig, b: Path, base: str) -> str:
     for (_, cells), c in zip(t.rows, present):
         d = div[c]
         cells.append(cell(d["mean"], d["ci_low"], d["ci_high"], digits=4))
+    t.columns.append("‖θ − θ_base‖")
+    for (_, cells), c in zip(t.rows, present):
+        dist = [ev.res["results"][lab]["divergence"]["param_distance"] for lab in ev.seeds[c].values()]
+        cells.append(cell(float(np.mean(dist)), digits=3))
     sel = artifacts.read_json(b / "selected.json")
     t.columns.append("selected beta")
     for (_, cells), c in zip(t.rows, present):
         s = sel[c]
         cells.append(cell(text=f"{s['beta']:g}" + ("" if s["bracketed"] else " (edge)")))
     lines = [f"### {base}", "", "Win-rate over the base model (%) on the test prompts, mean ± half-width of the 95% "
-             "CI; divergence: the reverse-process KL term from the base (capo.eval.divergence) on the same images.", "",
+             "CI; divergence: the reverse-process KL term from the base (capo.eval.divergence) on the same images; "
+             "‖θ − θ_base‖: parameter distance, mean over seeds; (edge): the selected beta is at the grid's edge.", "",
              to_markdown(t), ""]
     h2h = ["| A vs B | metric | Δ win-rate (pp) [95% CI] | verdict (A > B) |", "|---|---|---|---|"]
     for comp in comparisons(cfg, ev):
