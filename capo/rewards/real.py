@@ -502,7 +502,7 @@ def mps(path=None, device=None, **kwargs):
         "(trainer/models/clip_model.py, cross_modeling.py: a CLIP-H with a condition-aware cross-attention "
         "head, processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K, condition text 'light, color, clarity, tone, "
         "style, ambiance, artistry, shape, face, hair, hands, limbs, structure, instance, texture, quantity, "
-        "attributes, position, number, location, word, things.'); that source is not published (only "
-        "compiled .pyc files are), so capo cannot rebuild the model from a state dict. To use MPS, run the "
-        "upstream inference code where it works and register your own reward factory in "
-        "capo.rewards.REWARDS, or score with another reward (pickscore, hps, imagereward).")
+        "attributes, position, number, location, word, things.'). capo does not implement that model yet "
+        "(issue #11): its architecture is public in the t2v_metrics project (build_mps_model) and the imscore "
+        "package ports MPS, but neither is wired into capo. Until then, register your own reward factory in "
+        "capo.rewards.REWARDS around one of those, or score with another reward (pickscore, hps, imagereward).")
