@@ -307,6 +307,7 @@ def rounds_plot(cfg: OnlineConfig, b: Path, path: Path, base: str) -> None:
             ax.errorbar(x, y, yerr=yerr, fmt=styles.get(R, "d-."), color=COLORS.get(o, "k"), capsize=2, ms=4,
                         label=f"{o} {'offline' if R == 1 else f'R={R}'}")
     ax.axhline(50, color="k", lw=0.8, ls="--")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("divergence from the base (test images)")
     ax.set_ylabel(f"{'gold' if metric_reward == cfg.gold else metric_reward} win-rate over base (%)")
     ax.legend(fontsize=7)
