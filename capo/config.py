@@ -34,11 +34,12 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 def to_dict(cfg) -> dict[str, Any]:
     """The config as a dict (what manifests record and run keys hash). Keys a stage gained after
-    runs of it existed (its ``LATER`` ClassVar: key -> the value that leaves behaviour as it was)
-    are left out at that value, so the run keys of those runs, and their resumption, stay valid."""
+    runs of it existed (its ``LATER`` ClassVar: key -> the value that leaves behaviour as it was,
+    or a predicate of the config saying when the key does not matter) are left out then, so the
+    run keys of those runs, and their resumption, stay valid."""
     d = dataclasses.asdict(cfg)
     for k, unchanged in getattr(type(cfg), "LATER", {}).items():
-        if k in d and d[k] == unchanged:
+        if k in d and (unchanged(cfg) if callable(unchanged) else d[k] == unchanged):
             del d[k]
     return d
 

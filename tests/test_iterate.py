@@ -149,3 +149,15 @@ def test_driver_stages_refuse_several_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     r = CliRunner().invoke(main, ["iterate", "model=m", "pairs=p", "out=o"])
     assert r.exit_code != 0 and "iterate runs in one process" in r.output
+
+
+def test_online_keys_enter_run_keys_only_when_they_matter():
+    from capo.config import to_dict
+
+    common = dict(model="m", pairs="p", out="o")
+    offline = to_dict(sweep.SweepConfig(**common))
+    assert not {"rounds", "calibration", "reference"} & set(offline)  # older sweeps keep their run keys
+    online2 = to_dict(sweep.SweepConfig(rounds=2, **common))
+    assert (online2["rounds"], online2["calibration"], online2["reference"]) == (2, "reference", "base")
+    assert "reference" not in to_dict(train.TrainConfig(**common))
+    assert to_dict(train.TrainConfig(reference="base", **common))["reference"] == "base"

@@ -98,7 +98,8 @@ class SweepConfig:
         "weighting": "constant | sigmoid", "noise": "shared | independent", "lora_rank": ">= 0", "lr": "> 0",
         "steps": ">= 1", "batch_size": ">= 1", "rounds": ">= 1", "calibration": "reference | self",
         "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
-    LATER: ClassVar[dict] = {"rounds": 1, "calibration": "reference", "reference": "base"}  # capo.config.to_dict
+    LATER: ClassVar[dict] = {"rounds": 1, "calibration": lambda c: c.rounds == 1,  # capo.config.to_dict:
+                             "reference": lambda c: c.rounds == 1}  # online keys matter only with rounds > 1
 
     def contradictions(self):
         if not self.betas:
