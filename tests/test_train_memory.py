@@ -109,3 +109,34 @@ def test_checkpointing_gradients_equal_on_the_sd3_like_transformer(tmp_path):
     a, b = grads(False), grads(True)
     assert a.keys() == b.keys() and len(a) > 10
     assert all(torch.allclose(a[k], b[k], atol=1e-12, rtol=1e-9) for k in a)
+
+
+def test_lora_under_bf16_keeps_the_frozen_base_in_bf16(tiny_chain, tmp_path, monkeypatch):
+    seen = {}
+    real = train.make_optimizer
+
+    def spy(name, params, **kw):
+        seen["trainable"] = {p.dtype for p in params}
+        return real(name, params, **kw)
+
+    monkeypatch.setattr(train, "make_optimizer", spy)
+    real_ref = train.frozen_reference
+
+    def spy_ref(base, *a):
+        seen["frozen"] = {p.dtype for p in base.parameters() if not p.requires_grad}
+        return real_ref(base, *a)
+
+    monkeypatch.setattr(train, "frozen_reference", spy_ref)
+    from capo.models import load_model
+
+    train.run(train.TrainConfig(model=str(tiny_chain / "base"), pairs=str(tiny_chain / "pairs-frs"),
+                                out=str(tmp_path / "t"), steps=3, batch_size=2, lr=1e-3, checkpoint_every=3,
+                                keep_checkpoints=0, lora_rank=2, mixed_precision="bf16", quiet=True))
+    assert seen["trainable"] == {torch.float32}  # the adapter and its optimizer state in fp32
+    assert seen["frozen"] == {torch.bfloat16}  # the frozen base (the reference under LoRA) in bf16
+    m = load_model(str(tmp_path / "t" / "final"))  # the merged checkpoint loads and samples
+    assert all(torch.isfinite(p).all() for p in m.denoiser.parameters())
+    import json
+
+    adapter = tmp_path / "t" / "final" / "adapter" / "adapter_config.json"
+    assert json.loads(adapter.read_text())["r"] == 2

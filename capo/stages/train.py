@@ -430,8 +430,14 @@ def run(cfg: TrainConfig) -> dict:
 
         targets = sorted({n.split(".")[-1] for n, m in base.named_modules() if n.endswith(("to_q", "to_k", "to_v"))}
                          | {"to_out.0"})
+        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+        if compute_dtype is not None:  # the frozen base (the reference) needs no fp32 copy: half the memory
+            base.to(compute_dtype)
         policy = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                                                  init_lora_weights="gaussian", target_modules=targets))
+        for p in policy.parameters():  # the adapter trains in fp32 (its optimizer state too)
+            if p.requires_grad:
+                p.data = p.data.float()
     else:
         policy = base
     reference = frozen_reference(base, ref_net, cfg.lora_rank > 0, cfg.mixed_precision, accelerator.device)
