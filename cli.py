@@ -239,6 +239,8 @@ def _out_of(cfg) -> str | None:
 
 def _summary(name: str, cfg, res: dict, seconds: float) -> str:
     out = getattr(cfg, "out", None) or getattr(cfg, "samples", "")
+    if res.get("dry_run"):
+        return f"{name}: dry run, nothing loaded or written"
     if res.get("skipped"):
         return f"{name}: {out} already holds this run (complete); nothing to do"
     if res.get("complete") is False:

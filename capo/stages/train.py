@@ -75,6 +75,7 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between metric lines
     seed: int = 0
     stop_after: int | None = None  # stop (as if killed) after this many steps; for tests and budgets
+    dry_run: bool = False  # print the memory / time plan (capo.plan) and stop: nothing loaded or written
     overwrite: bool = False
     quiet: bool = False
 
@@ -89,7 +90,7 @@ class TrainConfig:
 
     LATER: ClassVar[dict] = {  # keys added later (capo.config.to_dict); none changes the numbers on a CPU
         "reference": None, "gradient_checkpointing": "auto", "optimizer": "adamw", "compile": "off", "tf32": True,
-        "data_workers": 0}
+        "data_workers": 0, "dry_run": False}
 
     def contradictions(self):
         if self.lora_alpha is not None and self.lora_rank == 0:
@@ -342,6 +343,23 @@ def frozen_reference(base, other, lora: bool, mixed_precision: str, device):
     return ref.to(dtype) if dtype is not None else ref
 
 
+def dry_run(cfg: TrainConfig) -> dict:
+    """The plan of this run (``capo.plan``), printed; under FSDP (accelerate's
+    ``ACCELERATE_USE_FSDP``) the sharded state is divided over ``WORLD_SIZE``."""
+    import os
+
+    from capo import plan
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    p = plan.plan(cfg.model, lora_rank=cfg.lora_rank, mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer,
+                  checkpointing=cfg.gradient_checkpointing, pairs_per_gpu=cfg.batch_size, accum=cfg.grad_accum,
+                  gpus=world, shards=world if fsdp else 1, steps=cfg.steps)
+    if not cfg.quiet:
+        print(plan.render(p))
+    return {"dry_run": True, "plan": p, "skipped": False}
+
+
 def use_checkpointing(setting: str, model) -> bool:
     """``on`` / ``off``, or ``auto``: on for the real backbones (SDXL, SD3), off for the small
     shapes-world models (their activations are tiny and recomputation would only cost time)."""
@@ -378,6 +396,8 @@ def run(cfg: TrainConfig) -> dict:
     from capo.registry import OBJECTIVES
 
     t_start = time.time()
+    if cfg.dry_run:
+        return dry_run(cfg)
     objective = OBJECTIVES.get(cfg.objective)
     pairs_dir = Path(cfg.pairs)
     pm_path = pairs_dir / artifacts.MANIFEST
