@@ -41,6 +41,7 @@ REWARDS.register("imagereward", "capo.rewards.real:imagereward", "ImageReward v1
 REWARDS.register("aesthetic", "capo.rewards.real:aesthetic", "LAION improved aesthetic predictor on CLIP ViT-L/14, ~1-10")
 REWARDS.register("clipscore", "capo.rewards.real:clipscore", "CLIPScore 2.5 * max(cos, 0), CLIP ViT-B/32 (Hessel et al.)")
 REWARDS.register("vqascore", "capo.rewards.real:vqascore", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base)")
+REWARDS.register("vila", "capo.rewards.vila:vila", "VILA-R aesthetic (Google, TensorFlow SavedModel) in a worker process; extra capo[vila]")
 REWARDS.register("mps", "capo.rewards.real:mps", "MPS (Kwai-Kolors/MPS): unsupported, raises RewardLoadError explaining why")
 
 # The shapes world's reward models (capo.worlds.shapes.rewards): learned proxies trained
