@@ -71,10 +71,10 @@ def test_import_pairs_by_hand_then_dpo_trains(tiny_chain, shard, tmp_path):
 
     m = load_model(base)
     lat = LatentCache(samples).latents([("pap-12", 0)])
-    img = np.asarray(Image.open(samples / idx.path.iloc[2]))[None]
+    img = np.array(Image.open(samples / idx.path.iloc[2]))[None]
     # (batched float arithmetic differs by ~1e-5 with the batch and thread count; another image is ~1 away)
     assert np.allclose(lat.numpy(), m.encode_images(img).numpy(), atol=1e-4)
-    other = np.asarray(Image.open(samples / idx.path.iloc[3]))[None]
+    other = np.array(Image.open(samples / idx.path.iloc[3]))[None]
     assert not np.allclose(lat.numpy(), m.encode_images(other).numpy(), atol=1e-2)
     res = train.run(train.TrainConfig(model=base, pairs=str(pairs), out=str(tmp_path / "t"), objective="dpo",
                                       steps=2, batch_size=2, lr=1e-3, checkpoint_every=2, quiet=True))

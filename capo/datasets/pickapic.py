@@ -90,7 +90,7 @@ def decode(data: bytes, size: tuple[int, int], where: str) -> np.ndarray:
             s = max(H / im.height, W / im.width)
             im = im.resize((max(W, round(im.width * s)), max(H, round(im.height * s))), Image.BICUBIC)
             left, top = (im.width - W) // 2, (im.height - H) // 2
-            return np.asarray(im.crop((left, top, left + W, top + H)))
+            return np.array(im.crop((left, top, left + W, top + H)))  # a writable copy
     except Exception as e:
         raise PickapicError(f"{where}: corrupt or unreadable image ({type(e).__name__}: {e})") from None
 
