@@ -107,7 +107,8 @@ def first_round(pairs_dir: Path) -> dict:
                          "of the base model's own samples")
     samples = Path(pm["samples"]["path"])
     sm = artifacts.read_json(samples / artifacts.MANIFEST)
-    tables = [v["path"] for k, v in sorted(pm["inputs"].items()) if k.startswith("rewards_table_")]
+    tables = [v["path"] for k, v in sorted(pm["inputs"].items(), key=lambda kv: (len(kv[0]), kv[0]))
+              if k.startswith("rewards_table_")]  # in the order given (rewards_table_2 before _10)
     n = pm["config"].get("n") or sm["config"]["n"]
     c = pm["config"]
     return {"samples": samples, "samples_manifest": sm, "tables": tables, "rewards": list(pm["rewards"]),
