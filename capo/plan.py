@@ -25,6 +25,7 @@ pairs per step / the anchor's training throughput on the named GPU.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -63,6 +64,15 @@ def _count(module, lora_rank: int, torch) -> tuple[int, int]:
     return params, lora
 
 
+@functools.lru_cache(maxsize=None)
+def _shipped_count(model: str, lora_rank: int) -> dict:
+    """``count`` of a shipped architecture (built once per process: a 2.5B-parameter meta model
+    takes seconds, and a plan needs it for the model and again for the anchor)."""
+    kind, cls, f, res = SHIPPED[model]
+    n, lora = _meta_count(cls, json.loads((CONFIGS / f).read_text()), lora_rank)
+    return {"kind": kind, "params": n, "lora_params": lora, "resolution": res}
+
+
 def count(model: str, lora_rank: int = 0) -> dict:
     """``{"kind", "params", "lora_params", "resolution"}`` of a model spec, nothing allocated."""
     from capo.models import CHECKPOINT_FILE
@@ -71,9 +81,7 @@ def count(model: str, lora_rank: int = 0) -> dict:
     if (p / CHECKPOINT_FILE).is_file():  # a fine-tuned checkpoint: its base's architecture
         return count(json.loads((p / CHECKPOINT_FILE).read_text())["base"], lora_rank)
     if model in SHIPPED:
-        kind, cls, f, res = SHIPPED[model]
-        n, lora = _meta_count(cls, json.loads((CONFIGS / f).read_text()), lora_rank)
-        return {"kind": kind, "params": n, "lora_params": lora, "resolution": res}
+        return dict(_shipped_count(model, lora_rank))
     for sub, cls, kind in (("unet", "UNet2DConditionModel", "sdxl"), ("transformer", "SD3Transformer2DModel", "sd3")):
         if (p / sub / "config.json").is_file():
             n, lora = _meta_count(cls, json.loads((p / sub / "config.json").read_text()), lora_rank)
@@ -106,7 +114,7 @@ def activation_per_pair(kind: str, lora: bool, checkpointing: bool, resolution) 
     if not checkpointing or (kind, mode) not in ANCHOR["train"]:
         return None
     pairs, peak, _ = ANCHOR["train"][(kind, mode)]
-    n = count({"sdxl": "sdxl", "sd3": "sd3-medium"}[kind], 64 if lora else 0)
+    n = _shipped_count({"sdxl": "sdxl", "sd3": "sd3-medium"}[kind], 64 if lora else 0)
     static = sum(static_bytes(n["params"], n["lora_params"], lora, "bf16", "adamw").values()) / GIB
     scale = 1.0 if not resolution else (resolution[0] * resolution[1]) / (1024 * 1024)
     return (peak - static) / pairs * scale
@@ -121,7 +129,9 @@ def plan(model: str, *, lora_rank: int = 0, mixed_precision: str = "no", optimiz
         raise ValueError(f"no throughput measured for GPU {gpu!r}; known: {', '.join(GPUS)}")
     c = count(model, lora_rank)
     lora = lora_rank > 0
-    checkpointing = checkpointing == "on" or (checkpointing == "auto" and c["kind"] in ("sdxl", "sd3"))
+    from capo.stages.train import use_checkpointing
+
+    checkpointing = use_checkpointing(checkpointing, c["kind"])
     st = static_bytes(c["params"], c["lora_params"], lora, mixed_precision, optimizer, shards)
     act = activation_per_pair(c["kind"], lora, checkpointing, c["resolution"])
     peak = sum(st.values()) / GIB + (act * pairs_per_gpu if act is not None else 0.0)

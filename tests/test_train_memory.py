@@ -31,7 +31,9 @@ def _same(a, b, atol=0.0):
 def test_gradient_checkpointing_gives_the_same_weights(tiny_chain, plain, tmp_path):
     from capo.models import load_model
 
-    assert not train.use_checkpointing("auto", load_model(str(tiny_chain / "base")))  # shapes models: off
+    assert not train.use_checkpointing("auto", load_model(str(tiny_chain / "base")).kind)  # shapes models: off
+    assert train.use_checkpointing("auto", "sdxl") and train.use_checkpointing("auto", "sd3")  # real backbones: on
+    assert train.use_checkpointing("on", "sdxl-like") and not train.use_checkpointing("off", "sdxl")
     got = _train(tiny_chain, tmp_path / "t", gradient_checkpointing="on")
     assert _same(got, plain, atol=1e-6)
     assert not _same(got, load_file(str(tmp_path / "t" / "final" / "denoiser.safetensors")) | {

@@ -99,11 +99,8 @@ def import_pairs(paths: list[str], model: str, out, limit: int | None = None, sh
                  batch: int = 16, overwrite: bool = False) -> dict:
     """Pick-a-Pic comparisons -> ``<out>/samples`` and ``<out>/pairs`` (module docstring)."""
     import pandas as pd
-    import torch
-    from safetensors.torch import save_file
 
     from capo.models import load_model, model_fingerprint
-    from capo.stages.generate import shard_done, write_png
 
     t0 = time.time()
     out = Path(out)
@@ -116,7 +113,7 @@ def import_pairs(paths: list[str], model: str, out, limit: int | None = None, sh
     if artifacts.existing_run(samples, manifest, overwrite) != "complete":
         m = load_model(model)  # inputs load before anything is written
         if not artifacts.prepare_out_dir(samples, manifest, overwrite):
-            _write_samples(df, m, samples, shard_rows, batch, save_file, write_png, shard_done, torch)
+            _write_samples(df, m, samples, shard_rows, batch)
             index = pd.concat([pd.DataFrame(artifacts.read_json(f)["rows"])
                                for f in sorted((samples / "cache").glob("shard-*.json"))], ignore_index=True)
             artifacts.write_table(index, samples / "index.parquet")
@@ -137,7 +134,13 @@ def import_pairs(paths: list[str], model: str, out, limit: int | None = None, sh
     return {"samples": str(samples), "pairs": str(pairs), "counts": counts, "seconds": round(time.time() - t0, 3)}
 
 
-def _write_samples(df, model, samples: Path, shard_rows: int, batch: int, save_file, write_png, shard_done, torch):
+def _write_samples(df, model, samples: Path, shard_rows: int, batch: int) -> None:
+    """The samples directory's prompts, images and cache shards (resumes at the first unfinished shard)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from capo.stages.generate import shard_done, write_png
+
     if not (samples / "prompts.jsonl").is_file():
         artifacts.write_text(samples / "prompts.jsonl", "".join(
             json.dumps({"prompt_id": f"pap-{r.ranking_id}", "prompt": str(r.caption), "prompt_idx": i,

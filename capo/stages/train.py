@@ -164,7 +164,7 @@ class LatentCache:
 
 class MicroBatches:
     """The micro-batches ``m`` of one process, in order, assembled from the pair source and the
-    latent cache: ``(m, pairs, x_w, x_l, gap, hidden, pooled)``. Iterated directly, or by a
+    latent cache: ``(m, x_w, x_l, gap, hidden, pooled)``. Iterated directly, or by a
     ``DataLoader`` whose ``workers`` each build every ``workers``-th micro-batch (the loader
     returns them in order, so the bytes are the same whatever the worker count)."""
 
@@ -333,13 +333,11 @@ def frozen_reference(base, other, lora: bool, mixed_precision: str, device):
     an online round) when given, else a copy of ``base`` (full fine-tuning) or None (LoRA: the
     policy with its adapter disabled). Under mixed precision it is kept in the compute dtype:
     it is never updated, so it needs no fp32 master copy (half the memory of a full copy)."""
-    import torch
-
     ref = other if other is not None else (None if lora else copy.deepcopy(base))
     if ref is None:
         return None
     ref = ref.to(device).requires_grad_(False).eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    dtype = compute_dtype(mixed_precision)
     return ref.to(dtype) if dtype is not None else ref
 
 
@@ -360,14 +358,20 @@ def dry_run(cfg: TrainConfig) -> dict:
     return {"dry_run": True, "plan": p, "skipped": False}
 
 
-def use_checkpointing(setting: str, model) -> bool:
+def compute_dtype(mixed_precision: str):
+    """The autocast dtype of ``mixed_precision`` (None for ``no``)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+
+REAL_KINDS = ("sdxl", "sd3")  # model kinds of the real backbones (the shapes models are "sdxl-like", "sd3-like")
+
+
+def use_checkpointing(setting: str, kind: str) -> bool:
     """``on`` / ``off``, or ``auto``: on for the real backbones (SDXL, SD3), off for the small
     shapes-world models (their activations are tiny and recomputation would only cost time)."""
-    if setting != "auto":
-        return setting == "on"
-    from capo.models.diffusers_backends import _DiffusersModel
-
-    return isinstance(model, _DiffusersModel)
+    return setting == "on" or (setting == "auto" and kind in REAL_KINDS)
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float, fused: bool):
@@ -440,7 +444,7 @@ def run(cfg: TrainConfig) -> dict:
     if cuda and cfg.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if use_checkpointing(cfg.gradient_checkpointing, model):
+    if use_checkpointing(cfg.gradient_checkpointing, getattr(model, "kind", "")):
         if not getattr(model.denoiser, "_supports_gradient_checkpointing", False):
             raise ValueError(f"gradient_checkpointing=on: {type(model.denoiser).__name__} does not support it")
         model.denoiser.enable_gradient_checkpointing()
@@ -450,9 +454,8 @@ def run(cfg: TrainConfig) -> dict:
 
         targets = sorted({n.split(".")[-1] for n, m in base.named_modules() if n.endswith(("to_q", "to_k", "to_v"))}
                          | {"to_out.0"})
-        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
-        if compute_dtype is not None:  # the frozen base (the reference) needs no fp32 copy: half the memory
-            base.to(compute_dtype)
+        if (half := compute_dtype(cfg.mixed_precision)) is not None:  # the frozen base (the reference): no fp32 copy
+            base.to(half)
         policy = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                                                  init_lora_weights="gaussian", target_modules=targets))
         for p in policy.parameters():  # the adapter trains in fp32 (its optimizer state too)
@@ -523,9 +526,7 @@ def run(cfg: TrainConfig) -> dict:
     batches = MicroBatches(source, cache, cfg.seed, B, todo).iterate(cfg.data_workers, pin=cuda)
     while step < cfg.steps:
         for a in range(cfg.grad_accum):
-            m = step * cfg.grad_accum * world + a * world + rank  # global micro-batch index
-            got, x_w, x_l, gap, hidden, pooled = next(batches)
-            assert got == m, (got, m)
+            m, x_w, x_l, gap, hidden, pooled = next(batches)  # m: the global micro-batch index
             x_w, x_l, gap = (v.to(accelerator.device, non_blocking=True) for v in (x_w, x_l, gap))
             hidden, pooled = (v.to(accelerator.device, non_blocking=True) for v in (hidden, pooled))
             terms, t_model, eps_w, eps_l = draw_times_and_noise(model, x_w.shape, cfg.seed, m, cfg.noise == "shared")
