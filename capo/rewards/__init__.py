@@ -42,7 +42,7 @@ REWARDS.register("aesthetic", "capo.rewards.real:aesthetic", "LAION improved aes
 REWARDS.register("clipscore", "capo.rewards.real:clipscore", "CLIPScore 2.5 * max(cos, 0), CLIP ViT-B/32 (Hessel et al.)")
 REWARDS.register("vqascore", "capo.rewards.real:vqascore", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base)")
 REWARDS.register("vila", "capo.rewards.vila:vila", "VILA-R aesthetic (Google, TensorFlow SavedModel) in a worker process; extra capo[vila]")
-REWARDS.register("mps", "capo.rewards.real:mps", "MPS (Kwai-Kolors/MPS): unsupported, raises RewardLoadError explaining why")
+REWARDS.register("mps", "capo.rewards.mps:mps", "MPS overall preference (Kwai-Kolors/MPS; CLIP-H + cross-attention head, RE-N-Y/mpsv1)")
 
 # The shapes world's reward models (capo.worlds.shapes.rewards): learned proxies trained
 # from scratch against the world's hidden truth, plus that truth itself for evaluation.

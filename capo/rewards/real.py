@@ -17,7 +17,7 @@ imagereward    ImageReward (BLIP): ``(r - mean) / std``                        t
 aesthetic      LAION improved aesthetic predictor, ~1..10                     temperature:1
 clipscore      ``2.5 * max(cos, 0)`` of CLIP ViT-B/32 (Hessel et al., 2021)   temperature:2.5/s
 vqascore       ``P("yes" | image, question(prompt))`` of a BLIP VQA model      logit
-mps            not supported: raises ``RewardLoadError`` (see ``mps``)          -
+mps            ``logit_scale * cos`` of MPS's cross-attention head (mps.py)    identity
 =============  =============================================================  ===============
 
 (``s`` is the model's CLIP ``logit_scale.exp()``, 100 for the released checkpoints.)
@@ -64,7 +64,7 @@ Facts and sources:
   (``Salesforce/blip-vqa-base``, ``BlipForQuestionAnswering``; answer ``"yes"`` then
   [SEP], decoder started from the BOS token, as its ``generate`` does). The numbers are
   therefore not the paper's VQAScore numbers. A probability: ``logit``.
-* MPS (Kwai-Kolors/MPS): not supported, see ``mps``.
+* MPS (Kwai-Kolors/MPS): implemented in ``capo.rewards.mps`` (its facts and sources there).
 """
 
 from __future__ import annotations
@@ -489,20 +489,3 @@ def vqascore(path=None, device=None, processor=None, dtype=None, question: str =
     proc_src = processor or (path if _has_processor(path) else VQA_MODEL)
     proc = _from_pretrained(AutoProcessor, proc_src, "vqascore processor", VQA_MODEL, **kw)
     return VQAScore(model, proc, _device(device), batch_size, question=question, answer=answer)
-
-
-# ----------------------------------------------------------------------------- MPS
-def mps(path=None, device=None, **kwargs):
-    """MPS (Kwai-Kolors/MPS, "Learning Multi-dimensional Human Preference", CVPR 2024):
-    unsupported; always raises ``RewardLoadError`` saying why."""
-    raise RewardLoadError(
-        "mps: the MPS reward (Kwai-Kolors/MPS) is not supported by capo. Its released checkpoint "
-        "MPS_overall_checkpoint.pth (a Google Drive link in the MPS README) is a whole pickled model "
-        "loaded with torch.load, whose classes live in the MPS repository's `trainer` package "
-        "(trainer/models/clip_model.py, cross_modeling.py: a CLIP-H with a condition-aware cross-attention "
-        "head, processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K, condition text 'light, color, clarity, tone, "
-        "style, ambiance, artistry, shape, face, hair, hands, limbs, structure, instance, texture, quantity, "
-        "attributes, position, number, location, word, things.'). capo does not implement that model yet "
-        "(issue #11): its architecture is public in the t2v_metrics project (build_mps_model) and the imscore "
-        "package ports MPS, but neither is wired into capo. Until then, register your own reward factory in "
-        "capo.rewards.REWARDS around one of those, or score with another reward (pickscore, hps, imagereward).")
