@@ -182,7 +182,7 @@ def test_hps(tmp_path, images):
 # ----------------------------------------------------------------------------- VQAScore (BLIP)
 def test_vqascore(tmp_path, images):
     tiny_blip_dir(tmp_path)
-    r = load_reward("vqascore", path=tmp_path, device="cpu", batch_size=3)
+    r = load_reward("vqascore-blip", path=tmp_path, device="cpu", batch_size=3)
     assert r.bt_transform == "logit"
     s = check_common(r, images)
     assert np.all((s > 0) & (s < 1))
@@ -202,7 +202,7 @@ def test_vqascore(tmp_path, images):
 
 # ----------------------------------------------------------------------------- missing weights
 @pytest.mark.parametrize("name,hub_id", [("pickscore", R.PICKSCORE_MODEL), ("clipscore", R.CLIPSCORE_MODEL),
-                                         ("vqascore", R.VQA_MODEL), ("hps", R.HPS_REPO)])
+                                         ("vqascore-blip", R.VQA_MODEL), ("hps", R.HPS_REPO)])
 def test_missing_weights_name_the_source(name, hub_id):
     from huggingface_hub import try_to_load_from_cache
 
@@ -228,7 +228,7 @@ def test_imagereward_error():
     except ImportError:
         with pytest.raises(RewardLoadError, match="pip install image-reward"):
             load_reward("imagereward")
-    assert {"pickscore", "hps", "imagereward", "aesthetic", "clipscore", "vqascore", "mps"} <= set(REWARDS.names())
+    assert {"pickscore", "hps", "imagereward", "aesthetic", "clipscore", "vqascore", "vqascore-blip", "mps"} <= set(REWARDS.names())
 
 
 def test_input_validation(clip_dir, images):

@@ -40,7 +40,9 @@ REWARDS.register("hps", "capo.rewards.real:hps", "HPSv2.1 (xswu/HPSv2, OpenCLIP 
 REWARDS.register("imagereward", "capo.rewards.real:imagereward", "ImageReward v1.0 (THUDM/ImageReward; pip image-reward)")
 REWARDS.register("aesthetic", "capo.rewards.real:aesthetic", "LAION improved aesthetic predictor on CLIP ViT-L/14, ~1-10")
 REWARDS.register("clipscore", "capo.rewards.real:clipscore", "CLIPScore 2.5 * max(cos, 0), CLIP ViT-B/32 (Hessel et al.)")
-REWARDS.register("vqascore", "capo.rewards.real:vqascore", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base)")
+REWARDS.register("vqascore", "capo.rewards.vqascore:vqascore_t5", "VQAScore P('Yes' | image, question) over CLIP-FlanT5-XXL (zhiqiulin/clip-flant5-xxl), the paper's")
+REWARDS.register("vqascore-xl", "capo.rewards.vqascore:vqascore_xl", "VQAScore over CLIP-FlanT5-XL (zhiqiulin/clip-flant5-xl), for smaller GPUs")
+REWARDS.register("vqascore-blip", "capo.rewards.real:vqascore_blip", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base): not the paper's numbers")
 REWARDS.register("vila", "capo.rewards.vila:vila", "VILA-R aesthetic (Google, TensorFlow SavedModel) in a worker process; extra capo[vila]")
 REWARDS.register("mps", "capo.rewards.mps:mps", "MPS overall preference (Kwai-Kolors/MPS; CLIP-H + cross-attention head, RE-N-Y/mpsv1)")
 

@@ -16,7 +16,7 @@ hps            HPSv2.1: ``cos(img, txt)`` of the HPS OpenCLIP ViT-H-14         t
 imagereward    ImageReward (BLIP): ``(r - mean) / std``                        temperature:1/std
 aesthetic      LAION improved aesthetic predictor, ~1..10                     temperature:1
 clipscore      ``2.5 * max(cos, 0)`` of CLIP ViT-B/32 (Hessel et al., 2021)   temperature:2.5/s
-vqascore       ``P("yes" | image, question(prompt))`` of a BLIP VQA model      logit
+vqascore-blip  ``P("yes" | image, question(prompt))`` of a BLIP VQA model      logit
 mps            ``logit_scale * cos`` of MPS's cross-attention head (mps.py)    identity
 =============  =============================================================  ===============
 
@@ -55,15 +55,14 @@ Facts and sources:
   (``openai/clip-vit-base-patch32``), text prefixed with ``"A photo depicts "``
   (Hessel et al., 2021, "CLIPScore", and jmhessel/clipscore). CLIP's own contrastive
   logit is ``s * cos``, so ``temperature:w/s`` (0.025) maps a positive score back to it.
-* VQAScore: question ``'Does this figure show "{prompt}"? Please answer yes or no.'``,
-  answer ``"Yes"`` and score ``exp(-mean token cross-entropy of the answer)`` (the
-  answer's tokens including the end token) as in linzhiqiu/t2v_metrics
-  (``t2v_metrics/models/vqascore_models/clip_t5_model.py``). The paper's model is
-  CLIP-FlanT5-XXL (``zhiqiulin/clip-flant5-xxl``), which needs t2v_metrics' own model code;
-  capo implements the same score over a transformers BLIP VQA model
-  (``Salesforce/blip-vqa-base``, ``BlipForQuestionAnswering``; answer ``"yes"`` then
-  [SEP], decoder started from the BOS token, as its ``generate`` does). The numbers are
-  therefore not the paper's VQAScore numbers. A probability: ``logit``.
+* VQAScore (BLIP variant, ``vqascore-blip``): question ``'Does this figure show "{prompt}"?
+  Please answer yes or no.'``, answer ``"yes"`` and score ``exp(-mean token cross-entropy of the
+  answer)`` (the answer's tokens including the end token) as in linzhiqiu/t2v_metrics
+  (``t2v_metrics/models/vqascore_models/clip_t5_model.py``), over a transformers BLIP VQA
+  model (``Salesforce/blip-vqa-base``, ``BlipForQuestionAnswering``; answer ``"yes"`` then
+  [SEP], decoder started from the BOS token, as its ``generate`` does). Not the paper's
+  numbers: the paper's VQAScore is CLIP-FlanT5-XXL, ``vqascore`` (``capo.rewards.vqascore``).
+  A probability: ``logit``.
 * MPS (Kwai-Kolors/MPS): implemented in ``capo.rewards.mps`` (its facts and sources there).
 """
 
@@ -444,7 +443,7 @@ def imagereward(path=None, device=None, batch_size: int = DEFAULT_BATCH_SIZE, lo
 
 # ----------------------------------------------------------------------------- VQAScore
 class VQAScore(_Reward):
-    name = "vqascore"
+    name = "vqascore-blip"
     bt_transform = "logit"
 
     def __init__(self, model, processor, device, batch_size, question: str = VQA_QUESTION, answer: str = VQA_ANSWER):
@@ -476,16 +475,16 @@ class VQAScore(_Reward):
         return logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).mean(-1).exp()
 
 
-def vqascore(path=None, device=None, processor=None, dtype=None, question: str = VQA_QUESTION,
+def vqascore_blip(path=None, device=None, processor=None, dtype=None, question: str = VQA_QUESTION,
              answer: str = VQA_ANSWER, batch_size: int = DEFAULT_BATCH_SIZE, local_files_only: bool = False):
-    """VQAScore over a transformers BLIP VQA model (default ``Salesforce/blip-vqa-base``).
-    The paper's model, CLIP-FlanT5-XXL, is not in transformers (see the module docstring)."""
-    _require("transformers", "transformers", "vqascore")
+    """VQAScore over a transformers BLIP VQA model (default ``Salesforce/blip-vqa-base``); the
+    paper's CLIP-FlanT5 is ``vqascore`` (``capo.rewards.vqascore``)."""
+    _require("transformers", "transformers", "vqascore-blip")
     from transformers import AutoProcessor, BlipForQuestionAnswering
 
     kw = {"local_files_only": True} if local_files_only else {}
-    model = _from_pretrained(BlipForQuestionAnswering, path or VQA_MODEL, "vqascore", VQA_MODEL,
+    model = _from_pretrained(BlipForQuestionAnswering, path or VQA_MODEL, "vqascore-blip", VQA_MODEL,
                              **({"dtype": dtype} if dtype else {}), **kw)
     proc_src = processor or (path if _has_processor(path) else VQA_MODEL)
-    proc = _from_pretrained(AutoProcessor, proc_src, "vqascore processor", VQA_MODEL, **kw)
+    proc = _from_pretrained(AutoProcessor, proc_src, "vqascore-blip processor", VQA_MODEL, **kw)
     return VQAScore(model, proc, _device(device), batch_size, question=question, answer=answer)

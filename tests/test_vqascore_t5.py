@@ -1,0 +1,145 @@
+"""VQAScore over CLIP-FlanT5 (capo.rewards.vqascore) on a tiny random T5 + CLIP vision tower.
+
+The checkpoint is written in the upstream layout (``shared``/``encoder``/``decoder``/``lm_head``,
+``vision_tower.vision_tower.vision_model.*``, ``mm_projector.{0,2}``, a T5 config with the
+``mm_*`` fields), with a word-level tokenizer that ends every chunk with ``</s>`` as T5's does.
+The score is checked against upstream's route computed here another way: input ids with the
+image placeholder -200, embedded piecewise, run through T5's own loss (``labels=``), one item at
+a time, with the prompt string spelled out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from capo.rewards import REWARDS, RewardLoadError, load_reward
+from capo.rewards import vqascore as V
+from test_real_rewards import PROMPTS, check_common, make_images
+
+WORDS = ("a chat between curious user and an artificial intelligence assistant . the gives helpful , detailed "
+         "polite answers to user's questions USER : ASSISTANT does this figure show \" red cube ? please answer "
+         "yes or no two blue spheres on grass cat Yes").split()
+
+
+def tiny_clip_t5_dir(path, seed=0, vocab_extra=0, with_tower=True):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, PreTrainedTokenizerFast, T5Config
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>"] + sorted(set(WORDS)))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tok.save_pretrained(path)
+    vc = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=32, patch_size=8)
+    cfg = T5Config(vocab_size=len(vocab) + vocab_extra, d_model=24, d_kv=8, d_ff=32, num_layers=1,
+                   num_decoder_layers=1, num_heads=3, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                   mm_vision_tower="openai/clip-vit-large-patch14-336", mm_hidden_size=16,
+                   mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+                   vision_config=vc.to_dict())
+    torch.manual_seed(seed)
+    model = V.model_class()(cfg)
+    sd = {k: v for k, v in model.state_dict().items() if with_tower or not k.startswith("vision_tower.")}
+    model.save_pretrained(path, state_dict=sd)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    return tiny_clip_t5_dir(tmp_path_factory.mktemp("clip-t5"), vocab_extra=5)
+
+
+def make_wide_images():
+    im = make_images(n=4, size=40)
+    return np.concatenate([im, np.zeros((4, 40, 12, 3), np.uint8) + 200], axis=2)  # 40 x 52: padded to square
+
+
+def upstream_score(r, image, prompt):
+    """Upstream's route: ids with -200 for the image, embedded piece by piece, T5's own loss."""
+    from PIL import Image
+
+    text = (V.SYSTEM + " USER: " + "<image>" + "\n" + V.VQA_QUESTION.format(prompt) + " ASSISTANT: ")
+    chunks = [r.tokenizer(c).input_ids for c in text.split("<image>")]
+    ids = chunks[0] + [-200] + chunks[1]
+    m = r.model
+    mean = tuple(int(x * 255) for x in r.image_processor.image_mean)
+    im = Image.fromarray(image)
+    side = max(im.size)
+    sq = Image.new("RGB", (side, side), mean)
+    sq.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
+    px = r.image_processor(images=[sq], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hs = m.vision_tower.vision_tower(pixel_values=px, output_hidden_states=True).hidden_states
+        feats = m.mm_projector(hs[-2][:, 1:])[0]
+        k = ids.index(-200)
+        x = torch.cat([m.shared(torch.tensor(ids[:k])), feats, m.shared(torch.tensor(ids[k + 1:]))])[None]
+        labels = torch.tensor([r.tokenizer("Yes").input_ids])
+        logits = m(inputs_embeds=x, labels=labels).logits[..., :len(r.tokenizer)]
+        loss = torch.nn.functional.cross_entropy(logits[0], labels[0])
+    return float(torch.exp(-loss))
+
+
+def test_clip_flant5_score_matches_upstream_route(t5_dir):
+    images = make_wide_images()
+    r = load_reward("vqascore", path=t5_dir, device="cpu", batch_size=3)
+    assert r.name == "vqascore" and r.bt_transform == "logit"
+    assert r.labels == [r.tokenizer.convert_tokens_to_ids("Yes"), 1]
+    s = check_common(r, images)
+    assert np.all((s > 0) & (s < 1))
+    for i in range(3):
+        np.testing.assert_allclose(s[i], upstream_score(r, images[i], PROMPTS[i]), rtol=1e-4)
+    # the extra config-vocabulary logits (upstream resizes them away) change the number
+    with torch.no_grad():
+        full = r.model(inputs_embeds=r._embed(PROMPTS[:1], images[:1])[0], labels=torch.tensor([r.labels])).loss
+    assert abs(float(torch.exp(-full)) - s[0]) > 1e-6
+
+
+def test_clip_flant5_tower_saved_apart_is_loaded_from_mm_vision_tower(tmp_path, monkeypatch):
+    """A checkpoint without the tower's weights takes them from ``mm_vision_tower``."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    d = tiny_clip_t5_dir(tmp_path / "ck", with_tower=False)
+    tower = tmp_path / "tower"
+    torch.manual_seed(7)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(tower)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["mm_vision_tower"] = str(tower)
+    del cfg["vision_config"]  # the architecture comes from the tower's own config
+    (d / "config.json").write_text(json.dumps(cfg))
+    r = V.vqascore_t5(path=d, device="cpu")
+    want = CLIPVisionModel.from_pretrained(tower).state_dict()
+    got = r.model.vision_tower.vision_tower.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    images = make_images()
+    assert np.isfinite(r(images, PROMPTS)).all()
+
+
+def test_clip_flant5_errors(tmp_path):
+    from huggingface_hub import try_to_load_from_cache
+
+    assert {"vqascore", "vqascore-xl", "vqascore-blip"} <= set(REWARDS.names())
+    for name, hub in (("vqascore", "zhiqiulin/clip-flant5-xxl"), ("vqascore-xl", "zhiqiulin/clip-flant5-xl")):
+        if not isinstance(try_to_load_from_cache(hub, "config.json"), str):
+            with pytest.raises(RewardLoadError) as e:
+                load_reward(name, local_files_only=True)
+            assert hub in str(e.value) and "hf download" in str(e.value)
+    with pytest.raises(ValueError, match="size must be one of"):
+        V.vqascore_t5(size="small")
+    # a plain T5 (no projector) is not a CLIP-FlanT5 checkpoint
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+                               ).save_pretrained(tmp_path / "t5")
+    cfg = json.loads((tmp_path / "t5" / "config.json").read_text())
+    cfg["vision_config"] = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    (tmp_path / "t5" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RewardLoadError, match="not a CLIP-FlanT5 checkpoint"):
+        V.vqascore_t5(path=tmp_path / "t5", local_files_only=True)
