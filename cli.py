@@ -427,12 +427,19 @@ def replicate(runs, out, rewards, roles):
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--preset", default="quick", show_default=True, help="quick | full | a YAML path.")
+@click.option("--preset", default="quick", show_default=True,
+              help="quick | full | paper-sdxl | paper-sd3 | ... (configs/reproduce-*.yaml) or a YAML path.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (images, reward calls, runs, GPU-hours, disk, "
+              "missing weights with the command that fetches each) and stop.")
+@click.option("--scale", type=float, default=None, help="Run the same preset at this fraction of its size "
+              "(prompt counts and steps), e.g. 0.001 for a smoke test.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def reproduce(preset, args):
-    """Run everything Tables 1-5 need on the shapes world (reusing finished stages), then write reports.
+def reproduce(preset, dry_run, scale, args):
+    """Run everything Tables 1-5 need (reusing finished stages), then write reports.
 
-    Extra key=value arguments override the preset (capo reproduce --preset quick steps=10).
+    The shapes-world presets run anywhere on a CPU; paper-sdxl / paper-sd3 are the paper's own setup
+    on real weights (GPUs). Extra key=value arguments override the preset (capo reproduce --preset
+    quick steps=10).
     """
     import tempfile
 
@@ -441,19 +448,24 @@ def reproduce(preset, args):
     from capo.artifacts import ArtifactError, no_trace_on_failure
     from capo.config import ConfigError, build
     from capo.models import ModelLoadError
+    from capo.rewards import RewardLoadError
     from capo.stages import reproduce as R
 
     try:
         data = {**R.load_preset(preset), "preset": Path(preset).stem.removeprefix("reproduce-")}
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(data, f)
+        extra = (["dry_run=true"] if dry_run else []) + ([f"scale={scale}"] if scale is not None else [])
         try:
-            cfg = build(R.ReproduceConfig, f.name, args)
+            cfg = build(R.ReproduceConfig, f.name, [*args, *extra])
         finally:
             Path(f.name).unlink(missing_ok=True)
-        with no_trace_on_failure(cfg.out or f"runs/reproduce-{cfg.preset}"):
+        if cfg.dry_run:
+            R.run(cfg)
+            return
+        with no_trace_on_failure(R.scaled(cfg).out or f"runs/reproduce-{cfg.preset}"):
             res = R.run(cfg)
-    except (ConfigError, ValueError, ArtifactError, ModelLoadError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, ArtifactError, ModelLoadError, RewardLoadError, FileNotFoundError) as e:
         _fail(str(e))
     click.echo(f"reproduce: {res['bases']} in {res['seconds']:.0f}s -> {res['reports']}/tables.md")
 

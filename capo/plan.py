@@ -43,6 +43,8 @@ ANCHOR = {
     "train": {("sdxl", "full"): (4, 46.0, 4.65), ("sd3", "full"): (4, 38.0, 3.62),
               ("sdxl", "lora64"): (4, 11.4, 3.71)},
     "train_lora64_8_pairs": {"sdxl": (8, 16.9, 4.70)},  # held out: checked against the prediction
+    # kind -> images/s of the bare diffusers-style sampler, 50 steps with classifier-free guidance, 1024 px
+    "sample": {"sdxl": 0.573, "sd3": 0.417},
 }
 GPUS = {"H100": "NVIDIA H100 80GB (SXM)"}  # throughput is known for these
 
@@ -71,6 +73,22 @@ def _shipped_count(model: str, lora_rank: int) -> dict:
     kind, cls, f, res = SHIPPED[model]
     n, lora = _meta_count(cls, json.loads((CONFIGS / f).read_text()), lora_rank)
     return {"kind": kind, "params": n, "lora_params": lora, "resolution": res}
+
+
+def kind_of(spec: str) -> str:
+    """``sdxl`` | ``sd3`` | ``shapes`` of a model spec, without loading it: a registered real
+    model, a diffusers folder (its ``model_index.json``), or a capo checkpoint (its base's)."""
+    from capo.models import CHECKPOINT_FILE
+
+    p = Path(spec)
+    if (p / CHECKPOINT_FILE).is_file():
+        return kind_of(json.loads((p / CHECKPOINT_FILE).read_text())["base"])
+    if spec in SHIPPED:
+        return SHIPPED[spec][0]
+    if (p / "model_index.json").is_file():
+        name = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
+        return "sd3" if "StableDiffusion3" in name else "sdxl"
+    return "shapes"
 
 
 def count(model: str, lora_rank: int = 0) -> dict:
@@ -162,4 +180,173 @@ def render(p: dict) -> str:
     else:
         lines.append(f"  {'time per step':<26} not estimated (no throughput measured for this model on {p['gpu']})")
     lines.append(f"  source: {p['source']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- a whole experiment
+# Sizes of a generated sample on disk, per kind at the native resolution: the PNG (an estimate:
+# a 1024 x 1024 RGB PNG of a generated image, ~1.5 MB; capo's assumption, not a measurement) and
+# the training cache exactly as `capo generate` writes it (float32 latents (C, H/8, W/8) per image;
+# float32 text embeddings per prompt: SDXL hidden (77, 2048) + pooled 1280; SD3 hidden
+# (77 + 256 T5 tokens, 4096) + pooled 2048).
+PNG_BYTES = 1.5e6
+LATENT_BYTES = {"sdxl": 4 * 128 * 128 * 4, "sd3": 16 * 128 * 128 * 4}
+TEXT_BYTES = {"sdxl": (77 * 2048 + 1280) * 4, "sd3": ((77 + 256) * 4096 + 2048) * 4}
+# Full-set sizes of the named prompt sets, used when the files are not cached yet (upstream counts).
+SET_SIZES = {"parti": 1632, "dpg-bench": 1065, "geneval": 553, "t2i-compbench": 300}
+
+
+def _prompt_count(spec: str, limit: int | None) -> tuple[int | None, bool]:
+    """(number of prompts ``spec`` gives under ``limit``, exact?). Without the files: the limit,
+    else half the upstream size for a ``@val`` / ``@test`` half, else the upstream size."""
+    from capo.prompts import load_prompts
+
+    try:
+        return len(load_prompts(spec, limit=limit)), True
+    except Exception:  # noqa: BLE001 - files not here yet: estimate from the upstream size
+        name, _, split = spec.partition("@")
+        full = SET_SIZES.get(name.split(":")[0])
+        if full is None:
+            return limit, limit is not None
+        n = full // 2 if split == "val" else (full - full // 2 if split == "test" else full)
+        return (min(limit, n) if limit else n), False
+
+
+def experiment(cfg) -> dict:
+    """The plan of a ``capo reproduce`` config (``ReproduceConfig``): per base model the images
+    to generate, reward evaluations, training runs and steps, GPU-hours on ``cfg.gpu`` from the
+    measured throughput table (``ANCHOR``), disk, and the weights missing from this machine.
+    Nothing is loaded; prompt files are read when present."""
+    import collections
+    import glob
+
+    from capo import weights
+    from capo.stages import evaluate
+    from capo.stages.reproduce import cells, scaled
+    from capo.tables import OBJECTIVES
+
+    if cfg.gpu not in GPUS:
+        raise ValueError(f"no throughput measured for GPU {cfg.gpu!r}; known: {', '.join(GPUS)}")
+    cfg = scaled(cfg)
+    opts = cfg.train_options
+    pairs_per_step = cfg.batch_size * int(opts.get("grad_accum", 1)) * cfg.gpus
+    L, gold = len(cfg.rewards), (1 if cfg.gold else 0)
+    out = {"preset": cfg.preset, "gpu": cfg.gpu, "gpus": cfg.gpus, "bases": {}, "source": ANCHOR["source"],
+           "pairs_per_step": pairs_per_step, "exact_counts": True}
+    K, ok_k = _prompt_count(cfg.train_prompts, cfg.train_limit)
+    V, ok_v = _prompt_count(cfg.val_prompts, cfg.val_limit)
+    E, ok_e = _prompt_count(cfg.eval_prompts, cfg.eval_limit)
+    out["exact_counts"] = ok_k and ok_v and ok_e
+    out["prompts"] = {"train": K, "val": V, "test": E}
+    if K is None:
+        raise ValueError(f"train_limit: needed for a plan ({cfg.train_prompts} cannot be counted here)")
+    n_max = max([cfg.n, *cfg.n_ablation])
+    cl = cells(cfg, collections.defaultdict(str))
+    runs_sweep = sum(len(cfg.betas[c["objective"]]) for c in cl.values())
+    runs_seeds = len(cl) * (len(cfg.seeds) - 1)
+    soups = len(OBJECTIVES) * len(cfg.seeds)
+    models_eval = 1 + len(cl) * len(cfg.seeds) + soups
+    for base in cfg.bases:
+        kind = kind_of(base)
+        gen_train = K * n_max
+        gen_val = (runs_sweep + 1) * V * cfg.val_n
+        gen_eval = models_eval * E * cfg.eval_n
+        gen_bench = 0
+        if cfg.benchmarks:
+            split = cfg.eval_prompts.rpartition("@")[2] if "@" in cfg.eval_prompts else None
+            suffix = f"@{split}" if split in ("val", "test") else ""
+            shapes = kind == "shapes"
+            sets = [("shapes:geneval" if shapes else "geneval") + suffix] + [
+                p + suffix for p in (evaluate.SHAPES_COMPBENCH if shapes else evaluate.REAL_COMPBENCH)]
+            per_model = 0
+            for spec in sets:
+                c, ok = _prompt_count(spec, cfg.eval_limit)
+                per_model += c or 0
+                out["exact_counts"] &= ok
+            gen_bench = (1 + len(cfg.seeds)) * per_model * cfg.eval_n
+        images = gen_train + gen_val + gen_eval + gen_bench
+        reward_calls = gen_train * L + (gen_val + gen_eval) * (L + gold)
+        runs = runs_sweep + runs_seeds
+        steps = runs * cfg.steps
+        pairs = steps * pairs_per_step
+        mode = "lora64" if cfg.lora_rank else "full"
+        thr_img = ANCHOR["sample"].get(kind)
+        thr_pairs = ANCHOR["train"].get((kind, mode))
+        h_sample = images / thr_img / 3600 if thr_img else None
+        h_train = pairs / thr_pairs[2] / 3600 if thr_pairs else None
+        disk = None
+        if kind in LATENT_BYTES:
+            disk = {"samples (PNG, estimate)": gen_train * PNG_BYTES,
+                    "latent cache (float32)": gen_train * LATENT_BYTES[kind] + K * TEXT_BYTES[kind],
+                    "evaluation images (PNG, estimate)": (gen_val + gen_eval + gen_bench) * PNG_BYTES}
+        mem = None
+        if kind != "shapes":
+            mem = plan(base, lora_rank=cfg.lora_rank, mixed_precision=opts.get("mixed_precision", "no"),
+                       optimizer=opts.get("optimizer", "adamw"), checkpointing=opts.get("gradient_checkpointing", "auto"),
+                       pairs_per_gpu=cfg.batch_size, accum=int(opts.get("grad_accum", 1)), gpus=cfg.gpus,
+                       gpu=cfg.gpu, steps=cfg.steps)
+        out["bases"][base] = {
+            "kind": kind, "cells": len(cl), "runs_sweep": runs_sweep, "runs_seeds": runs_seeds, "soups": soups,
+            "models_eval": models_eval,
+            "images": {"training samples": gen_train, "validation (beta selection)": gen_val,
+                       "test (win-rates)": gen_eval, "benchmarks (GenEval, CompBench)": gen_bench, "total": images},
+            "reward_evaluations": reward_calls, "training_runs": runs, "optimizer_steps": steps, "pairs": pairs,
+            "gpu_hours": {"sampling": h_sample, "training": h_train,
+                          "total": (h_sample + h_train) if h_sample is not None and h_train is not None else None},
+            "disk_bytes": disk, "peak_gib_per_gpu": mem["peak_gib_per_gpu"] if mem else None,
+            "static_gib_per_gpu": mem["static_gib_total"] if mem else None}
+    names = list(cfg.bases) + list(cfg.rewards) + ([cfg.gold] if cfg.gold else [])
+    names += [cfg.train_prompts, cfg.val_prompts, cfg.eval_prompts]
+    if cfg.benchmarks and any(kind_of(b) != "shapes" for b in cfg.bases):
+        names += ["geneval", "compbench"]
+    miss = weights.missing(names)
+    if cfg.human_pairs and cfg.pickapic and not glob.glob(cfg.pickapic):
+        miss.append(weights.Need("Pick-a-Pic v2 train shards (Table 4's human labels)", "path", cfg.pickapic,
+                                 "hf download yuvalkirstain/pickapic_v2 --repo-type dataset --include 'data/train-*' "
+                                 f"--local-dir DIR  # then pickapic='DIR/data/train-*.parquet' (now {cfg.pickapic!r})"))
+    out["missing"] = [{"what": m.what, "source": m.source, "fetch": m.fetch()} for m in miss]
+    tot = [b["gpu_hours"]["total"] for b in out["bases"].values()]
+    out["gpu_hours_total"] = sum(tot) if tot and all(t is not None for t in tot) else None
+    out["days_on_gpus"] = out["gpu_hours_total"] / 24 / cfg.gpus if out["gpu_hours_total"] else None
+    return out
+
+
+def _n(x) -> str:
+    return f"{x:,}" if isinstance(x, int) else ("-" if x is None else f"{x:,.1f}")
+
+
+def render_experiment(p: dict) -> str:
+    approx = "" if p["exact_counts"] else " (≈: some prompt files are not cached; upstream set sizes used)"
+    pr = p["prompts"]
+    lines = [f"plan: capo reproduce --preset {p['preset']} on {p['gpus']} x {GPUS[p['gpu']]}{approx}",
+             f"  prompts: {_n(pr['train'])} training, {_n(pr['val'])} validation, {_n(pr['test'])} test; "
+             f"{_n(p['pairs_per_step'])} pairs per optimizer step (batch x grad_accum x {p['gpus']} GPUs)"]
+    for base, b in p["bases"].items():
+        lines.append(f"  {base} ({b['kind']}): {b['cells']} cells, {b['runs_sweep']} sweep runs + {b['runs_seeds']} "
+                     f"more seeds = {b['training_runs']} training runs ({_n(b['optimizer_steps'])} steps, "
+                     f"{_n(b['pairs'])} pairs), {b['soups']} soups, {b['models_eval']} models evaluated")
+        for k, v in b["images"].items():
+            lines.append(f"    images {k:<34} {_n(v):>14}")
+        lines.append(f"    reward evaluations {'':<24} {_n(b['reward_evaluations']):>14}")
+        g = b["gpu_hours"]
+        lines.append("    GPU-hours: " + (f"sampling {_n(g['sampling'])} + training {_n(g['training'])} = {_n(g['total'])}"
+                                         if g["total"] is not None else
+                                         f"sampling {_n(g['sampling'])}, training {_n(g['training'])} "
+                                         "(- : no measured throughput for this model / setting)")
+                     + "; reward scoring not included (no measured throughput)")
+        if b["peak_gib_per_gpu"] is not None or b["static_gib_per_gpu"] is not None:
+            lines.append("    memory per GPU (capo train dry_run): " + (
+                f"{b['peak_gib_per_gpu']:.1f} GiB peak" if b["peak_gib_per_gpu"] is not None
+                else f">= {b['static_gib_per_gpu']:.1f} GiB before activations"))
+        if b["disk_bytes"]:
+            lines.append("    disk: " + ", ".join(f"{k} {v / 1e9:,.0f} GB" for k, v in b["disk_bytes"].items()))
+    if p["gpu_hours_total"] is not None:
+        lines.append(f"  total: {p['gpu_hours_total']:,.0f} GPU-hours ({p['days_on_gpus']:,.1f} days on {p['gpus']} GPUs)")
+    lines.append(f"  throughput: {p['source']}; sampling {ANCHOR['sample']} images/s at 50 steps with CFG")
+    if p["missing"]:
+        lines.append(f"  missing on this machine ({len(p['missing'])}):")
+        for m in p["missing"]:
+            lines.append(f"    - {m['what']} [{m['source']}]: {m['fetch']}")
+    else:
+        lines.append("  every weight and data file is on this machine")
     return "\n".join(lines)

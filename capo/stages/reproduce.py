@@ -75,6 +75,13 @@ class ReproduceConfig:
     lora_rank: int = 0  # 0: full fine-tuning
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds; the sweep trains on seeds[0]
     seed: int = 0  # data seed: training samples, pair draws, evaluation images
+    train_options: dict = field(default_factory=dict)  # further capo train keys of every run (mixed_precision, grad_accum, ...)
+    pickapic: str | None = None  # Table 4 on real base models: Pick-a-Pic v2 parquet shards (a glob)
+    pickapic_limit: int | None = None  # first K Pick-a-Pic comparisons (default: all)
+    gpus: int = 1  # GPUs per run the plan assumes (the runs themselves use what `accelerate launch` starts)
+    gpu: str = "H100"  # the plan's GPU (capo.plan's measured throughput table)
+    scale: float = 1.0  # < 1: the same preset at a tiny size (prompt counts and steps x scale; a smoke test)
+    dry_run: bool = False  # print the plan (capo.plan.experiment) and the missing weights; run nothing
     quiet: bool = False
 
     RULES: ClassVar[dict[str, str]] = {
@@ -82,7 +89,9 @@ class ReproduceConfig:
         "val_limit": ">= 1", "val_n": ">= 1", "eval_limit": ">= 1", "eval_n": ">= 1", "steps": ">= 1",
         "batch_size": ">= 1", "lr": "> 0", "betas": "> 0", "widen": ">= 0", "criterion": "mean-winrate | budget",
         "divergence_budget": "> 0", "n_t": ">= 1", "weighting": "constant | sigmoid", "lora_rank": ">= 0",
-        "seeds": ">= 0", "seed": ">= 0"}
+        "seeds": ">= 0", "seed": ">= 0", "gpus": ">= 1", "scale": "(0, 1]", "pickapic_limit": ">= 1"}
+    LATER: ClassVar[dict] = {"train_options": {}, "pickapic": None, "pickapic_limit": None, "gpus": 1, "gpu": "H100", "scale": 1.0,
+                             "dry_run": False}  # capo.config.to_dict: added after runs existed
 
     def contradictions(self):
         if len(self.rewards) != len(self.roles):
@@ -99,6 +108,15 @@ class ReproduceConfig:
             yield f"gold: {self.gold} is also a training reward (the gold is never trained on)"
         if self.criterion == "budget" and self.divergence_budget is None:
             yield "divergence_budget: criterion=budget needs it"
+        from capo.stages.train import option_errors
+
+        yield from option_errors(self.train_options, self.steps)
+        real = [b for b in self.bases if not is_shapes(b)]
+        if self.human_pairs and real and not self.pickapic:
+            yield (f"human_pairs: the real base(s) {', '.join(real)} need labelled pairs: pickapic=GLOB of Pick-a-Pic "
+                   "v2 parquet shards (or human_pairs=false)")
+        if self.pickapic and not real:
+            yield "pickapic: only for real base models (the shapes world simulates its human labels)"
 
 
 def load_preset(name: str) -> dict:
@@ -138,9 +156,52 @@ def cells(cfg: ReproduceConfig, pair_dirs: dict[str, Path]) -> dict[str, dict]:
     return out
 
 
+def is_shapes(spec: str) -> bool:
+    from capo.plan import kind_of
+
+    return kind_of(spec) == "shapes"
+
+
+def scaled(cfg: ReproduceConfig) -> ReproduceConfig:
+    """The same experiment at ``cfg.scale`` of its size: every prompt count, the optimizer steps
+    and their warm-up times ``scale`` (at least 2 prompts, 1 step); everything else as the preset
+    says."""
+    import dataclasses
+    import math
+
+    if cfg.scale == 1.0:
+        return cfg
+
+    def k(n):
+        return max(2, math.ceil(n * cfg.scale))
+
+    def limit(spec, given):
+        from capo.plan import _prompt_count
+
+        return k(given if given is not None else (_prompt_count(spec, None)[0] or 2))
+
+    steps = max(1, round(cfg.steps * cfg.scale))
+    options = dict(cfg.train_options)
+    if "warmup_steps" in options:
+        options["warmup_steps"] = min(steps, round(options["warmup_steps"] * cfg.scale))
+    return dataclasses.replace(
+        cfg, scale=1.0, train_options=options, train_limit=limit(cfg.train_prompts, cfg.train_limit),
+        val_limit=limit(cfg.val_prompts, cfg.val_limit), eval_limit=limit(cfg.eval_prompts, cfg.eval_limit),
+        pickapic_limit=k(cfg.pickapic_limit or cfg.train_limit or 2) if cfg.pickapic else None, steps=steps,
+        out=cfg.out or f"runs/reproduce-{cfg.preset}-x{cfg.scale:g}")
+
+
 def run(cfg: ReproduceConfig) -> dict:
     from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
 
+    if cfg.dry_run:
+        from capo import plan
+
+        p = plan.experiment(cfg)
+        if not cfg.quiet:
+            print(plan.render_experiment(p))
+        return {"dry_run": True, "plan": p, "root": None, "reports": None, "bases": {}, "seconds": 0.0}
+    cfg = scaled(cfg)
     t0 = time.time()
     root = Path(cfg.out or f"runs/reproduce-{cfg.preset}")
     reports = Path(cfg.reports or root / "reports")
@@ -169,11 +230,22 @@ def run(cfg: ReproduceConfig) -> dict:
             pair_dirs[sel] = b / "pairs" / sel
             pairs.run(pairs.PairsConfig(rewards_tables=list(tables.values()), out=str(pair_dirs[sel]),
                                         selector=sel.split("-")[0], seed=cfg.seed, n=k))
-        if cfg.human_pairs:
+        if cfg.human_pairs and is_shapes(base):
             from capo.worlds.shapes.labelled import label_pairs
 
             pair_dirs["human"] = b / "pairs" / "human"
             label_pairs(b / "samples", pair_dirs["human"], seed=cfg.seed)
+        elif cfg.human_pairs:  # Table 4's Diffusion-DPO baseline: Pick-a-Pic v2's human labels
+            import glob
+
+            from capo.datasets.pickapic import import_pairs
+
+            shards = sorted(glob.glob(cfg.pickapic))
+            if not shards:
+                raise FileNotFoundError(f"pickapic: no file matches {cfg.pickapic!r}")
+            log(f"{base}: import Pick-a-Pic pairs from {len(shards)} shard(s)")
+            got = import_pairs(shards, base, b / "human", limit=cfg.pickapic_limit)
+            pair_dirs["human"] = Path(got["pairs"])
         checkpoints: dict[str, str] = {}  # "<cell>.s<seed>" -> checkpoint
         selected: dict[str, dict] = {}
         for lab, c in cells(cfg, pair_dirs).items():
@@ -185,7 +257,7 @@ def run(cfg: ReproduceConfig) -> dict:
                 report_rewards=gold, val_prompts=cfg.val_prompts, val_limit=cfg.val_limit, val_n=cfg.val_n,
                 eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"), weighting=c["weighting"],
                 bias=c["bias"], lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
-                seed=cfg.seeds[0], quiet=q))
+                seed=cfg.seeds[0], train_options=dict(cfg.train_options), quiet=q))
             sel = res["selected"]
             selected[lab] = sel
             checkpoints[seed_label(lab, cfg.seeds[0])] = sel["checkpoint"]
@@ -196,7 +268,7 @@ def run(cfg: ReproduceConfig) -> dict:
                                             beta=sel["beta_trained"], weighting=c["weighting"], bias=c["bias"],
                                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                             lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps, keep_checkpoints=0,
-                                            log_every=max(1, cfg.steps // 5), quiet=q))
+                                            log_every=max(1, cfg.steps // 5), quiet=q, **cfg.train_options))
                 checkpoints[seed_label(lab, s)] = str(d / "final")
         for o in OBJECTIVES:
             for s in cfg.seeds:
@@ -216,10 +288,12 @@ def run(cfg: ReproduceConfig) -> dict:
             split = cfg.eval_prompts.rpartition("@")[2] if "@" in cfg.eval_prompts else None
             suffix = f"@{split}" if split in ("val", "test") else ""
             frs = [f"{lab}={ck}" for lab, ck in checkpoints.items() if lab.startswith("capo-frs.s")]
+            shapes = is_shapes(base)
             evaluate.run(evaluate.EvalConfig(models=[f"base={base}"] + frs, out=str(b / "bench"),
                                              benchmarks=["geneval", "compbench"],
-                                             geneval_prompts=f"shapes:geneval{suffix}",
-                                             compbench_prompts=[p + suffix for p in evaluate.SHAPES_COMPBENCH],
+                                             geneval_prompts=("shapes:geneval" if shapes else "geneval") + suffix,
+                                             compbench_prompts=[p + suffix for p in (
+                                                 evaluate.SHAPES_COMPBENCH if shapes else evaluate.REAL_COMPBENCH)],
                                              n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
         summary[base] = {"models": len(checkpoints), "selected": {k: v["beta"] for k, v in selected.items()}}
     write_reports(root, reports, cfg)

@@ -86,6 +86,7 @@ class SweepConfig:
     calibration: str = "reference"  # rounds > 1: calibration of later rounds (capo iterate)
     reference: str = "base"  # rounds > 1: KL reference of later rounds (capo iterate)
     seed: int = 0  # training seed of the sweep's runs
+    train_options: dict = field(default_factory=dict)  # further capo train keys of every run (mixed_precision, ...)
     batch: int = 64  # images per sampler / reward call
     n_boot: int = 1000  # bootstrap resamples for the CIs
     overwrite: bool = False
@@ -99,7 +100,8 @@ class SweepConfig:
         "steps": ">= 1", "batch_size": ">= 1", "rounds": ">= 1", "calibration": "reference | self",
         "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
     LATER: ClassVar[dict] = {"rounds": 1, "calibration": lambda c: c.rounds == 1,  # capo.config.to_dict:
-                             "reference": lambda c: c.rounds == 1}  # online keys matter only with rounds > 1
+                             "reference": lambda c: c.rounds == 1,  # online keys matter only with rounds > 1
+                             "train_options": {}}
 
     def contradictions(self):
         if not self.betas:
@@ -112,6 +114,11 @@ class SweepConfig:
             yield "divergence_budget: criterion=budget needs it (the largest validation divergence allowed)"
         if self.steps < self.rounds:
             yield f"steps: {self.steps} cannot be split over rounds = {self.rounds}"
+        from capo.stages.train import option_errors
+
+        yield from option_errors(self.train_options, self.steps)
+        if self.train_options and self.rounds > 1:
+            yield "train_options: only for rounds = 1 (capo iterate sets its own training keys)"
         if leak := sorted(set(self.rewards) & set(self.report_rewards)):
             yield f"report_rewards: {', '.join(leak)} also criterion rewards (report-only rewards are never selected on)"
 
@@ -281,7 +288,8 @@ def run(cfg: SweepConfig) -> dict:
                                             beta=beta / scale, weighting=cfg.weighting, bias=cfg.bias, noise=cfg.noise,
                                             lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
                                             batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps,
-                                            keep_checkpoints=0, log_every=max(1, cfg.steps // 5), quiet=True))
+                                            keep_checkpoints=0, log_every=max(1, cfg.steps // 5), quiet=True,
+                                            **cfg.train_options))
                 ckpt = d / "final"
             else:
                 ckpt = Path(iterate.run(iterate.IterateConfig(

@@ -341,6 +341,27 @@ def frozen_reference(base, other, lora: bool, mixed_precision: str, device):
     return ref.to(dtype) if dtype is not None else ref
 
 
+# The keys a sweep / reproduce sets itself on every run; the others may come in ``train_options``.
+SET_BY_CALLER = ("model", "pairs", "out", "objective", "beta", "weighting", "bias", "noise", "lora_rank", "lr",
+                 "steps", "batch_size", "seed", "checkpoint_every", "keep_checkpoints", "log_every", "quiet",
+                 "samples", "reference", "stop_after", "dry_run", "overwrite")
+
+
+def option_errors(options: dict, steps: int = 100, where: str = "train_options") -> list[str]:
+    """What is wrong with extra ``capo train`` keys passed through a sweep or reproduce."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    errors = [f"{where}: {k!r} is not a capo train key" for k in options if k not in known]
+    errors += [f"{where}: {k!r} is set by the caller (use its own key)" for k in options if k in SET_BY_CALLER]
+    if not errors:
+        try:
+            TrainConfig(model="m", pairs="p", out="o", steps=steps, **options)
+        except Exception as e:  # noqa: BLE001 - the config's own validation message
+            errors.append(f"{where}: {e}")
+    return errors
+
+
 def dry_run(cfg: TrainConfig) -> dict:
     """The plan of this run (``capo.plan``), printed; under FSDP (accelerate's
     ``ACCELERATE_USE_FSDP``) the sharded state is divided over ``WORLD_SIZE``."""
