@@ -441,6 +441,7 @@ def reproduce(preset, dry_run, scale, args):
     on real weights (GPUs). Extra key=value arguments override the preset (capo reproduce --preset
     quick steps=10).
     """
+    import os
     import tempfile
 
     import yaml
@@ -451,6 +452,9 @@ def reproduce(preset, dry_run, scale, args):
     from capo.rewards import RewardLoadError
     from capo.stages import reproduce as R
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _fail("reproduce runs in one process (it drives the other stages); run it plainly and give "
+              "launch='accelerate launch ...' to run its generate, score and training stages on every GPU")
     try:
         data = {**R.load_preset(preset), "preset": Path(preset).stem.removeprefix("reproduce-")}
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:

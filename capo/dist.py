@@ -44,3 +44,39 @@ def prepare_out_dir(state, out_dir, manifest: dict, overwrite: bool) -> bool:
         artifacts.prepare_out_dir(out_dir, manifest, overwrite)
     state.wait_for_everyone()
     return bool(artifacts.read_json(Path(out_dir) / artifacts.MANIFEST).get("complete", False))
+
+
+STAGE_MODULES = {"generate": "capo.stages.generate", "score": "capo.stages.score", "train": "capo.stages.train"}
+
+
+def run_stage(name: str, cfg, launch: str | None = None) -> dict:
+    """Stage ``name`` (generate | score | train) with config ``cfg``: in this process, or, with
+    ``launch`` (a launcher prefix such as ``accelerate launch --num_processes 8`` or ``accelerate
+    launch --config_file configs/accelerate/fsdp-sdxl.yaml``), as ``<launch> -m capo <name>
+    --config <cfg as YAML>`` while the caller waits: how a one-process driver (sweep, reproduce)
+    runs its data-parallel stages on every GPU of a node or a cluster. A failed launch raises
+    ``RuntimeError`` naming the command; its output goes to this process's stdout / stderr."""
+    import importlib
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from capo.config import to_dict
+
+    if launch is None:
+        return importlib.import_module(STAGE_MODULES[name]).run(cfg)
+    with tempfile.NamedTemporaryFile("w", suffix=f"-{name}.yaml", delete=False) as f:
+        yaml.safe_dump(to_dict(cfg), f)
+    cmd = [*shlex.split(launch), "-m", "capo", name, "--config", f.name]
+    env = {k: v for k, v in os.environ.items() if k not in ("CAPO_ARGV", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    try:
+        rc = subprocess.run(cmd, env=env).returncode
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if rc != 0:
+        raise RuntimeError(f"capo {name}: the launched command failed (exit {rc}): {shlex.join(cmd)}")
+    return {"launched": shlex.join(cmd)}

@@ -91,7 +91,7 @@ def test_paper_tables_hold_the_papers_numbers():
 
 def test_unknown_preset_lists_known():
     r = CliRunner().invoke(main, ["reproduce", "--preset", "nope"])
-    assert r.exit_code == 2 and "known: demo, full, quick" in r.output
+    assert r.exit_code == 2 and "known: demo, full, paper-sd3, paper-sdxl, quick" in r.output
 
 
 def test_table3_rows_name_the_base_model_and_bold_the_better(tmp_path):

@@ -119,3 +119,37 @@ def test_gold_and_test_prompts_do_not_change_the_selection(tiny_chain, tmp_path)
     for p in a["grid"]:
         run = tmp_path / "a" / f"beta-{sweep.fmt_beta(p['beta'])}"
         assert (run / "final").is_dir() and not (run / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_launched_training_runs_equal_in_process(tiny_chain, tmp_path):
+    """``launch``: each training run of the sweep goes through a launcher (here torchrun with 2
+    processes x accumulation 1) and lands where the in-process run (1 process x accumulation 2)
+    does, with the same weights to fp32 tolerance and the same selection."""
+    import socket
+    import sys
+
+    from safetensors.torch import load_file
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    common = dict(model=str(tiny_chain / "base"), pairs=str(tiny_chain / "pairs-frs"), objective="capo",
+                  betas=[5.0, 500.0], widen=0, rewards=["toy-bright"], val_prompts="shapes:geneval@val",
+                  val_limit=4, val_n=1, steps=2, batch_size=2, lr=1e-3, quiet=True)
+    a = sweep.run(sweep.SweepConfig(out=str(tmp_path / "a"), train_options={"grad_accum": 2}, **common))
+    launch = f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --master_port={port}"
+    b = sweep.run(sweep.SweepConfig(out=str(tmp_path / "b"), train_options={"grad_accum": 1}, launch=launch, **common))
+    assert a["selected"]["beta"] == b["selected"]["beta"]
+    for beta in (5.0, 500.0):
+        run = f"beta-{sweep.fmt_beta(beta)}"
+        assert json.loads((tmp_path / "b" / run / "manifest.json").read_text())["processes"] == 2
+        wa = load_file(str(tmp_path / "a" / run / "final" / "denoiser.safetensors"))
+        wb = load_file(str(tmp_path / "b" / run / "final" / "denoiser.safetensors"))
+        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    with pytest.raises(Exception, match="only for rounds = 1"):
+        sweep.SweepConfig(model="m", pairs="p", out="o", rounds=2, steps=4, launch=launch)
+    failing = sweep.SweepConfig(out=str(tmp_path / "c"), launch=f"{sys.executable} -c 'raise SystemExit(3)'",
+                                **common)
+    with pytest.raises(RuntimeError, match="exit 3"):
+        sweep.run(failing)

@@ -78,6 +78,7 @@ class ReproduceConfig:
     train_options: dict = field(default_factory=dict)  # further capo train keys of every run (mixed_precision, grad_accum, ...)
     pickapic: str | None = None  # Table 4 on real base models: Pick-a-Pic v2 parquet shards (a glob)
     pickapic_limit: int | None = None  # first K Pick-a-Pic comparisons (default: all)
+    launch: str | None = None  # launcher of generate, score and every training run ("accelerate launch ...")
     gpus: int = 1  # GPUs per run the plan assumes (the runs themselves use what `accelerate launch` starts)
     gpu: str = "H100"  # the plan's GPU (capo.plan's measured throughput table)
     scale: float = 1.0  # < 1: the same preset at a tiny size (prompt counts and steps x scale; a smoke test)
@@ -90,8 +91,9 @@ class ReproduceConfig:
         "batch_size": ">= 1", "lr": "> 0", "betas": "> 0", "widen": ">= 0", "criterion": "mean-winrate | budget",
         "divergence_budget": "> 0", "n_t": ">= 1", "weighting": "constant | sigmoid", "lora_rank": ">= 0",
         "seeds": ">= 0", "seed": ">= 0", "gpus": ">= 1", "scale": "(0, 1]", "pickapic_limit": ">= 1"}
-    LATER: ClassVar[dict] = {"train_options": {}, "pickapic": None, "pickapic_limit": None, "gpus": 1, "gpu": "H100", "scale": 1.0,
-                             "dry_run": False}  # capo.config.to_dict: added after runs existed
+    LATER: ClassVar[dict] = {  # capo.config.to_dict: keys added after runs existed
+        "train_options": {}, "pickapic": None, "pickapic_limit": None, "launch": None, "gpus": 1, "gpu": "H100",
+        "scale": 1.0, "dry_run": False}
 
     def contradictions(self):
         if len(self.rewards) != len(self.roles):
@@ -192,6 +194,7 @@ def scaled(cfg: ReproduceConfig) -> ReproduceConfig:
 
 
 def run(cfg: ReproduceConfig) -> dict:
+    from capo.dist import run_stage
     from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
 
     if cfg.dry_run:
@@ -218,9 +221,9 @@ def run(cfg: ReproduceConfig) -> dict:
     for base in cfg.bases:
         b = root / _slug(base)
         log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {n_max}")
-        generate.run(generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"), n=n_max,
-                                             limit=cfg.train_limit, seed=cfg.seed, quiet=q))
-        score.run(score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q))
+        run_stage("generate", generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"),
+                                                      n=n_max, limit=cfg.train_limit, seed=cfg.seed, quiet=q), cfg.launch)
+        run_stage("score", score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q), cfg.launch)
         tables = {r: str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards}
         pair_dirs: dict[str, Path] = {}
         for r in cfg.rewards:
@@ -257,18 +260,18 @@ def run(cfg: ReproduceConfig) -> dict:
                 report_rewards=gold, val_prompts=cfg.val_prompts, val_limit=cfg.val_limit, val_n=cfg.val_n,
                 eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"), weighting=c["weighting"],
                 bias=c["bias"], lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
-                seed=cfg.seeds[0], train_options=dict(cfg.train_options), quiet=q))
+                seed=cfg.seeds[0], train_options=dict(cfg.train_options), launch=cfg.launch, quiet=q))
             sel = res["selected"]
             selected[lab] = sel
             checkpoints[seed_label(lab, cfg.seeds[0])] = sel["checkpoint"]
             for s in cfg.seeds[1:]:
                 log(f"{base}: train {lab} seed {s} at beta={sel['beta']:.6g}")
                 d = b / "train" / seed_label(lab, s)
-                train.run(train.TrainConfig(model=base, pairs=str(c["pairs"]), out=str(d), objective=c["objective"],
+                run_stage("train", train.TrainConfig(model=base, pairs=str(c["pairs"]), out=str(d), objective=c["objective"],
                                             beta=sel["beta_trained"], weighting=c["weighting"], bias=c["bias"],
                                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                             lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps, keep_checkpoints=0,
-                                            log_every=max(1, cfg.steps // 5), quiet=q, **cfg.train_options))
+                                            log_every=max(1, cfg.steps // 5), quiet=q, **cfg.train_options), cfg.launch)
                 checkpoints[seed_label(lab, s)] = str(d / "final")
         for o in OBJECTIVES:
             for s in cfg.seeds:

@@ -87,6 +87,7 @@ class SweepConfig:
     reference: str = "base"  # rounds > 1: KL reference of later rounds (capo iterate)
     seed: int = 0  # training seed of the sweep's runs
     train_options: dict = field(default_factory=dict)  # further capo train keys of every run (mixed_precision, ...)
+    launch: str | None = None  # launcher of each training run, e.g. "accelerate launch --num_processes 8" (capo.dist.run_stage)
     batch: int = 64  # images per sampler / reward call
     n_boot: int = 1000  # bootstrap resamples for the CIs
     overwrite: bool = False
@@ -101,7 +102,7 @@ class SweepConfig:
         "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
     LATER: ClassVar[dict] = {"rounds": 1, "calibration": lambda c: c.rounds == 1,  # capo.config.to_dict:
                              "reference": lambda c: c.rounds == 1,  # online keys matter only with rounds > 1
-                             "train_options": {}}
+                             "train_options": {}, "launch": None}
 
     def contradictions(self):
         if not self.betas:
@@ -117,8 +118,8 @@ class SweepConfig:
         from capo.stages.train import option_errors
 
         yield from option_errors(self.train_options, self.steps)
-        if self.train_options and self.rounds > 1:
-            yield "train_options: only for rounds = 1 (capo iterate sets its own training keys)"
+        if (self.train_options or self.launch) and self.rounds > 1:
+            yield "train_options, launch: only for rounds = 1 (capo iterate sets its own training keys)"
         if leak := sorted(set(self.rewards) & set(self.report_rewards)):
             yield f"report_rewards: {', '.join(leak)} also criterion rewards (report-only rewards are never selected on)"
 
@@ -249,6 +250,7 @@ def select(values: list[float | None]) -> int | None:
 
 # ----------------------------------------------------------------------------- run
 def run(cfg: SweepConfig) -> dict:
+    from capo.dist import run_stage
     from capo.models import model_fingerprint
     from capo.prompts import load_prompts, records_fingerprint
     from capo.stages import iterate, train
@@ -284,12 +286,12 @@ def run(cfg: SweepConfig) -> dict:
             d = out / f"beta-{fmt_beta(beta)}"
             log(f"{cfg.objective} beta={fmt_beta(beta)} (trained as {beta / scale:.4g})")
             if cfg.rounds == 1:
-                train.run(train.TrainConfig(model=cfg.model, pairs=cfg.pairs, out=str(d), objective=cfg.objective,
+                run_stage("train", train.TrainConfig(model=cfg.model, pairs=cfg.pairs, out=str(d), objective=cfg.objective,
                                             beta=beta / scale, weighting=cfg.weighting, bias=cfg.bias, noise=cfg.noise,
                                             lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
                                             batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps,
                                             keep_checkpoints=0, log_every=max(1, cfg.steps // 5), quiet=True,
-                                            **cfg.train_options))
+                                            **cfg.train_options), cfg.launch)
                 ckpt = d / "final"
             else:
                 ckpt = Path(iterate.run(iterate.IterateConfig(
