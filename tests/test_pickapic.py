@@ -102,3 +102,17 @@ def test_corrupt_image_is_named(tiny_chain, tmp_path):
                                                    str(tiny_chain / "base"), "--out", str(tmp_path / "pap")])
     assert r.exit_code != 0
     assert f"{path} row 0 (ranking_id 21), image 0: corrupt or unreadable image" in r.output
+
+
+@pytest.mark.parametrize("builder", ["build_sdxl", "build_sd3"])
+def test_dpo_trains_on_pickapic_with_the_real_classes(shard, tmp_path, builder):
+    """Table 4's baseline on the real pipelines (tiny random SDXL / SD3 of the diffusers classes)."""
+    import test_diffusers_backends as B
+    from capo.stages import train
+
+    model = str(getattr(B, builder)(tmp_path / "model"))
+    got = pickapic.import_pairs([str(shard)], model, tmp_path / "pap")
+    assert got["counts"]["pairs"] == 3
+    res = train.run(train.TrainConfig(model=model, pairs=got["pairs"], out=str(tmp_path / "t"), objective="dpo",
+                                      steps=2, batch_size=2, lr=1e-3, checkpoint_every=2, quiet=True))
+    assert res["complete"] and res["counts"]["prompts_with_pairs"] == 3

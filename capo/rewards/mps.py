@@ -1,6 +1,15 @@
 """MPS, the paper's overall-preference reward (Zhang et al., "Learning Multi-dimensional Human
 Preference for Text-to-Image Generation", CVPR 2024; Kwai-Kolors/MPS), implemented in capo.
 
+Why capo implements it instead of depending on a package (checked 2026-12, wheels read):
+``imscore`` 0.0.11 (MIT per its classifier) ports MPS as ``MPS.from_pretrained("RE-N-Y/mpsv1")``
+but hard-codes the ``laion/CLIP-ViT-H-14...`` ids in its constructor, so it downloads the whole
+CLIP-H before overwriting it and loads offline only from a pre-filled hub cache, and its README
+asks for ``transformers<5`` (capo runs transformers 5); ``t2v_metrics`` 3.0 (Apache-2.0) has no MPS
+at all (its ``build_mps_model`` port lives in ``evalscope`` 1.14.1, which fetches from ModelScope
+and pulls ``modelscope[datasets]``) and pins ``torch==2.5.1``. capo reads imscore's weights file
+(and the original pickle) instead.
+
 Upstream facts (the MPS repository publishes only compiled ``trainer`` modules; the model code
 is public in copies that agree line for line: Open-Sora-Plan ``opensora/eval/mps/trainer/models``,
 evalscope ``t2v_metrics/models/clipscore_models/build_mps_model``, imscore ``imscore/mps``):
