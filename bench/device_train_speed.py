@@ -12,10 +12,20 @@ For each model and mode (full fine-tuning; LoRA r64 on SDXL) it measures, on one
 
 and prints pairs/s (median over steps after --warmup), peak GiB (torch.cuda.max_memory_allocated)
 and capo / bare. Targets (issue #9): capo >= 1.0x the bare pairs/s with at most 10% more peak
-memory. Sampling (images/s) is not measured by this script.
+memory.
+
+Sampling (images/s, 50 steps with classifier-free guidance, bf16, 1024 px): a whole random-init
+pipeline of the real architectures (denoiser from ``capo/models/configs``; text encoders and VAE
+from the checkpoints' published configs, ``ARCH`` below; a byte-level tokenizer with the real
+vocabulary size, since tokenizer files cannot be downloaded; SD3 without T5, on both sides),
+timed two ways on the same pipeline object, alternating call by call: the bare diffusers pipeline call
+(``StableDiffusionXLPipeline`` with DDIM, guidance 7.5 / ``StableDiffusion3Pipeline`` with its
+flow Euler, guidance 5.0) and capo's ``model.sample`` (what ``capo generate`` runs: per-item seeds,
+the same sampler). Target: capo >= 1.0x the bare pipeline.
 
     python bench/device_train_speed.py [--models sdxl,sd3] [--pairs 4] [--steps 12] [--warmup 4]
     python bench/device_train_speed.py --tiny     # a CPU smoke test with tiny configs
+    python bench/device_train_speed.py --no-train # sampling only (--no-sample: training only)
 """
 
 import argparse
@@ -206,6 +216,118 @@ def _peak(device) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
 
 
+# Text encoders and VAE of the real checkpoints (their config.json on the hub): SDXL's CLIP ViT-L
+# and OpenCLIP bigG; SD3-medium's CLIP-L and CLIP-G (with projections) and its 16-channel VAE.
+ARCH = {
+    "clip-l": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768),
+    "clip-g": dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                   num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280),
+    "vae": dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+                norm_num_groups=32, sample_size=1024),
+    "vae-sdxl": dict(latent_channels=4, scaling_factor=0.13025, force_upcast=True),
+    "vae-sd3": dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                    use_post_quant_conv=False),
+}
+TINY_ARCH = {"clip": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          projection_dim=32),
+             "vae": dict(block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4, sample_size=64)}
+
+
+def byte_tokenizer(vocab_size: int):
+    """A CLIP tokenizer over single bytes (no merges), padded to ``vocab_size`` entries, BOS/EOS last."""
+    from transformers import CLIPTokenizer
+
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b), cs.append(256 + n)
+            n += 1
+    vocab = {}
+    for c in map(chr, cs):
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    while len(vocab) < vocab_size - 2:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = vocab_size - 2, vocab_size - 1
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="<|endoftext|>")
+
+
+def pipeline(kind: str, tiny: bool, device):
+    """A random-init pipeline of the real architecture (``ARCH``), bf16 on ``device`` (fp32 on CPU)."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    dt = torch.bfloat16 if device.type == "cuda" else torch.float32
+    small = TINY_ARCH["clip"] if tiny else {}
+    with torch.device(device):
+        tok = byte_tokenizer(49408)
+        ids = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        te_l = CLIPTextConfig(**{**ARCH["clip-l"], **small, **ids})
+        te_g = CLIPTextConfig(**{**ARCH["clip-g"], **small, **ids})
+        vae = diffusers.AutoencoderKL(**{**ARCH["vae"], **(TINY_ARCH["vae"] if tiny else {}), **ARCH[f"vae-{kind}"]})
+        den = BenchModel(kind, tiny).denoiser
+        if kind == "sdxl":
+            if tiny:
+                den = diffusers.UNet2DConditionModel.from_config({**den.config, "cross_attention_dim": 64,
+                                                                  "projection_class_embeddings_input_dim": 6 * 256 + 32})
+            sched = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                     timestep_spacing="leading", steps_offset=1)
+            pipe = diffusers.StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(te_l), tokenizer=tok,
+                                                       text_encoder_2=CLIPTextModelWithProjection(te_g),
+                                                       tokenizer_2=tok, unet=den, scheduler=sched,
+                                                       force_zeros_for_empty_prompt=True)
+        else:
+            if tiny:
+                den = diffusers.SD3Transformer2DModel.from_config({**den.config, "joint_attention_dim": 32,
+                                                                   "pooled_projection_dim": 64})
+            pipe = diffusers.StableDiffusion3Pipeline(
+                transformer=den, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                text_encoder=CLIPTextModelWithProjection(te_l), tokenizer=tok,
+                text_encoder_2=CLIPTextModelWithProjection(te_g), tokenizer_2=tok, text_encoder_3=None,
+                tokenizer_3=None)
+    return pipe.to(device, dt)
+
+
+def sampling(kind: str, tiny: bool, B: int, reps: int, device) -> dict:
+    """images/s and peak GiB of the bare pipeline call and of capo's sampler, same pipeline object."""
+    from diffusers import DDIMScheduler
+
+    from capo.models.diffusers_backends import SD3Model, SDXLModel
+
+    steps, guidance = 50, (7.5 if kind == "sdxl" else 5.0)
+    res = 64 if tiny else 1024
+    pipe = pipeline(kind, tiny, device)
+    pipe.set_progress_bar_config(disable=True)
+    model = SDXLModel(pipe, resolution=(res, res)) if kind == "sdxl" else \
+        SD3Model(pipe, sampler="euler", resolution=(res, res))
+    if kind == "sdxl":  # the paper's DDIM, from the checkpoint's scheduler config, as capo builds it
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    prompts = [f"a photograph of object number {i} on a table" for i in range(B)]
+    times, peaks = {"bare": [], "capo": []}, {"bare": _peak(device) * 0, "capo": _peak(device) * 0}  # nan on CPU
+    for r in range(reps + 1):  # the first round warms up; bare and capo alternate (drift hits both)
+        seeds = [1000 * r + i for i in range(B)]
+        for name in ("bare", "capo"):
+            _reset(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                if name == "bare":
+                    pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, height=res, width=res,
+                         generator=[torch.Generator(device).manual_seed(s) for s in seeds], output_type="np")
+                else:
+                    model.sample(prompts, seeds, steps=steps, guidance=guidance, batch_size=B)
+            _sync(device)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+            peaks[name] = max(peaks[name], _peak(device)) if device.type == "cuda" else peaks[name]
+    out = {k: (B / statistics.median(times[k]), peaks[k]) for k in times}
+    del pipe, model
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="sdxl,sd3")
@@ -214,12 +336,29 @@ def main():
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--lora-rank", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="tiny configs (a CPU smoke test)")
+    ap.add_argument("--images", type=int, default=4, help="images per sampling call")
+    ap.add_argument("--sample-reps", type=int, default=2, help="timed sampling calls per side (after one warm-up)")
+    ap.add_argument("--no-train", dest="train", action="store_false")
+    ap.add_argument("--no-sample", dest="sample", action="store_false")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; {a.pairs} pairs per step, "
           f"median of steps {a.warmup + 1}..{a.steps}")
+    if a.sample:
+        print(f"\nsampling: {a.images} images per call, 50 steps with CFG, median of {a.sample_reps} calls")
+        print("| model | bare images/s | capo images/s | capo / bare | bare peak GiB | capo peak GiB |")
+        print("|---|---|---|---|---|---|")
+        for kind in a.models.split(","):
+            torch.manual_seed(0)
+            r = sampling(kind, a.tiny, a.images, a.sample_reps, device)
+            (bi, bp), (ci, cp) = r["bare"], r["capo"]
+            print(f"| {kind} | {bi:.3f} | {ci:.3f} | {ci / bi:.2f} | {bp:.1f} | {cp:.1f} |", flush=True)
+            _reset(device)
+    if not a.train:
+        return
+    print(f"\ntraining: {a.pairs} pairs per step")
     print("| model | mode | bare pairs/s | capo pairs/s | capo / bare | bare peak GiB | capo peak GiB |")
     print("|---|---|---|---|---|---|---|")
     modes = [(k, 0) for k in a.models.split(",")] + ([("sdxl", a.lora_rank)] if "sdxl" in a.models else [])

@@ -20,6 +20,13 @@ import numpy as np
 import torch
 
 
+def _stacked(cond: tuple, uncond: tuple | None, guidance: float) -> tuple | None:
+    """(uncond; cond) stacked along the batch for one guided denoiser call; None: no guidance."""
+    if uncond is None or guidance == 1.0:
+        return None
+    return torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]])
+
+
 class GuidedSampling:
     @staticmethod
     def _t_vector(t, b: int, device) -> torch.Tensor:
@@ -33,11 +40,14 @@ class GuidedSampling:
 
     def guided_predict(self, x_t, t, cond: tuple, uncond: tuple | None, guidance: float) -> torch.Tensor:
         """``uncond + g (cond - uncond)``; ``uncond=None`` or ``g == 1``: the conditional alone."""
-        if uncond is None or guidance == 1.0:
+        return self._guided(x_t, t, cond, _stacked(cond, uncond, guidance), guidance)
+
+    def _guided(self, x_t, t, cond: tuple, both: tuple | None, guidance: float) -> torch.Tensor:
+        """``guided_predict`` with the (uncond, cond) conditioning already stacked (``_stacked``)."""
+        if both is None:
             return self.predict(x_t, t, *cond)
         t2 = self._t_vector(t, x_t.shape[0], x_t.device).repeat(2)
-        out = self.predict(torch.cat([x_t, x_t]), t2, torch.cat([uncond[0], cond[0]]), torch.cat([uncond[1], cond[1]]))
-        u, c = out.chunk(2)
+        u, c = self.predict(torch.cat([x_t, x_t]), t2, *both).chunk(2)
         return u + guidance * (c - u)
 
     @torch.no_grad()
@@ -50,9 +60,10 @@ class GuidedSampling:
         uncond = self.unconditional(len(prompts)) if guidance != 1.0 else None
         sched = self.sampler(steps)
         x = self.initial_noise(seeds) * float(getattr(sched, "init_noise_sigma", 1.0))
+        both = _stacked(cond, uncond, guidance)  # once, not at every step
         for i, t in enumerate(sched.timesteps):
             x_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
-            out = self.guided_predict(x_in, self.model_time(sched, i, t), cond, uncond, guidance)
+            out = self._guided(x_in, self.model_time(sched, i, t), cond, both, guidance)
             x = sched.step(out.float(), t, x, return_dict=False)[0]
         return x.float()
 
