@@ -13,13 +13,16 @@ shapes models from the model itself (a few MB). Bytes follow what ``capo train``
 * with FSDP (``shards``), weights, gradients and optimizer state are divided over the shards;
   the reference and the activations are per GPU.
 
-Activations are not derived from the architecture: they come from measured peaks, the
-anchor of issue #9 (a bare PyTorch loop, random-init backbones of the real shapes at
-1024 px, bf16, SDPA, fused AdamW, gradient checkpointing, one H100, 2026): per pair,
-(measured peak - the static bytes above) / pairs. Against that same anchor the full
-fine-tuning rows agree by construction; the LoRA row calibrated at 4 pairs predicts the
-8-pair peak (an out-of-sample check, in the tests). Activations scale with the pixel count;
-without gradient checkpointing they are not estimated (no measurement). Time per step =
+Activations are derived from the architecture (``traced_activations``): the denoiser's forward
+at the model's resolution in bf16 on the meta device, counting every tensor autograd saves for
+backward (flash-attention-style attention; parameters excluded), with and without gradient
+checkpointing (then: what the non-recomputed ops save + the checkpointed units' inputs + the
+largest unit's own tensors). Nothing is calibrated on a measurement: against the anchor of
+issue #9 (a bare PyTorch loop, random-init backbones of the real shapes at 1024 px, bf16, SDPA,
+fused AdamW, gradient checkpointing, one H100, 2026) the plans of its four measured peaks are
+within 6% (SDXL full 48.5 vs 46 GiB, SD3-M full 38.9 vs 38, SDXL LoRA r64 11.6 vs 11.4 at 4
+pairs and 17.1 vs 16.9 at 8; in the tests). Without checkpointing no peak was measured: SDXL
+needs 13.6 GiB per pair, so 4 pairs (97.5 GiB) do not fit on an 80 GB card. Time per step =
 pairs per step / the anchor's training throughput on the named GPU.
 """
 
@@ -35,14 +38,15 @@ SHIPPED = {"sdxl": ("sdxl", "UNet2DConditionModel", "sdxl-unet.json", (1024, 102
            "sd3-medium": ("sd3", "SD3Transformer2DModel", "sd3-medium-transformer.json", (1024, 1024))}
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # what capo train adapts (capo.stages.train)
 
-# The anchor (issue #9): measured on one H100, bare bf16 loop, 1024 px, checkpointing, 2026.
+# The anchor (issue #9): measured on one H100, bare bf16 loop, 1024 px, checkpointing, 2026. Its
+# throughputs time the plans; its peaks check the architecture-derived memory (tests/test_plan.py).
 ANCHOR = {
     "source": "issue #9 anchor: bare PyTorch loop, random-init real shapes, 1024 px, bf16, SDPA, fused AdamW, "
               "gradient checkpointing, policy fwd+bwd and reference fwd per pair; one H100 (2026)",
     # (kind, mode) -> (pairs per step, measured peak GiB, training pairs/s)
     "train": {("sdxl", "full"): (4, 46.0, 4.65), ("sd3", "full"): (4, 38.0, 3.62),
               ("sdxl", "lora64"): (4, 11.4, 3.71)},
-    "train_lora64_8_pairs": {"sdxl": (8, 16.9, 4.70)},  # held out: checked against the prediction
+    "train_lora64_8_pairs": {"sdxl": (8, 16.9, 4.70)},
     # kind -> images/s of the bare diffusers-style sampler, 50 steps with classifier-free guidance, 1024 px
     "sample": {"sdxl": 0.573, "sd3": 0.417},
 }
@@ -102,8 +106,11 @@ def count(model: str, lora_rank: int = 0) -> dict:
         return dict(_shipped_count(model, lora_rank))
     for sub, cls, kind in (("unet", "UNet2DConditionModel", "sdxl"), ("transformer", "SD3Transformer2DModel", "sd3")):
         if (p / sub / "config.json").is_file():
-            n, lora = _meta_count(cls, json.loads((p / sub / "config.json").read_text()), lora_rank)
-            return {"kind": kind, "params": n, "lora_params": lora, "resolution": None}
+            config = json.loads((p / sub / "config.json").read_text())
+            n, lora = _meta_count(cls, config, lora_rank)
+            side = int(config.get("sample_size", 0)) * 8  # latent side x the VAE factor
+            return {"kind": kind, "params": n, "lora_params": lora, "resolution": (side, side) if side else None,
+                    "arch": (cls, config)}
     import torch
 
     from capo.models import load_model  # the shapes models: small enough to count for real
@@ -126,16 +133,120 @@ def static_bytes(params: int, lora_params: int, lora: bool, mixed_precision: str
             "optimizer state": params * moments / shards, "reference": params * (2 if half else 4)}
 
 
-def activation_per_pair(kind: str, lora: bool, checkpointing: bool, resolution) -> float | None:
-    """GiB of activations per training pair from the anchor (None: no measurement)."""
-    mode = "lora64" if lora else "full"
-    if not checkpointing or (kind, mode) not in ANCHOR["train"]:
+# Units diffusers recomputes under gradient checkpointing (``_gradient_checkpointing_func``): the
+# UNet's resnets and the transformer blocks inside its Transformer2DModels; SD3's joint blocks.
+CHECKPOINT_UNITS = {"sdxl": ("ResnetBlock2D", "BasicTransformerBlock"), "sd3": ("JointTransformerBlock",)}
+
+
+class _FlashAttention:
+    """Stand-in for ``F.scaled_dot_product_attention`` while tracing: an output of the right shape
+    that saves what flash / memory-efficient attention saves for backward (q, k, v, out and the
+    float32 log-sum-exp), not the (L x L) attention matrix of the math fallback."""
+
+    @staticmethod
+    def apply(q, k, v, *args, **kwargs):
+        import torch
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v):
+                out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+                ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+                return out
+
+            @staticmethod
+            def backward(ctx, g):  # never run: the trace has no backward
+                raise RuntimeError("trace only")
+
+        return Fn.apply(q, k, v)
+
+
+@functools.lru_cache(maxsize=None)
+def traced_activations(kind: str, cls_name: str, config_json: str, resolution: tuple) -> dict:
+    """Bytes saved for backward per training pair (2 images) by the denoiser's forward at
+    ``resolution`` in bf16, traced on the meta device (nothing allocated): ``off`` without
+    checkpointing (every tensor saved by autograd, parameters excluded, each storage once);
+    ``on`` with it: what the non-recomputed ops save + every checkpointed unit's inputs + the
+    largest unit's own saved tensors (recomputed in the backward pass, one unit at a time).
+    Attention saves what flash attention does (``_FlashAttention``)."""
+    import diffusers
+    import torch
+    import torch.nn.functional as F
+
+    config = {k: v for k, v in json.loads(config_json).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        m = getattr(diffusers, cls_name).from_config(config).to(torch.bfloat16)
+    params = {id(p) for p in m.parameters()}
+    state = {"unit": None}
+    outside, inside, inputs = {}, {}, {}
+
+    def pre(mod, args, kwargs):
+        if state["unit"] is None:
+            state["unit"] = id(mod)
+            inside[id(mod)] = {}
+            for a in (*args, *kwargs.values()):
+                if torch.is_tensor(a):
+                    inputs[id(a)] = a.numel() * a.element_size()
+
+    def post(mod, args, kwargs, out):
+        if state["unit"] == id(mod):
+            state["unit"] = None
+
+    for mod in m.modules():
+        if type(mod).__name__ in CHECKPOINT_UNITS[kind]:
+            mod.register_forward_pre_hook(pre, with_kwargs=True)
+            mod.register_forward_hook(post, with_kwargs=True)
+
+    seen: set[int] = set()
+
+    def pack(t):
+        base = t._base if t._base is not None else t
+        if id(base) not in params and id(base) not in seen:  # each storage once, where first saved
+            seen.add(id(base))
+            (outside if state["unit"] is None else inside[state["unit"]])[id(base)] = base.numel() * base.element_size()
+        return t
+
+    for p in m.parameters():
+        p.requires_grad_(True)
+    b, dt, c = 2, torch.bfloat16, m.config
+    h, w = resolution[0] // 8, resolution[1] // 8
+    sdpa = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _FlashAttention.apply
+    try:
+        with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            x = torch.randn(b, c.in_channels, h, w, dtype=dt)
+            if kind == "sdxl":
+                pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+                m(x, torch.zeros(b, dtype=torch.long), encoder_hidden_states=torch.randn(b, 77, c.cross_attention_dim,
+                                                                                         dtype=dt),
+                  added_cond_kwargs={"text_embeds": torch.randn(b, pooled, dtype=dt),
+                                     "time_ids": torch.randn(b, 6, dtype=dt)})
+            else:
+                m(hidden_states=x, timestep=torch.zeros(b), pooled_projections=torch.randn(b, c.pooled_projection_dim,
+                                                                                            dtype=dt),
+                  encoder_hidden_states=torch.randn(b, 77 + 256, c.joint_attention_dim, dtype=dt))
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    out, unit_in = sum(outside.values()), sum(inputs.values())
+    own = [sum(d.values()) for d in inside.values()]
+    return {"off": out + sum(own), "on": out + unit_in + max(own, default=0)}
+
+
+def activation_per_pair(kind: str, lora: bool, checkpointing: bool, resolution, arch=None,
+                        mixed_precision: str = "bf16") -> float | None:
+    """GiB of activations per training pair, from the architecture (``traced_activations``;
+    ``arch`` = (class name, config dict), default the shipped one of ``kind``). bf16 / fp16 as
+    traced; fp32 twice that. LoRA saves the same activations (the frozen base still passes
+    gradients to the adapters' inputs) plus rank-sized intermediates, not counted. None for a
+    model the trace does not know (the shapes world's)."""
+    if kind not in CHECKPOINT_UNITS or not resolution:
         return None
-    pairs, peak, _ = ANCHOR["train"][(kind, mode)]
-    n = _shipped_count({"sdxl": "sdxl", "sd3": "sd3-medium"}[kind], 64 if lora else 0)
-    static = sum(static_bytes(n["params"], n["lora_params"], lora, "bf16", "adamw").values()) / GIB
-    scale = 1.0 if not resolution else (resolution[0] * resolution[1]) / (1024 * 1024)
-    return (peak - static) / pairs * scale
+    if arch is None:
+        model = {"sdxl": "sdxl", "sd3": "sd3-medium"}[kind]
+        arch = (SHIPPED[model][1], json.loads((CONFIGS / SHIPPED[model][2]).read_text()))
+    t = traced_activations(kind, arch[0], json.dumps(arch[1], sort_keys=True), tuple(resolution))
+    factor = 1.0 if mixed_precision in ("bf16", "fp16") else 2.0
+    return t["on" if checkpointing else "off"] * factor / GIB
 
 
 def plan(model: str, *, lora_rank: int = 0, mixed_precision: str = "no", optimizer: str = "adamw",
@@ -151,7 +262,7 @@ def plan(model: str, *, lora_rank: int = 0, mixed_precision: str = "no", optimiz
 
     checkpointing = use_checkpointing(checkpointing, c["kind"])
     st = static_bytes(c["params"], c["lora_params"], lora, mixed_precision, optimizer, shards)
-    act = activation_per_pair(c["kind"], lora, checkpointing, c["resolution"])
+    act = activation_per_pair(c["kind"], lora, checkpointing, c["resolution"], c.get("arch"), mixed_precision)
     peak = sum(st.values()) / GIB + (act * pairs_per_gpu if act is not None else 0.0)
     thr = ANCHOR["train"].get((c["kind"], "lora64" if lora else "full"))
     per_step = pairs_per_gpu * accum / thr[2] if thr else None
@@ -170,8 +281,9 @@ def render(p: dict) -> str:
         lines.append(f"  {k:<26} {v:8.2f} GiB" + (f" (1/{p['shards']} shard)" if p["shards"] > 1 and
                                                       k in ("weights (fp32)", "gradients", "optimizer state") else ""))
     a = p["activations_gib_per_pair"]
-    lines.append(f"  {'activations':<26} " + (f"{a:8.2f} GiB per pair x {p['pairs_per_gpu']}" if a is not None else
-                                              "not estimated (no measurement for this model / setting)"))
+    lines.append(f"  {'activations':<26} " + (
+        f"{a:8.2f} GiB per pair x {p['pairs_per_gpu']} (traced from the architecture, checkpointing "
+        f"{'on' if p['checkpointing'] else 'off'})" if a is not None else "not estimated (not a traced architecture)"))
     lines.append(f"  {'peak per GPU':<26} " + (f"{p['peak_gib_per_gpu']:8.1f} GiB" if p["peak_gib_per_gpu"] is not None
                                                else f">= {p['static_gib_total']:.1f} GiB (activations not included)"))
     if p["seconds_per_step"] is not None:
@@ -179,7 +291,7 @@ def render(p: dict) -> str:
                      f"({p['steps']} steps: {p['hours']:.2f} h)")
     else:
         lines.append(f"  {'time per step':<26} not estimated (no throughput measured for this model on {p['gpu']})")
-    lines.append(f"  source: {p['source']}")
+    lines.append(f"  throughput source: {p['source']}")
     return "\n".join(lines)
 
 
