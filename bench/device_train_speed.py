@@ -237,16 +237,11 @@ TINY_ARCH = {"clip": dict(hidden_size=32, intermediate_size=64, num_hidden_layer
 
 def byte_tokenizer(vocab_size: int):
     """A CLIP tokenizer over single bytes (no merges), padded to ``vocab_size`` entries, BOS/EOS last."""
+    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b), cs.append(256 + n)
-            n += 1
     vocab = {}
-    for c in map(chr, cs):
+    for c in sorted(ByteLevel.alphabet()):  # the 256 byte-level symbols
         vocab.setdefault(c, len(vocab))
         vocab.setdefault(c + "</w>", len(vocab))
     while len(vocab) < vocab_size - 2:
