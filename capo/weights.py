@@ -18,9 +18,9 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Need:
     what: str  # what it is, for people
-    kind: str  # hub | dataset | env | prompts | path
-    source: str  # hub repo id | environment variable | prompt set name | a glob of local files
-    file: str = ""  # hub / dataset: a file of the repo that must be cached; env / path: how to get it
+    kind: str  # hub | dataset | env | prompts | path | package
+    source: str  # hub repo id | environment variable | prompt set name | a glob of local files | module
+    file: str = ""  # hub / dataset: a file of the repo that must be cached; env / path / package: how to get it
     gated: bool = False
 
     def present(self) -> bool:
@@ -38,6 +38,10 @@ class Need:
             return all((default_cache_dir() / f.local).is_file() for f in get_prompt_set(self.source).files())
         if self.kind == "path":
             return bool(glob.glob(self.source))
+        if self.kind == "package":
+            import importlib.util
+
+            return importlib.util.find_spec(self.source) is not None
         raise ValueError(f"unknown need kind {self.kind!r}")
 
     def fetch(self) -> str:
@@ -51,7 +55,7 @@ class Need:
         if self.kind == "prompts":
             return (f"python -c \"from capo.eval.prompts import load_prompt_set; load_prompt_set('{self.source}')\""
                     "  # online; or copy the upstream files into ~/.cache/capo/benchmarks")
-        if self.kind == "path":
+        if self.kind in ("path", "package"):
             return self.file
         raise ValueError(f"unknown need kind {self.kind!r}")
 
@@ -71,8 +75,9 @@ NEEDS: dict[str, list[Need]] = {
                     Need("its CLIP vision tower config and processor", "hub", "openai/clip-vit-large-patch14-336",
                          "preprocessor_config.json")],
     "vqascore-blip": [Need("BLIP VQA", "hub", "Salesforce/blip-vqa-base", "config.json")],
-    "vila": [Need("VILA-R SavedModel (google/vila on Kaggle Models) and `pip install 'capo[vila]'`", "env",
-                  "CAPO_VILA_PATH", "google/vila, TensorFlow 2, image")],
+    "vila": [Need("VILA-R SavedModel (google/vila on Kaggle Models)", "env", "CAPO_VILA_PATH",
+                  "google/vila, TensorFlow 2, image"),
+             Need("TensorFlow for VILA's worker process", "package", "tensorflow", "pip install 'capo[vila]'")],
     "pickscore": [Need("PickScore v1", "hub", "yuvalkirstain/PickScore_v1", "config.json"),
                   Need("its CLIP-H processor", "hub", _CLIP_H, "preprocessor_config.json")],
     "hps": [Need("HPS v2.1", "hub", "xswu/HPSv2", "HPS_v2.1_compressed.pt")],

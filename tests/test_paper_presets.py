@@ -96,7 +96,8 @@ def test_dry_run_lists_every_missing_weight(tmp_path):
                    "zhiqiulin/clip-flant5-xxl", "openai/clip-vit-large-patch14-336", "poloclub/diffusiondb",
                    "facebook/mask2former-swin-small-coco-instance", "Salesforce/blip-vqa-capfilt-large"):
         assert f"hf download {hub_id}" in text, hub_id
-    for name in ("CAPO_VILA_PATH", "[parti]", "[geneval]", "[t2i-compbench:color]", "pickapic_v2"):
+    for name in ("CAPO_VILA_PATH", "[parti]", "[geneval]", "[t2i-compbench:color]", "pickapic_v2",
+                 "pip install 'capo[vila]'"):
         assert name in text, name
     assert "GPU-hours" in text and "3,200,000" in text  # 100K prompts x 16 samples
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
