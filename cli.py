@@ -467,7 +467,7 @@ def reproduce(preset, dry_run, scale, args):
         if cfg.dry_run:
             R.run(cfg)
             return
-        with no_trace_on_failure(R.scaled(cfg).out or f"runs/reproduce-{cfg.preset}"):
+        with no_trace_on_failure(R.out_dir(cfg)):
             res = R.run(cfg)
     except (ConfigError, ValueError, ArtifactError, ModelLoadError, RewardLoadError, FileNotFoundError) as e:
         _fail(str(e))

@@ -138,27 +138,30 @@ def static_bytes(params: int, lora_params: int, lora: bool, mixed_precision: str
 CHECKPOINT_UNITS = {"sdxl": ("ResnetBlock2D", "BasicTransformerBlock"), "sd3": ("JointTransformerBlock",)}
 
 
-class _FlashAttention:
-    """Stand-in for ``F.scaled_dot_product_attention`` while tracing: an output of the right shape
+@functools.cache
+def _flash_function():
+    """An autograd function standing in for attention while tracing: an output of the right shape
     that saves what flash / memory-efficient attention saves for backward (q, k, v, out and the
     float32 log-sum-exp), not the (L x L) attention matrix of the math fallback."""
+    import torch
 
-    @staticmethod
-    def apply(q, k, v, *args, **kwargs):
-        import torch
+    class FlashAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
 
-        class Fn(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, q, k, v):
-                out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
-                ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
-                return out
+        @staticmethod
+        def backward(ctx, g):  # never run: the trace has no backward
+            raise RuntimeError("trace only")
 
-            @staticmethod
-            def backward(ctx, g):  # never run: the trace has no backward
-                raise RuntimeError("trace only")
+    return FlashAttention
 
-        return Fn.apply(q, k, v)
+
+def flash_attention(q, k, v, *args, **kwargs):
+    """``F.scaled_dot_product_attention``'s stand-in while tracing (``_flash_function``)."""
+    return _flash_function().apply(q, k, v)
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,7 +171,7 @@ def traced_activations(kind: str, cls_name: str, config_json: str, resolution: t
     checkpointing (every tensor saved by autograd, parameters excluded, each storage once);
     ``on`` with it: what the non-recomputed ops save + every checkpointed unit's inputs + the
     largest unit's own saved tensors (recomputed in the backward pass, one unit at a time).
-    Attention saves what flash attention does (``_FlashAttention``)."""
+    Attention saves what flash attention does (``flash_attention``)."""
     import diffusers
     import torch
     import torch.nn.functional as F
@@ -211,7 +214,7 @@ def traced_activations(kind: str, cls_name: str, config_json: str, resolution: t
     b, dt, c = 2, torch.bfloat16, m.config
     h, w = resolution[0] // 8, resolution[1] // 8
     sdpa = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _FlashAttention.apply
+    F.scaled_dot_product_attention = flash_attention
     try:
         with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             x = torch.randn(b, c.in_channels, h, w, dtype=dt)
@@ -232,7 +235,7 @@ def traced_activations(kind: str, cls_name: str, config_json: str, resolution: t
     return {"off": out + sum(own), "on": out + unit_in + max(own, default=0)}
 
 
-def activation_per_pair(kind: str, lora: bool, checkpointing: bool, resolution, arch=None,
+def activation_per_pair(kind: str, checkpointing: bool, resolution, arch=None,
                         mixed_precision: str = "bf16") -> float | None:
     """GiB of activations per training pair, from the architecture (``traced_activations``;
     ``arch`` = (class name, config dict), default the shipped one of ``kind``). bf16 / fp16 as
@@ -262,7 +265,7 @@ def plan(model: str, *, lora_rank: int = 0, mixed_precision: str = "no", optimiz
 
     checkpointing = use_checkpointing(checkpointing, c["kind"])
     st = static_bytes(c["params"], c["lora_params"], lora, mixed_precision, optimizer, shards)
-    act = activation_per_pair(c["kind"], lora, checkpointing, c["resolution"], c.get("arch"), mixed_precision)
+    act = activation_per_pair(c["kind"], checkpointing, c["resolution"], c.get("arch"), mixed_precision)
     peak = sum(st.values()) / GIB + (act * pairs_per_gpu if act is not None else 0.0)
     thr = ANCHOR["train"].get((c["kind"], "lora64" if lora else "full"))
     per_step = pairs_per_gpu * accum / thr[2] if thr else None
@@ -333,8 +336,7 @@ def experiment(cfg) -> dict:
     import glob
 
     from capo import weights
-    from capo.stages import evaluate
-    from capo.stages.reproduce import cells, scaled
+    from capo.stages.reproduce import benchmark_sets, cells, scaled
     from capo.tables import OBJECTIVES
 
     if cfg.gpu not in GPUS:
@@ -365,13 +367,9 @@ def experiment(cfg) -> dict:
         gen_eval = models_eval * E * cfg.eval_n
         gen_bench = 0
         if cfg.benchmarks:
-            split = cfg.eval_prompts.rpartition("@")[2] if "@" in cfg.eval_prompts else None
-            suffix = f"@{split}" if split in ("val", "test") else ""
-            shapes = kind == "shapes"
-            sets = [("shapes:geneval" if shapes else "geneval") + suffix] + [
-                p + suffix for p in (evaluate.SHAPES_COMPBENCH if shapes else evaluate.REAL_COMPBENCH)]
+            geneval, compbench = benchmark_sets(cfg, base)
             per_model = 0
-            for spec in sets:
+            for spec in [geneval, *compbench]:
                 c, ok = _prompt_count(spec, cfg.eval_limit)
                 per_model += c or 0
                 out["exact_counts"] &= ok

@@ -131,6 +131,7 @@ def test_paper_sdxl_at_tiny_scale_end_to_end(tmp_path):
 
     from capo.rewards import mps as M
     from test_diffusers_backends import build_sdxl
+    from test_pickapic import write_shard
     from test_mps import CROSS
     from test_real_rewards import tiny_clip_dir
     from test_vqascore_t5 import tiny_clip_t5_dir
@@ -159,22 +160,8 @@ def test_paper_sdxl_at_tiny_scale_end_to_end(tmp_path):
     _cache(hub, "poloclub/diffusiondb", tmp_path / "ddb", kind="datasets")
     (tmp_path / "capo").mkdir()
     os.symlink(SHARED / "benchmarks", tmp_path / "capo" / "benchmarks")
-    import io
-
-    from PIL import Image
-
-    def jpg(color):
-        buf = io.BytesIO()
-        Image.new("RGB", (48, 40), color).save(buf, format="JPEG")
-        return buf.getvalue()
-
     (tmp_path / "pap").mkdir()
-    pd.DataFrame([("a red circle", jpg((250, 0, 0)), jpg((0, 0, 250)), 1.0, 0.0, 11),
-                  ("a blue square", jpg((250, 0, 0)), jpg((0, 0, 250)), 0.0, 1.0, 12),
-                  ("a green triangle", jpg((0, 250, 0)), jpg((0, 0, 250)), 0.5, 0.5, 13),
-                  ("a red circle", jpg((0, 250, 0)), jpg((250, 0, 0)), 1.0, 0.0, 14)],
-                 columns=["caption", "jpg_0", "jpg_1", "label_0", "label_1", "ranking_id"]
-                 ).to_parquet(tmp_path / "pap" / "train-00000.parquet")
+    write_shard(tmp_path / "pap" / "train-00000.parquet")
 
     run = tmp_path / "run"
     args = [*CAPO, "reproduce", "--preset", "paper-sdxl", "--scale", "0.00003", f"out={run}",

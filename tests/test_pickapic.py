@@ -19,8 +19,8 @@ def _jpg(color, size=(48, 40)) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def shard(tmp_path):
+def write_shard(path):
+    """A Pick-a-Pic v2 parquet shard: 3 labelled pairs (both label orders) and a tie."""
     rows = [  # caption, jpg_0, jpg_1, label_0, label_1, ranking_id (+ columns capo does not read)
         ("a red circle", _jpg((250, 0, 0)), _jpg((0, 0, 250)), 1.0, 0.0, 11),  # jpg_0 preferred
         ("a blue square", _jpg((250, 0, 0)), _jpg((0, 0, 250)), 0.0, 1.0, 12),  # jpg_1 preferred
@@ -29,9 +29,13 @@ def shard(tmp_path):
     ]
     df = pd.DataFrame(rows, columns=["caption", "jpg_0", "jpg_1", "label_0", "label_1", "ranking_id"])
     df["has_label"], df["user_id"] = True, 7
-    path = tmp_path / "train-00000-of-00001.parquet"
     df.to_parquet(path)
     return path
+
+
+@pytest.fixture
+def shard(tmp_path):
+    return write_shard(tmp_path / "train-00000-of-00001.parquet")
 
 
 def test_rows_ties_dropped_and_errors(shard, tmp_path):

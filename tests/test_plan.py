@@ -56,8 +56,8 @@ def test_activation_trace_by_hand_and_without_checkpointing():
     fp32 = plan.plan("sdxl", pairs_per_gpu=4)
     assert fp32["activations_gib_per_pair"] == pytest.approx(2 * full["activations_gib_per_pair"])
     # activations grow with the pixel count (attention's saved tensors are linear in it, not quadratic)
-    small = plan.activation_per_pair("sdxl", False, True, (512, 512))
-    big = plan.activation_per_pair("sdxl", False, True, (1024, 1024))
+    small = plan.activation_per_pair("sdxl", True, (512, 512))
+    big = plan.activation_per_pair("sdxl", True, (1024, 1024))
     assert 2.5 < big / small < 4.5
     with pytest.raises(ValueError, match="no throughput measured for GPU 'A100'"):
         plan.plan("sdxl", gpu="A100")
@@ -103,7 +103,7 @@ def test_meta_trace_counts_what_a_real_forward_saves():
         return t
 
     sdpa = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = plan._FlashAttention.apply
+    F.scaled_dot_product_attention = plan.flash_attention
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             dt = torch.bfloat16

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from capo.rewards import RewardLoadError
-from capo.rewards.real import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, _device, _first_line, _from_pretrained, _hub_hint,
+from capo.rewards.real import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, _device, _first_line, _from_pretrained,
                                _pil, _require, _Reward)
 
 MPS_REPO, MPS_FILE = "RE-N-Y/mpsv1", "model.safetensors"  # imscore's port of MPS_overall_checkpoint.pth
@@ -231,7 +231,6 @@ class _PickleModule:  # what torch.load's pickle_module needs
 
 def read_state(file: Path) -> dict:
     """The MPS weights of ``file`` as ``{"model.*", "cross_model.*"}`` tensors."""
-
     file = Path(file)
     try:
         if file.suffix == ".safetensors":
@@ -302,7 +301,6 @@ class MPS(_Reward):
         return clip.text_projection(hidden), clip.text_projection(hidden[torch.arange(len(ids)), eos])
 
     def _score(self, images, prompts):
-
         clip, b = self.net.model, len(prompts)
         text_f, text_eos = self._text(self._ids(prompts))
         cond_f, _ = self._text(self.cond_ids.expand(b, -1))

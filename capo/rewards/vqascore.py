@@ -35,6 +35,7 @@ bf16, the XL (``vqascore-xl``) about 7 GB.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from capo.rewards import RewardLoadError
@@ -67,39 +68,34 @@ def expand2square(image, fill):
     return out
 
 
+@functools.cache
 def model_class():
     """``CLIPT5`` (built on first use: transformers is imported lazily)."""
-    global _CLIPT5
-    if _CLIPT5 is None:
-        from torch import nn
-        from transformers import CLIPVisionConfig, CLIPVisionModel, T5ForConditionalGeneration
+    from torch import nn
+    from transformers import CLIPVisionConfig, CLIPVisionModel, T5ForConditionalGeneration
 
-        class Tower(nn.Module):
-            def __init__(self, vision_config):
-                super().__init__()
-                self.vision_tower = CLIPVisionModel(vision_config)
+    class Tower(nn.Module):
+        def __init__(self, vision_config):
+            super().__init__()
+            self.vision_tower = CLIPVisionModel(vision_config)
 
-        class CLIPT5(T5ForConditionalGeneration):
-            """FlanT5 with a CLIP vision tower and a 2-layer GELU projector (upstream layout)."""
+    class CLIPT5(T5ForConditionalGeneration):
+        """FlanT5 with a CLIP vision tower and a 2-layer GELU projector (upstream layout)."""
 
-            def __init__(self, config):
-                super().__init__(config)
-                vc = CLIPVisionConfig(**config.vision_config)
-                self.vision_tower = Tower(vc)
-                self.mm_projector = nn.Sequential(nn.Linear(vc.hidden_size, config.d_model), nn.GELU(),
-                                                  nn.Linear(config.d_model, config.d_model))
-                self.post_init()
+        def __init__(self, config):
+            super().__init__(config)
+            vc = CLIPVisionConfig(**config.vision_config)
+            self.vision_tower = Tower(vc)
+            self.mm_projector = nn.Sequential(nn.Linear(vc.hidden_size, config.d_model), nn.GELU(),
+                                              nn.Linear(config.d_model, config.d_model))
+            self.post_init()
 
-            def image_features(self, pixel_values):
-                layer = getattr(self.config, "mm_vision_select_layer", -2)
-                out = self.vision_tower.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
-                return self.mm_projector(out.hidden_states[layer][:, 1:])
+        def image_features(self, pixel_values):
+            layer = getattr(self.config, "mm_vision_select_layer", -2)
+            out = self.vision_tower.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
+            return self.mm_projector(out.hidden_states[layer][:, 1:])
 
-        _CLIPT5 = CLIPT5
-    return _CLIPT5
-
-
-_CLIPT5 = None
+    return CLIPT5
 
 
 class VQAScoreT5(_Reward):

@@ -164,6 +164,23 @@ def is_shapes(spec: str) -> bool:
     return kind_of(spec) == "shapes"
 
 
+def out_dir(cfg: ReproduceConfig) -> str:
+    """The experiment directory: ``out``, else ``runs/reproduce-<preset>`` (``-x<scale>`` for a scaled run)."""
+    return cfg.out or f"runs/reproduce-{cfg.preset}" + (f"-x{cfg.scale:g}" if cfg.scale != 1.0 else "")
+
+
+def benchmark_sets(cfg: ReproduceConfig, base: str) -> tuple[str, list[str]]:
+    """Table 3's prompt sets for ``base``: GenEval and the CompBench categories (the shapes
+    world's for a shapes model), on the same half (``@val`` / ``@test``) as ``eval_prompts``."""
+    from capo.stages import evaluate
+
+    split = cfg.eval_prompts.rpartition("@")[2] if "@" in cfg.eval_prompts else None
+    suffix = f"@{split}" if split in ("val", "test") else ""
+    shapes = is_shapes(base)
+    compbench = evaluate.SHAPES_COMPBENCH if shapes else evaluate.REAL_COMPBENCH
+    return ("shapes:geneval" if shapes else "geneval") + suffix, [p + suffix for p in compbench]
+
+
 def scaled(cfg: ReproduceConfig) -> ReproduceConfig:
     """The same experiment at ``cfg.scale`` of its size: every prompt count, the optimizer steps
     and their warm-up times ``scale`` (at least 2 prompts, 1 step); everything else as the preset
@@ -190,7 +207,7 @@ def scaled(cfg: ReproduceConfig) -> ReproduceConfig:
         cfg, scale=1.0, train_options=options, train_limit=limit(cfg.train_prompts, cfg.train_limit),
         val_limit=limit(cfg.val_prompts, cfg.val_limit), eval_limit=limit(cfg.eval_prompts, cfg.eval_limit),
         pickapic_limit=k(cfg.pickapic_limit or cfg.train_limit or 2) if cfg.pickapic else None, steps=steps,
-        out=cfg.out or f"runs/reproduce-{cfg.preset}-x{cfg.scale:g}")
+        out=out_dir(cfg))
 
 
 def run(cfg: ReproduceConfig) -> dict:
@@ -206,7 +223,7 @@ def run(cfg: ReproduceConfig) -> dict:
         return {"dry_run": True, "plan": p, "root": None, "reports": None, "bases": {}, "seconds": 0.0}
     cfg = scaled(cfg)
     t0 = time.time()
-    root = Path(cfg.out or f"runs/reproduce-{cfg.preset}")
+    root = Path(out_dir(cfg))
     reports = Path(cfg.reports or root / "reports")
     root.mkdir(parents=True, exist_ok=True)
     artifacts.lock(root)  # one reproduce per experiment directory
@@ -288,16 +305,11 @@ def run(cfg: ReproduceConfig) -> dict:
                                          seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
         if cfg.benchmarks:
             log(f"{base}: GenEval + CompBench")
-            split = cfg.eval_prompts.rpartition("@")[2] if "@" in cfg.eval_prompts else None
-            suffix = f"@{split}" if split in ("val", "test") else ""
             frs = [f"{lab}={ck}" for lab, ck in checkpoints.items() if lab.startswith("capo-frs.s")]
-            shapes = is_shapes(base)
+            geneval, compbench = benchmark_sets(cfg, base)
             evaluate.run(evaluate.EvalConfig(models=[f"base={base}"] + frs, out=str(b / "bench"),
-                                             benchmarks=["geneval", "compbench"],
-                                             geneval_prompts=("shapes:geneval" if shapes else "geneval") + suffix,
-                                             compbench_prompts=[p + suffix for p in (
-                                                 evaluate.SHAPES_COMPBENCH if shapes else evaluate.REAL_COMPBENCH)],
-                                             n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
+                                             benchmarks=["geneval", "compbench"], geneval_prompts=geneval,
+                                             compbench_prompts=compbench, n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
         summary[base] = {"models": len(checkpoints), "selected": {k: v["beta"] for k, v in selected.items()}}
     write_reports(root, reports, cfg)
     artifacts.unlock(root)
