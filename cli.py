@@ -474,5 +474,8 @@ def reproduce(preset, dry_run, scale, args):
     click.echo(f"reproduce: {res['bases']} in {res['seconds']:.0f}s -> {res['reports']}/tables.md")
 
 
+reproduce.help += "\n\n" + _fields_help("capo.stages.reproduce", "ReproduceConfig")
+
+
 if __name__ == "__main__":
     main()
