@@ -171,25 +171,29 @@ def select_objects(detections: Iterable[Mapping[str, Any]], tag: str, *,
                    ) -> dict[str, list[Mapping[str, Any]]]:
     """Objects kept per class, most confident first; upstream ``evaluate_image`` (loop over classes).
 
-    Per class: sort by score (descending), keep ``score > threshold`` (``counting_threshold``
-    when ``tag == "counting"``), keep the first ``max_objects``, then greedy suppression: take
-    the best remaining, drop the others whose IoU with it is >= ``nms_threshold`` (never when
-    ``nms_threshold == 1``). Classes with nothing kept are absent.
+    Per class, in the detector's order: ``np.argsort(scores)[::-1]`` (so of tied scores the
+    later detection comes first, as upstream), keep ``score > threshold``
+    (``counting_threshold`` when ``tag == "counting"``) compared in float32 as upstream does
+    (mmdet's scores are a float32 array; numpy compares it with the Python float in float32,
+    so a score of ``float32(0.3)`` is not kept), keep the first ``max_objects``, then greedy
+    suppression: take the best remaining, drop the others whose IoU with it is >=
+    ``nms_threshold`` (never when ``nms_threshold == 1``). Classes with nothing kept are absent.
     """
-    conf = counting_threshold if tag == "counting" else threshold
+    conf = np.float32(counting_threshold if tag == "counting" else threshold)
     by_class: dict[str, list[Mapping[str, Any]]] = {}
     for det in _check_detections(detections):
         by_class.setdefault(str(det["class"]), []).append(det)
     kept: dict[str, list[Mapping[str, Any]]] = {}
     for name, dets in by_class.items():
-        order = sorted(dets, key=lambda d: -float(d["score"]))  # stable on ties
-        order = [d for d in order if float(d["score"]) > conf][:max_objects]
+        scores = np.array([float(d["score"]) for d in dets], dtype=np.float32)
+        ordering = np.argsort(scores)[::-1]
+        ordering = ordering[scores[ordering] > conf][:max_objects].tolist()
         chosen = []
-        while order:
-            best = order.pop(0)
+        while ordering:
+            best = dets[ordering.pop(0)]
             chosen.append(best)
-            order = [d for d in order
-                     if nms_threshold == 1 or compute_iou(best["box"], d["box"]) < nms_threshold]
+            ordering = [j for j in ordering
+                        if nms_threshold == 1 or compute_iou(best["box"], dets[j]["box"]) < nms_threshold]
         if chosen:
             kept[name] = chosen
     return kept
@@ -322,6 +326,44 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict:
     }
 
 
+# capo's bookkeeping keys on a GenEval record; upstream's metadata.jsonl has none of them
+CAPO_RECORD_KEYS = ("id", "index", "prompt_id", "prompt_idx")
+
+
+def upstream_metadata(record: Mapping[str, Any]) -> dict:
+    """The record as upstream's ``metadata.jsonl`` holds it: capo's bookkeeping keys dropped,
+    the rest in its original order (``generation/diffusers_generate.py`` dumps the line of
+    ``evaluation_metadata.jsonl`` as it is)."""
+    return {k: v for k, v in record.items() if k not in CAPO_RECORD_KEYS}
+
+
+def result_record(filename: str, record: Mapping[str, Any], correct: bool, reason: str,
+                  objects: Mapping[str, list[Mapping[str, Any]]]) -> dict:
+    """One line of upstream's ``results.jsonl`` (``evaluate_image``'s return value).
+
+    ``metadata`` is ``json.dumps`` of the prompt's metadata (``summary_scores.py`` groups
+    prompts by it); ``details`` maps each class with kept objects, in ``object_names.txt``
+    order, to its boxes as mmdet rows ``[x0, y0, x1, y1, score]`` in float32 values.
+    """
+    order = {name: i for i, name in enumerate(OBJECT_NAMES)}
+    details = {}
+    for name in sorted(objects, key=lambda n: (order.get(n, len(order)), n)):
+        details[name] = [[float(np.float32(v)) for v in (*list(d["box"])[:4], d["score"])] for d in objects[name]]
+    meta = upstream_metadata(record)
+    return {"filename": str(filename), "tag": meta["tag"], "prompt": meta["prompt"], "correct": bool(correct),
+            "reason": reason, "metadata": json.dumps(meta), "details": json.dumps(details)}
+
+
+def write_results_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Upstream's ``results.jsonl`` (``evaluate_images.py --outfile``): one ``result_record`` a
+    line, the input of upstream's ``evaluation/summary_scores.py``."""
+    from capo import artifacts
+
+    path = Path(path)
+    artifacts.write_text(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
 def load_metadata(path: str | os.PathLike) -> list[dict]:
     """Read GenEval's ``evaluation_metadata.jsonl``: one JSON object a line.
 
@@ -418,36 +460,59 @@ def color_crop(image, box: Sequence[float], mask=None, bgcolor: str = COLOR_CROP
     return image
 
 
+def color_precision(precision: str, device: str) -> str:
+    """``"amp"`` (float16 autocast) or ``"fp32"``; ``"auto"``: upstream's choice on that device.
+
+    Upstream calls clip_benchmark's ``zero_shot_classifier`` and ``run_classification`` with their
+    default ``amp=True``: both run under ``torch.cuda.amp.autocast()`` (float16) on its CUDA-only
+    evaluator. On a CPU autocast does nothing there, so ``auto`` is float32 on a CPU.
+    """
+    if precision not in ("auto", "amp", "fp32"):
+        raise ValueError(f"colour classifier precision must be auto, amp or fp32, got {precision!r}")
+    if precision == "auto":
+        return "amp" if str(device).startswith("cuda") else "fp32"
+    return precision
+
+
 def clip_color_classifier(model_id_or_path: str = COLOR_CLIP_ARCH, *, pretrained: str = "openai",
                           device: str | None = None, bgcolor: str = COLOR_CROP_BACKGROUND,
-                          crop: bool = True, model=None, preprocess=None, tokenizer=None) -> ColorFn:
+                          crop: bool = True, precision: str = "auto", model=None, preprocess=None,
+                          tokenizer=None) -> ColorFn:
     """CLIP zero-shot colour of a detected object; upstream ``color_classification``.
 
-    ``model_id_or_path``: an open_clip architecture (``"ViT-L-14"``, upstream's, with
-    ``pretrained="openai"``), an ``hf-hub:`` id, or a local weights file for ``ViT-L-14``.
-    One classifier per object class: for each of the 10 ``COLORS`` the three
-    ``COLOR_TEMPLATES`` are encoded, L2-normalised, averaged and re-normalised
-    (clip_benchmark ``zero_shot_classifier``); the crop (``color_crop``) is encoded and
-    normalised, and the colour is ``argmax(100 * image @ text)``.
+    As upstream runs it:
+
+    * model: open_clip ``ViT-L-14`` with ``pretrained="openai"`` (``clip_model`` option), built
+      with QuickGELU, the activation OpenAI trained it with (``capo.openclip``; open_clip >=
+      2.29 would silently build GELU); its own transform (bicubic resize of the shortest side to
+      224, centre crop, OpenAI mean/std). ``model_id_or_path``: an architecture, an ``hf-hub:``
+      id, or a local weights file for ``ViT-L-14`` (taken as OpenAI's).
+    * crop (``ImageCrops``): the object's mask pasted over a plain ``#999`` canvas, cropped to
+      the box (``color_crop``).
+    * prompts: one classifier per object class: for each of the 10 ``COLORS`` the three
+      ``COLOR_TEMPLATES`` are encoded, L2-normalised, averaged and re-normalised (clip_benchmark
+      ``zero_shot_classifier``); the crop is encoded and normalised, and the colour is
+      ``argmax(100 * image @ text)``.
+    * precision: ``color_precision`` (float16 autocast on CUDA, as clip_benchmark's default).
+
     Returns ``color_fn(image, det) -> str``. ``model`` / ``preprocess`` / ``tokenizer``: CLIP
     objects already built (open_clip's interface), instead of loading ``model_id_or_path``.
     """
+    import contextlib
+
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    amp = color_precision(precision, device) == "amp"
     if model is None or preprocess is None or tokenizer is None:
-        import open_clip
+        from capo import openclip
 
         arch, weights = model_id_or_path, pretrained
         if os.path.isfile(model_id_or_path):
             arch, weights = COLOR_CLIP_ARCH, model_id_or_path
         try:
-            if arch.startswith("hf-hub:"):
-                model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device)
-            else:
-                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights,
-                                                                             device=device)
-            tokenizer = open_clip.get_tokenizer(arch)
+            model, preprocess, tokenizer = openclip.create(arch, weights, trained_as=pretrained if weights != pretrained
+                                                           else None, device=device)
         except Exception as e:
             raise RuntimeError(
                 f"could not load the CLIP colour classifier {arch!r} (pretrained={weights!r}): {e}\n"
@@ -458,14 +523,18 @@ def clip_color_classifier(model_id_or_path: str = COLOR_CLIP_ARCH, *, pretrained
     transform = preprocess
     classifiers: dict[str, Any] = {}
 
+    def autocast():
+        return torch.autocast(str(device).split(":")[0], dtype=torch.float16) if amp else contextlib.nullcontext()
+
     @torch.no_grad()
     def text_classifier(classname: str):
         if classname not in classifiers:
             weights_ = []
-            for color in COLORS:
-                texts = tokenizer([t.format(c=color, classname=classname) for t in COLOR_TEMPLATES]).to(device)
-                emb = torch.nn.functional.normalize(model.encode_text(texts).float(), dim=-1).mean(dim=0)
-                weights_.append(emb / emb.norm())
+            with autocast():
+                for color in COLORS:
+                    texts = tokenizer([t.format(c=color, classname=classname) for t in COLOR_TEMPLATES]).to(device)
+                    emb = torch.nn.functional.normalize(model.encode_text(texts), dim=-1).mean(dim=0)
+                    weights_.append(emb / emb.norm())
             classifiers[classname] = torch.stack(weights_, dim=1)
         return classifiers[classname]
 
@@ -474,9 +543,12 @@ def clip_color_classifier(model_id_or_path: str = COLOR_CLIP_ARCH, *, pretrained
         clf = text_classifier(str(det["class"]))
         picture = color_crop(image, det["box"], det.get("mask"), bgcolor, crop)
         x = transform(picture).unsqueeze(0).to(device)
-        feats = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
-        return COLORS[int((100.0 * feats @ clf).argmax(dim=1)[0])]
+        with autocast():
+            feats = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+            logits = 100.0 * feats @ clf
+        return COLORS[int(logits.float().argmax(dim=1)[0])]
 
+    color_fn.precision = "amp" if amp else "fp32"  # type: ignore[attr-defined]
     return color_fn
 
 

@@ -48,8 +48,10 @@ REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
 
 @stage_config
 class EvalConfig:
-    models: list[str]  # "label=spec" or spec; the FIRST is the base model the others are compared with
     out: str  # output directory
+    models: list[str] = field(default_factory=list)  # "label=spec" or spec; the FIRST is the base model
+    images: list[str] = field(default_factory=list)  # instead of models: "label=DIR" image folders (capo's,
+    # GenEval's, T2I-CompBench's, DPG-Bench's layout, or a prompt,path .jsonl/.csv); the FIRST is the base
     benchmarks: list[str] = field(default_factory=lambda: ["winrate"])  # benchmarks to run
     prompts: str | None = None  # win-rate prompts (default: shapes:geneval in the shapes world, parti otherwise)
     geneval_prompts: str | None = None  # GenEval-form set (default: shapes:geneval / geneval)
@@ -76,10 +78,16 @@ class EvalConfig:
     def contradictions(self):
         if not self.benchmarks:
             yield "benchmarks: name at least one"
+        if bool(self.models) == bool(self.images):
+            yield "name the models to evaluate (models=...) or image folders (images=...), one of the two"
+        if self.images and "divergence" in self.benchmarks:
+            yield "benchmarks: divergence needs the models themselves, not images= folders"
+        if self.images and self.detector == "auto":
+            yield "images=: name the detector (detector=shapes for shapes-world images, mask2former or mmdet)"
         try:
-            parse_models(self.models)
+            parse_models(self.models or self.images)
         except ValueError as e:
-            yield f"models: {e}"
+            yield f"{'models' if self.models else 'images'}: {e}"
 
 
 SHAPES_COMPBENCH = [f"shapes:compbench:{c}" for c in ("color", "shape", "texture", "spatial", "numeracy", "complex")]
@@ -101,7 +109,7 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique, got {labels}; name them as label=spec")
     if len(out) < 1:
-        raise ValueError("eval needs at least one model")
+        raise ValueError("eval needs at least one model or image folder")
     return out
 
 
@@ -112,19 +120,40 @@ def is_shapes(model) -> bool:
 
 
 # ----------------------------------------------------------------------------- per-image metrics
-def geneval_rows(records_by_id: dict, index, images: np.ndarray, detector) -> list[dict]:
-    from capo.eval.geneval import evaluate_image
+def geneval_rows(records_by_id: dict, index, images: np.ndarray, detector, color_fn=None,
+                 samples: Path | None = None) -> list[dict]:
+    """Per-image GenEval verdicts; each row also carries upstream's ``results.jsonl`` record
+    (``upstream``: ``capo.eval.geneval.result_record``). ``color_fn`` classifies the colour of
+    detections that carry none (the CLIP classifier for real detectors; built on first use)."""
+    from capo.eval.geneval import evaluate_objects, result_record, select_objects
 
     dets = detector(list(images))
     rows = []
-    for (pid, sid), img, d in zip(zip(index["prompt_id"], index["sample_id"]), images, dets):
+    for (pid, sid, rel), img, d in zip(zip(index["prompt_id"], index["sample_id"], index["path"]), images, dets):
         rec = records_by_id[pid]
         if "tag" not in rec or "include" not in rec:
             raise ValueError(f"prompt {pid!r} has no GenEval metadata (tag, include): use a GenEval-form "
                              "prompt set such as geneval or shapes:geneval")
-        ok, reason = evaluate_image(rec, d, image=img)
-        rows.append({"prompt_id": pid, "sample_id": int(sid), "tag": rec["tag"], "correct": bool(ok), "reason": reason})
+        objects = select_objects(d, rec["tag"])
+        ok, reason = evaluate_objects(rec, objects, image=img, color_fn=color_fn)
+        path = Path(rel) if samples is None else samples / rel
+        rows.append({"prompt_id": pid, "sample_id": int(sid), "tag": rec["tag"], "correct": bool(ok), "reason": reason,
+                     "upstream": result_record(str(path), rec, ok, reason, objects)})
     return rows
+
+
+def lazy_color_fn(device=None):
+    """GenEval's CLIP colour classifier, loaded the first time a detection needs a colour."""
+    from capo.eval.geneval import clip_color_classifier
+
+    held: list = []
+
+    def color_fn(image, det):
+        if not held:
+            held.append(clip_color_classifier(device=device))
+        return held[0](image, det)
+
+    return color_fn
 
 
 def compbench_rows(records_by_id: dict, index, images: np.ndarray, scorer) -> list[dict]:
@@ -191,7 +220,7 @@ def _slug(prompt_set: str) -> str:
 def run(cfg: EvalConfig) -> dict:
     import pandas as pd
 
-    from capo.eval.geneval import get_detector, summarize
+    from capo.eval.geneval import get_detector, summarize, write_results_jsonl
     from capo.eval.t2i_compbench import summarize as summarize_cb
     from capo.eval.winrate import bootstrap_delta, win_rate
     from capo.models import load_model, model_fingerprint
@@ -199,23 +228,32 @@ def run(cfg: EvalConfig) -> dict:
     from capo.stages import generate, score
 
     t0 = time.time()
-    models = parse_models(cfg.models)
-    shapes = is_shapes(load_model(models[0][1]))
-    sets = {}  # benchmark -> prompt sets
+    image_mode = bool(cfg.images)
+    models = parse_models(cfg.models or cfg.images)
+    shapes = cfg.detector == "shapes" if image_mode else is_shapes(load_model(models[0][1]))
+    sets = {}  # benchmark -> prompt sets (IMAGES: the prompts of each image folder)
     if "winrate" in cfg.benchmarks or "divergence" in cfg.benchmarks:
-        sets["winrate"] = [cfg.prompts or ("shapes:geneval" if shapes else "parti")]
+        sets["winrate"] = [cfg.prompts or (IMAGES if image_mode else "shapes:geneval" if shapes else "parti")]
     if "geneval" in cfg.benchmarks:
-        sets["geneval"] = [cfg.geneval_prompts or ("shapes:geneval" if shapes else "geneval")]
+        sets["geneval"] = [cfg.geneval_prompts or (IMAGES if image_mode else "shapes:geneval" if shapes else "geneval")]
     if "compbench" in cfg.benchmarks:
-        sets["compbench"] = list(cfg.compbench_prompts or (SHAPES_COMPBENCH if shapes else REAL_COMPBENCH))
-    records = {ps: load_prompts(ps, limit=cfg.limit, stratify=True, subset_seed=cfg.subset_seed)
-               for ps in sorted({p for v in sets.values() for p in v})}
+        sets["compbench"] = list(cfg.compbench_prompts or ([IMAGES] if image_mode else
+                                                           SHAPES_COMPBENCH if shapes else REAL_COMPBENCH))
+    records = {ps: load_prompts(ps, limit=None if image_mode else cfg.limit, stratify=True, subset_seed=cfg.subset_seed)
+               for ps in sorted({p for v in sets.values() for p in v}) if ps != IMAGES}
+    image_sets = read_image_folders(models, sets, records) if image_mode else {}
     rewards = cfg.rewards if cfg.rewards is not None else (SHAPES_REWARDS if shapes else REAL_REWARDS)
     detector_name = ("shapes" if shapes else "mask2former") if cfg.detector == "auto" else cfg.detector
 
     out = Path(cfg.out)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}
-    inputs = {f"model:{label}": {"path": spec, "sha256": model_fingerprint(spec)} for label, spec in models}
+    if image_mode:
+        from capo.eval.image_sets import fingerprint
+
+        inputs = {f"images:{ps}:{label}": {"path": str(s.root), "layout": s.layout, "sha256": fingerprint(s)}
+                  for (ps, label), s in image_sets.items()}
+    else:
+        inputs = {f"model:{label}": {"path": spec, "sha256": model_fingerprint(spec)} for label, spec in models}
     inputs |= {f"prompts:{ps}": {"path": ps, "sha256": records_fingerprint(r)} for ps, r in records.items()}
     manifest = artifacts.make_manifest("eval", config, inputs)
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
@@ -223,6 +261,10 @@ def run(cfg: EvalConfig) -> dict:
 
     def samples_of(ps: str, label: str, spec: str) -> Path:
         d = out / "samples" / _slug(ps) / label
+        if image_mode:
+            from capo.eval.image_sets import to_samples_dir
+
+            return to_samples_dir(image_sets[(ps, label)], d)
         generate.run(generate.GenerateConfig(model=spec, prompts=ps, out=str(d), n=cfg.n, seed=cfg.seed,
                                              limit=cfg.limit, stratify=True, subset_seed=cfg.subset_seed,
                                              steps=cfg.steps, guidance=cfg.guidance,
@@ -230,12 +272,15 @@ def run(cfg: EvalConfig) -> dict:
                                              quiet=cfg.quiet))
         return d
 
+    def records_of(ps: str, label: str) -> list[dict]:
+        return image_sets[(ps, label)].records if image_mode else records[ps]
+
     def per_image(bench: str, label: str, spec: str) -> pd.DataFrame:
         frames = []
         for ps in sets[bench]:
             d = samples_of(ps, label, spec)
             idx = artifacts.read_table(d / "index.parquet")
-            by_id = {r["prompt_id"]: r for r in records[ps]}
+            by_id = {r["prompt_id"]: r for r in records_of(ps, label)}
             if bench == "winrate":
                 score.run(score.ScoreConfig(samples=str(d), rewards=list(rewards), batch_size=cfg.batch_size,
                                             quiet=cfg.quiet))
@@ -243,16 +288,19 @@ def run(cfg: EvalConfig) -> dict:
                 for r in rewards:
                     f = f.merge(artifacts.read_table(d / "rewards" / r / "scores.parquet"), on=["prompt_id", "sample_id"])
             elif bench == "geneval":
-                f = pd.DataFrame(geneval_rows(by_id, idx, load_images_of(d, idx), detector))
+                f = pd.DataFrame(geneval_rows(by_id, idx, load_images_of(d, idx), detector, color_fn, samples=d))
             else:
                 scorer = shapes_compbench_scorer() if shapes else real_compbench_scorer()
                 f = pd.DataFrame(compbench_rows(by_id, idx, load_images_of(d, idx), scorer))
             f["prompt_id"] = ps + "/" + f["prompt_id"].astype(str)  # ids are unique per set only
             frames.append(f)
         f = pd.concat(frames, ignore_index=True)
+        if "upstream" in f.columns:  # GenEval: upstream's results.jsonl beside capo's table
+            write_results_jsonl(out / "results" / label / "geneval_results.jsonl", f.pop("upstream").tolist())
         artifacts.write_table(f, out / "results" / label / f"{bench}_per_image.parquet")
         return f
 
+    color_fn = None
     if "geneval" in sets:
         if detector_name == "shapes":
             from capo.worlds.shapes.evaluator import detect_batch
@@ -260,9 +308,12 @@ def run(cfg: EvalConfig) -> dict:
             detector = lambda ims: detect_batch(np.stack(ims))  # noqa: E731
         else:
             detector = get_detector(detector_name)
+            color_fn = lazy_color_fn()
     results: dict = {"base": models[0][0], "models": dict(models), "prompt_sets": sets,
-                     "n_prompts": {ps: len(r) for ps, r in records.items()},
-                     "strata": {ps: strata_of(r) for ps, r in records.items()}, "n_per_prompt": cfg.n,
+                     "n_prompts": {ps: len(records_of(ps, models[0][0])) for ps in sorted({p for v in sets.values() for p in v})},
+                     "strata": {ps: strata_of(records_of(ps, models[0][0])) for ps in sorted({p for v in sets.values() for p in v})},
+                     "n_per_prompt": per_prompt_of(image_sets[next(iter(image_sets))]) if image_mode else cfg.n,
+                     "images": {label: str(spec) for label, spec in models} if image_mode else None,
                      "seed": cfg.seed, "rewards": list(rewards), "detector": detector_name,
                      "results": {label: {} for label, _ in models}}
     memo: dict = {}  # one computation per (benchmark, model spec), however many labels name it
@@ -320,6 +371,38 @@ def run(cfg: EvalConfig) -> dict:
     artifacts.finish(out, manifest, counts={"models": len(models), **{f"prompts:{k}": len(v) for k, v in records.items()}},
                      seconds=round(time.time() - t0, 3))
     return {**results, "skipped": False}
+
+
+IMAGES = "images"  # the prompt set of an image folder: the prompts its own layout names
+
+
+def read_image_folders(entries, sets, records) -> dict:
+    """``{(prompt set, label): ImageSet}`` for ``images=`` folders, read and checked before any
+    model loads; the folders of one prompt set must hold the same (prompt, image) items."""
+    from capo.eval.image_sets import ImageSetError, read_image_set
+
+    out = {}
+    for ps in sorted({p for v in sets.values() for p in v}):
+        for label, path in entries:
+            out[(ps, label)] = read_image_set(path, prompts=None if ps == IMAGES else records[ps])
+        base = entries[0][0]
+        items = {label: {(r["prompt_id"], r["sample_id"]) for r in out[(ps, label)].rows} for label, _ in entries}
+        for label, _ in entries[1:]:
+            if items[label] != items[base]:
+                only_a = sorted(items[base] - items[label])
+                only_b = sorted(items[label] - items[base])
+                raise ImageSetError(
+                    f"images {label!r} and {base!r} do not hold the same images of {ps!r}: "
+                    f"{len(only_a)} only in {base!r} (e.g. {only_a[:3]}), {len(only_b)} only in {label!r} "
+                    f"(e.g. {only_b[:3]}); comparisons pair image k of each prompt")
+    return out
+
+
+def per_prompt_of(image_set) -> int:
+    counts: dict = {}
+    for r in image_set.rows:
+        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
+    return max(counts.values())
 
 
 def divergence_frames(cfg: EvalConfig, models, prompt_sets, records, samples_of) -> dict:

@@ -6,8 +6,9 @@ Output directory layout (GenEval-style image folders, plus a training cache)::
       manifest.json          config, model + prompt fingerprints, versions, counts, timings
       prompts.jsonl          the prompt records, each with its prompt_id and index
       index.parquet          one row per image: prompt_id, sample_id, prompt_idx, seed, path
-      images/<prompt_idx:05d>/metadata.jsonl          the prompt record (GenEval layout)
-      images/<prompt_idx:05d>/samples/<k:04d>.png
+      images/<i:05d>/metadata.jsonl  the prompt record as upstream's (GenEval layout; ``i`` is the
+                                     prompt's upstream line, ``image_folders``)
+      images/<i:05d>/samples/<k:04d>.png
       cache/shard-<s:05d>.safetensors   latents (items) + text embeddings (prompts)
       cache/shard-<s:05d>.json          the shard's index rows; written last = shard done
 
@@ -33,6 +34,7 @@ import numpy as np
 from capo import artifacts
 from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
+from capo.eval.geneval import upstream_metadata
 from capo.progress import progress
 
 
@@ -63,6 +65,16 @@ def item_seed(seed: int, prompt_id: str, k: int) -> int:
     """The seed of image ``k`` of prompt ``prompt_id``: 63 bits of sha256("seed/prompt_id/k")."""
     h = hashlib.sha256(f"{seed}/{prompt_id}/{k}".encode()).digest()
     return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def image_folders(records: list[dict]) -> list[str]:
+    """Each prompt's image folder, ``<i:05d>`` as upstream GenEval numbers them: ``i`` is the
+    record's line in the upstream file (``index``, which the named sets carry) so a subset keeps
+    upstream's numbers; the position in the list when the records carry no unique indices."""
+    idx = [r.get("index") for r in records]
+    if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx) and len(set(idx)) == len(idx):
+        return [f"{i:05d}" for i in idx]
+    return [f"{p:05d}" for p in range(len(records))]
 
 
 def shard_done(out: Path, s: int) -> bool:
@@ -102,6 +114,7 @@ def run(cfg: GenerateConfig) -> dict:
         artifacts.write_text(out / "prompts.jsonl", "".join(
             json.dumps({**r, "prompt_idx": i}, ensure_ascii=False) + "\n" for i, r in enumerate(records)))
 
+    folders = image_folders(records)
     model.to(state.device)
     n_shards = math.ceil(len(records) / cfg.shard_prompts)
     mine = [s for s in range(n_shards) if s % state.num_processes == state.process_index and not shard_done(out, s)]
@@ -122,12 +135,11 @@ def run(cfg: GenerateConfig) -> dict:
         images = np.concatenate(images)
         rows = []
         for (p, k), img, sd in zip(items, images, seeds):
-            folder = out / "images" / f"{p:05d}"
-            rel = f"images/{p:05d}/samples/{k:04d}.png"
+            folder = out / "images" / folders[p]
+            rel = f"images/{folders[p]}/samples/{k:04d}.png"
             write_png(out / rel, img)
             if k == 0:
-                artifacts.write_text(folder / "metadata.jsonl", json.dumps(
-                    {k2: v for k2, v in records[p].items() if k2 != "prompt_id"}, ensure_ascii=False) + "\n")
+                artifacts.write_text(folder / "metadata.jsonl", json.dumps(upstream_metadata(records[p])) + "\n")
             rows.append({"prompt_id": records[p]["prompt_id"], "sample_id": k, "prompt_idx": p, "seed": sd,
                          "path": rel, "prompt": records[p]["prompt"]})
         if cfg.cache:

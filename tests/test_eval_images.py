@@ -1,0 +1,120 @@
+"""`capo eval images=DIR`: image folders capo did not write, in the benchmarks' own layouts,
+and GenEval's per-image ``results.jsonl`` in upstream's schema."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from capo.eval.image_sets import ImageSetError, detect_layout, read_image_set
+from capo.stages import evaluate
+
+
+@pytest.fixture(scope="module")
+def own_run(tiny_chain, tmp_path_factory):
+    """capo's own GenEval run of the tiny shapes base (3 prompts x 2 images)."""
+    out = tmp_path_factory.mktemp("own") / "e"
+    res = evaluate.run(evaluate.EvalConfig(models=[f"base={tiny_chain / 'base'}"], out=str(out), limit=3, n=2,
+                                           benchmarks=["geneval"], rewards=[]))
+    return out, res
+
+
+def _upstream_layout(own: Path, dest: Path) -> Path:
+    """The same images as upstream's generation script lays them out: <i:05d>/metadata.jsonl and
+    <i:05d>/samples/<k:05>.png, no capo manifest (copied, renamed)."""
+    src = own / "samples" / "shapes-geneval" / "base" / "images"
+    for d in sorted(src.iterdir()):
+        (dest / d.name / "samples").mkdir(parents=True)
+        shutil.copy(d / "metadata.jsonl", dest / d.name / "metadata.jsonl")
+        for f in sorted((d / "samples").iterdir()):
+            shutil.copy(f, dest / d.name / "samples" / f"{int(f.stem):05}.png")
+    return dest
+
+
+def upstream_summary(path: Path) -> dict:
+    """Upstream ``evaluation/summary_scores.py`` re-derived from its file: pandas reads the
+    JSONL; per tag (groupby 'tag', sort=False) the mean of 'correct'; overall = np.mean of the
+    task scores; prompts counted by 'metadata'."""
+    df = pd.read_json(path, orient="records", lines=True)
+    tasks = [g["correct"].mean() for _, g in df.groupby("tag", sort=False)]
+    return {"overall": float(np.mean(tasks)), "images": len(df), "prompts": len(df.groupby("metadata")),
+            "correct_prompts": float(df.groupby("metadata")["correct"].any().mean())}
+
+
+def test_geneval_layout_without_manifest_scores_as_capos_own_run(own_run, tmp_path):
+    own, res = own_run
+    folder = _upstream_layout(own, tmp_path / "upstream")
+    assert detect_layout(folder) == "geneval" and not (folder / "manifest.json").exists()
+    res2 = evaluate.run(evaluate.EvalConfig(images=[f"base={folder}"], out=str(tmp_path / "e2"),
+                                            benchmarks=["geneval"], detector="shapes", rewards=[]))
+    a, b = res["results"]["base"]["geneval"], res2["results"]["base"]["geneval"]
+    assert b["overall"] == a["overall"] and b["tags"] == a["tags"] and b["images"] == a["images"] == 6
+    # upstream's summary arithmetic on capo's results.jsonl gives the same overall, for both runs
+    for run in (own, tmp_path / "e2"):
+        rj = run / "results" / "base" / "geneval_results.jsonl"
+        up = upstream_summary(rj)
+        assert up["overall"] == pytest.approx(a["overall"], abs=1e-12)
+        assert up["images"] == 6 and up["prompts"] == 3
+    line = json.loads((own / "results" / "base" / "geneval_results.jsonl").read_text().splitlines()[0])
+    assert set(line) == {"filename", "tag", "prompt", "correct", "reason", "metadata", "details"}
+    meta = json.loads(line["metadata"])
+    assert "id" not in meta and "prompt_id" not in meta and meta["prompt"] == line["prompt"]
+    assert Path(line["filename"]).is_file()
+    for boxes in json.loads(line["details"]).values():
+        assert all(len(b) == 5 for b in boxes)  # mmdet rows: x0, y0, x1, y1, score
+
+
+def test_missing_and_unreadable_images_named_before_any_model(own_run, tmp_path):
+    own, _ = own_run
+    folder = _upstream_layout(own, tmp_path / "up")
+    first = sorted(folder.iterdir())[0]
+    (first / "samples" / "00001.png").unlink()
+    (sorted(folder.iterdir())[1] / "samples" / "00000.png").write_bytes(b"not a png")
+    (first / "samples" / "notes.txt").write_text("x")
+    with pytest.raises(ImageSetError) as e:
+        read_image_set(folder, n=2)
+    msg = str(e.value)
+    assert "missing images" in msg and "unreadable images" in msg and "extra files" in msg and "notes.txt" in msg
+    with pytest.raises(ImageSetError, match="unreadable"):
+        evaluate.run(evaluate.EvalConfig(images=[f"a={folder}"], out=str(tmp_path / "e"), benchmarks=["geneval"],
+                                         detector="shapes", rewards=[]))
+    assert not (tmp_path / "e").exists()  # nothing written
+
+
+def test_table_and_compbench_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a red apple_000000.png", "a red apple_000001.png", "a blue car_000000.png"):
+        (tmp_path / "cb" / "samples").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "cb" / "samples" / name)
+    assert detect_layout(tmp_path / "cb") == "t2i-compbench"
+    s = read_image_set(tmp_path / "cb")
+    assert sorted((r["prompt_id"], r["sample_id"]) for r in s.rows) == [
+        ("a blue car", 0), ("a red apple", 0), ("a red apple", 1)]
+    prompts = [{"id": "0000", "prompt": "a red apple"}]
+    with pytest.raises(ImageSetError, match="1 unknown prompts: 'a blue car'"):
+        read_image_set(tmp_path / "cb", prompts=prompts)
+    # a prompt,path table (CSV), paths relative to the table
+    (tmp_path / "t.csv").write_text("prompt,path\na red apple,cb/samples/a red apple_000000.png\n"
+                                    "a red apple,cb/samples/a red apple_000001.png\n")
+    t = read_image_set(tmp_path / "t.csv", prompts=prompts, n=2)
+    assert [r["sample_id"] for r in t.rows] == [0, 1] and t.records[0]["prompt_id"] == "0000"
+    with pytest.raises(ImageSetError, match="expected 3"):
+        read_image_set(tmp_path / "t.csv", prompts=prompts, n=3)
+    (tmp_path / "bad.csv").write_text("text,file\nx,y\n")
+    with pytest.raises(ImageSetError, match="columns prompt and path"):
+        read_image_set(tmp_path / "bad.csv")
+
+
+def test_images_mode_config_errors(tmp_path):
+    from capo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="one of the two"):
+        evaluate.EvalConfig(out=str(tmp_path), models=["a"], images=["b=x"], detector="shapes")
+    with pytest.raises(ConfigError, match="name the detector"):
+        evaluate.EvalConfig(out=str(tmp_path), images=["b=x"])
+    with pytest.raises(ConfigError, match="divergence"):
+        evaluate.EvalConfig(out=str(tmp_path), images=["b=x"], detector="shapes", benchmarks=["divergence"])
