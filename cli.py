@@ -279,11 +279,17 @@ for _name, (_module, _cls, _doc) in STAGES.items():
                    "ci_low | ci_high of the 95% CI, e.g. 'geneval.overall:ci_high < 0' (the whole CI below 0, "
                    "recommended), 'winrate.shapes-gold:ci_high < 50', 'geneval.overall < -0.02'.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--images", is_flag=True,
+              help="MODEL_A / MODEL_B are image folders (capo's, GenEval's, T2I-CompBench's, DPG-Bench's layout, "
+                   "or a prompt,path .jsonl/.csv), paired by prompt and image number; nothing is generated.")
+@click.option("--detector", default="auto", show_default=True,
+              help="GenEval detector: shapes | mask2former | mmdet (auto: from the model; name it with --images).")
 @click.option("--quiet", "-q", is_flag=True)
-def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates, seed, quiet):
+def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates, seed, images, detector, quiet):
     """Compare MODEL_B against MODEL_A on the same prompts and seeds; print a markdown delta table.
 
-    MODEL_A / MODEL_B: registered names, pipeline dirs or checkpoints (label=spec to name them).
+    MODEL_A / MODEL_B: registered names, pipeline dirs or checkpoints (label=spec to name them),
+    or with --images two image folders.
     A point gate ('geneval.overall < -0.02') fires on noise alone in a good share of runs
     (38% of null comparisons at the defaults, bench/bench_gate.py); a CI gate
     ('geneval.overall:ci_high < 0') only when the whole 95% CI is below the line (4%).
@@ -291,16 +297,17 @@ def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates
     from capo.artifacts import ArtifactError
     from capo.models import ModelLoadError
     from capo.registry import UnknownNameError
-    from capo.report import check_gates, compare_metrics, compare_table, parse_gate
+    from capo.report import check_gate_names, check_gates, compare_metrics, compare_table
     from capo.stages import evaluate
 
     try:
-        for g in gates:
-            parse_gate(g)
         labels = evaluate.parse_models([model_a, model_b])
         out = out or f"runs/compare/{labels[0][0]}-vs-{labels[1][0]}"
-        cfg = evaluate.EvalConfig(models=[model_a, model_b], prompts=prompts, out=out, benchmarks=_csv(benchmarks),
-                                  rewards=_csv(rewards), n=n, seed=seed, limit=limit, quiet=quiet)
+        which = {"images": [model_a, model_b]} if images else {"models": [model_a, model_b]}
+        cfg = evaluate.EvalConfig(**which, prompts=prompts, out=out, benchmarks=_csv(benchmarks),
+                                  rewards=_csv(rewards), n=n, seed=seed, limit=limit, detector=detector, quiet=quiet)
+        check_gate_names(list(gates), cfg.benchmarks,
+                         cfg.rewards if cfg.rewards is not None else evaluate.SHAPES_REWARDS + evaluate.REAL_REWARDS)
         res = evaluate.run(cfg)
         label = labels[1][0]
         click.echo(compare_table(res, label))

@@ -94,6 +94,14 @@ def _umask() -> int:
 _UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
 
 
+def follow_umask(directory) -> None:
+    """Give the files under ``directory`` the mode the umask gives ordinary files (libraries that
+    write through private temp files, such as accelerate's ``save_state``, leave them 0600)."""
+    for f in Path(directory).rglob("*"):
+        if f.is_file():
+            os.chmod(f, 0o666 & ~_UMASK)
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

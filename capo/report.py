@@ -133,6 +133,39 @@ def parse_gate(expr: str) -> Gate:
     return gate
 
 
+def expected_metric(name: str, benchmarks: list[str], rewards: list[str]) -> str | None:
+    """Why ``name`` cannot be a metric of an evaluation of ``benchmarks`` with ``rewards`` (None
+    if it can): checked before anything is evaluated, so a typo costs nothing."""
+    import difflib
+
+    from capo.eval.geneval import TAGS
+    from capo.eval.t2i_compbench import CATEGORIES
+
+    family, _, rest = name.partition(".")
+    bench = {"winrate": "winrate", "score": "winrate", "geneval": "geneval", "compbench": "compbench"}.get(family)
+    if bench is None:
+        return f"unknown metric family {family!r} (winrate.<reward>, score.<reward>, geneval.<tag|overall>, " \
+               "compbench.<category>)"
+    if bench not in benchmarks:
+        return f"{name!r} needs the {bench} benchmark, which is not run (benchmarks: {', '.join(benchmarks)})"
+    known = {"winrate": list(rewards), "geneval": ["overall", *TAGS], "compbench": list(CATEGORIES)}[bench]
+    if bench == "compbench" and rest.split(":")[0] not in known:
+        return None if rest else f"{name!r}: name a category"  # the shapes world adds its own categories
+    if rest not in known:
+        near = difflib.get_close_matches(rest, known, n=1)
+        return f"{name!r} is not a metric" + (f"; did you mean '{family}.{near[0]}'?" if near else "") + \
+            f" (known {family}.*: {', '.join(known)})"
+    return None
+
+
+def check_gate_names(gates: list[str], benchmarks: list[str], rewards: list[str]) -> None:
+    """Parse every gate and check its metric can exist, before an evaluation spends any time."""
+    for g in gates:
+        why = expected_metric(parse_gate(g).metric, benchmarks, rewards)
+        if why:
+            raise ValueError(f"--fail-if {g!r}: {why}")
+
+
 def check_gates(metrics: dict[str, dict], gates: list[str]) -> list[str]:
     """The gates that fire (the regression conditions that hold), each naming the field tested
     and, where known, the estimate and its CI; unknown metrics are an error."""

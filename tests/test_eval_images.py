@@ -118,3 +118,29 @@ def test_images_mode_config_errors(tmp_path):
         evaluate.EvalConfig(out=str(tmp_path), images=["b=x"])
     with pytest.raises(ConfigError, match="divergence"):
         evaluate.EvalConfig(out=str(tmp_path), images=["b=x"], detector="shapes", benchmarks=["divergence"])
+
+
+def test_checkpoints_follow_the_umask_and_a_truncated_one_leaves_no_eval_dir(tiny_chain, tmp_path):
+    import os
+    import stat
+
+    from click.testing import CliRunner
+
+    from capo import artifacts
+    from capo.stages import train
+    from cli import main
+
+    out = tmp_path / "t"
+    train.run(train.TrainConfig(model=str(tiny_chain / "base"), pairs=str(tiny_chain / "pairs-frs"), out=str(out),
+                                steps=1, batch_size=2, checkpoint_every=1, keep_checkpoints=1, quiet=True))
+    files = [p for p in (out / "checkpoints").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)  # accelerate's save_state writes these 0600
+    assert {oct(stat.S_IMODE(os.stat(p).st_mode)) for p in files} == {oct(0o666 & ~artifacts._UMASK)}
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(out / "final", ckpt)
+    w = ckpt / "denoiser.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    r = CliRunner().invoke(main, ["eval", f"models=base={tiny_chain / 'base'},t={ckpt}", f"out={tmp_path / 'e'}",
+                                  "limit=2", "n=1", "benchmarks=geneval"])
+    assert r.exit_code == 2 and "re-create it" in r.output, r.output
+    assert not (tmp_path / "e").exists()

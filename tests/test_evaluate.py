@@ -59,8 +59,16 @@ def test_compare_prints_table_and_gates(tiny_chain, tuned, tmp_path):
     assert "| metric | base | t |" in r.output and "geneval.overall" in r.output and "winrate.toy-bright" in r.output
     r = CliRunner().invoke(main, args + ["--fail-if", "winrate.toy-bright <= 100"])  # always holds
     assert r.exit_code == 1 and "REGRESSION: winrate.toy-bright" in r.output
-    r = CliRunner().invoke(main, args + ["--fail-if", "geneval.everything < 0"])
-    assert r.exit_code == 2 and "unknown metric 'geneval.everything'" in r.output
+    # a typo in a gate is reported before anything is evaluated (nothing is written)
+    fresh = ["compare", str(tiny_chain / "base"), str(tuned), "--limit", "3", "--n", "2", "--rewards", "toy-bright",
+             "--out", str(tmp_path / "typo")]
+    r = CliRunner().invoke(main, fresh + ["--fail-if", "geneval.overal < -0.02"])
+    assert r.exit_code == 2 and "did you mean 'geneval.overall'" in r.output
+    r = CliRunner().invoke(main, fresh + ["--fail-if", "winrate.toy-brite < 50"])
+    assert r.exit_code == 2 and "did you mean 'winrate.toy-bright'" in r.output
+    r = CliRunner().invoke(main, fresh + ["--fail-if", "compbench.color < 0"])
+    assert r.exit_code == 2 and "needs the compbench benchmark" in r.output
+    assert not (tmp_path / "typo").exists()
     r = CliRunner().invoke(main, args + ["--fail-if", "geneval.overall is bad"])
     assert r.exit_code == 2 and "expected 'METRIC OP NUMBER'" in r.output
 

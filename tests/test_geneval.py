@@ -33,6 +33,51 @@ def test_single_object_threshold_is_strict():
     assert G.evaluate_image(rec, [det("cow")])[0] is False
 
 
+def test_threshold_compared_in_float32_as_upstream():
+    """mmdet's scores are float32; upstream's ``bbox[i][ordering, 4] > 0.3`` compares them with
+    the threshold in float32. float32(0.3) = 0.300000011920929, above the float64 0.3: a float64
+    comparison would keep it, upstream does not. The next float32 up is kept."""
+    rec = {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"}
+    s = float(np.float32(0.3))
+    assert s > 0.3  # the float64 comparison capo used to make
+    assert G.evaluate_image(rec, [det("bench", score=s)])[0] is False
+    up = float(np.nextafter(np.float32(0.3), np.float32(1)))
+    assert G.evaluate_image(rec, [det("bench", score=up)])[0] is True
+    # counting's 0.9 likewise
+    two = [det("clock", score=0.95), det("clock", score=float(np.float32(0.9)))]
+    assert G.evaluate_image(COUNT_TWO_CLOCKS, two)[1] == "expected clock>=2, found 1"
+
+
+def test_tied_scores_keep_the_later_detection_first():
+    """Upstream orders a class's detections by ``np.argsort(scores)[::-1]``: of tied scores the
+    later row comes first. With one object required, the later of two tied dogs is the one
+    whose position is checked: dog B (right of the cat) first -> "right of" holds."""
+    cat = det("cat", box=(40, 0, 60, 20), score=0.9)
+    dog_left = det("dog", box=(0, 0, 20, 20), score=0.8)
+    dog_right = det("dog", box=(80, 0, 100, 20), score=0.8)
+    rec = {"tag": "position", "prompt": "a photo of a dog right of a cat",
+           "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}]}
+    assert G.select_objects([dog_left, dog_right], "position")["dog"] == [dog_right, dog_left]
+    assert G.evaluate_image(rec, [cat, dog_left, dog_right])[0] is True
+    assert G.evaluate_image(rec, [cat, dog_right, dog_left])[0] is False  # now the left dog is later
+
+
+def test_result_record_is_upstreams_schema():
+    """``evaluate_image``'s dict: metadata is json.dumps of the metadata line (capo's id/index
+    keys dropped), details the kept boxes as [x0, y0, x1, y1, score] per class in
+    object_names.txt order."""
+    rec = {"id": "00007", "index": 7, "prompt_id": "00007", "tag": "two_object",
+           "include": [{"class": "dog", "count": 1}, {"class": "bench", "count": 1}], "prompt": "a photo of a dog and a bench"}
+    objects = G.select_objects([det("dog", box=(1, 2, 3, 4), score=0.5), det("bench", box=(5, 6, 7, 8), score=0.75)],
+                               "two_object")
+    r = G.result_record("out/00007/samples/00000.png", rec, True, "", objects)
+    assert r == {"filename": "out/00007/samples/00000.png", "tag": "two_object", "prompt": rec["prompt"],
+                 "correct": True, "reason": "",
+                 "metadata": '{"tag": "two_object", "include": [{"class": "dog", "count": 1}, {"class": "bench", '
+                             '"count": 1}], "prompt": "a photo of a dog and a bench"}',
+                 "details": '{"bench": [[5.0, 6.0, 7.0, 8.0, 0.75]], "dog": [[1.0, 2.0, 3.0, 4.0, 0.5]]}'}
+
+
 def test_counting_uses_threshold_09():
     dets = [det("clock", score=0.95), det("clock", score=0.92), det("clock", score=0.5)]
     # counting: the 0.5 clock is not kept (0.9 threshold) -> exactly 2

@@ -107,11 +107,10 @@ def save_checkpoint(out_dir, base_spec: str, denoiser_state: dict | None = None,
     return out
 
 
-def load_checkpoint(path):
-    """Load a capo checkpoint: its base model with the fine-tuned denoiser weights applied
-    (LoRA adapters are merged into the weights)."""
-    from safetensors.torch import load_file
-
+def check_checkpoint(path) -> dict:
+    """A capo checkpoint's metadata, after the checks that need no weights loaded: valid JSON,
+    its weight files intact (size and sha256 as recorded), its base model unchanged. Every
+    failure is a ``ModelLoadError`` saying how to re-create it."""
     from capo import artifacts
 
     p = Path(path)
@@ -127,11 +126,39 @@ def load_checkpoint(path):
                                  "(a train run resumes from its newest intact checkpoint-<step>/)")
         except artifacts.ArtifactError as e:
             raise ModelLoadError(str(e)) from None
-    model = load_model(meta["base"])
+    if meta.get("format") == "full" and not (p / DENOISER_WEIGHTS).is_file():
+        raise ModelLoadError(f"{p}: missing {DENOISER_WEIGHTS}")
+    if meta.get("format") == "lora" and not (p / "adapter").is_dir():
+        raise ModelLoadError(f"{p}: missing LoRA adapter directory 'adapter'")
     now = model_fingerprint(meta["base"])
     if now != meta["base_fingerprint"]:
         raise ModelLoadError(f"{p}: its base model {meta['base']!r} has changed since training "
                              f"(fingerprint {meta['base_fingerprint'][:12]} then, {now[:12]} now)")
+    return meta
+
+
+def check_model(spec: str) -> None:
+    """The checks ``load_model`` makes before loading weights (a stage calls this for every model
+    before it writes anything): a checkpoint's files intact, a name known, a path of a known kind."""
+    p = Path(spec)
+    if (p / CHECKPOINT_FILE).is_file():
+        meta = check_checkpoint(p)
+        check_model(meta["base"])
+    elif not ((p / "capo_pipeline.json").is_file() or (p / "model_index.json").is_file()):
+        if spec not in MODELS and p.exists():
+            raise ModelLoadError(f"{spec}: neither a capo checkpoint ({CHECKPOINT_FILE}), a shapes pipeline "
+                                 "(capo_pipeline.json) nor a diffusers pipeline directory (model_index.json)")
+        MODELS.get(spec)  # an unknown name raises with suggestions
+
+
+def load_checkpoint(path):
+    """Load a capo checkpoint: its base model with the fine-tuned denoiser weights applied
+    (LoRA adapters are merged into the weights)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    meta = check_checkpoint(p)
+    model = load_model(meta["base"])
     if meta["format"] == "full":
         if not (p / DENOISER_WEIGHTS).is_file():
             raise ModelLoadError(f"{p}: missing {DENOISER_WEIGHTS}")

@@ -223,7 +223,7 @@ def run(cfg: EvalConfig) -> dict:
     from capo.eval.geneval import get_detector, summarize, write_results_jsonl
     from capo.eval.t2i_compbench import summarize as summarize_cb
     from capo.eval.winrate import bootstrap_delta, win_rate
-    from capo.models import load_model, model_fingerprint
+    from capo.models import check_model, load_model, model_fingerprint
     from capo.prompts import load_prompts, records_fingerprint, strata_of
     from capo.stages import generate, score
 
@@ -253,6 +253,8 @@ def run(cfg: EvalConfig) -> dict:
         inputs = {f"images:{ps}:{label}": {"path": str(s.root), "layout": s.layout, "sha256": fingerprint(s)}
                   for (ps, label), s in image_sets.items()}
     else:
+        for _, spec in models:  # a damaged checkpoint fails here, before anything is written
+            check_model(spec)
         inputs = {f"model:{label}": {"path": spec, "sha256": model_fingerprint(spec)} for label, spec in models}
     inputs |= {f"prompts:{ps}": {"path": ps, "sha256": records_fingerprint(r)} for ps, r in records.items()}
     manifest = artifacts.make_manifest("eval", config, inputs)

@@ -610,6 +610,7 @@ def run(cfg: TrainConfig) -> dict:
             accelerator.wait_for_everyone()
             accelerator.save_state(str(d))
             if accelerator.is_main_process:
+                artifacts.follow_umask(d)
                 if ema is not None:
                     torch.save([e.cpu() for e in ema], d / "ema.pt")
                 artifacts.write_json(d / "trainer_state.json", {"step": step})  # written last: checkpoint complete
