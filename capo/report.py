@@ -32,6 +32,9 @@ def compare_metrics(results: dict, label: str) -> dict[str, dict]:
         out.setdefault("geneval.overall", {}).update(model=r["geneval"]["overall"], base=base["geneval"]["overall"])
         for tag, v in r["geneval"]["tags"].items():
             out.setdefault(f"geneval.{tag}", {}).update(model=v, base=base["geneval"]["tags"].get(tag))
+    for key, d in r.get("dpg_delta", {}).items():
+        out[f"dpg.{key}"] = {"value": d["delta"], "ci_low": d["ci_low"], "ci_high": d["ci_high"], "kind": "delta",
+                             "model": d["mean_a"], "base": d["mean_b"]}
     for cat, d in r.get("compbench_delta", {}).items():
         out[f"compbench.{cat}"] = {"value": d["delta"], "ci_low": d["ci_low"], "ci_high": d["ci_high"],
                                    "kind": "delta", "model": d["mean_a"], "base": d["mean_b"]}
@@ -142,13 +145,15 @@ def expected_metric(name: str, benchmarks: list[str], rewards: list[str]) -> str
     from capo.eval.t2i_compbench import CATEGORIES
 
     family, _, rest = name.partition(".")
-    bench = {"winrate": "winrate", "score": "winrate", "geneval": "geneval", "compbench": "compbench"}.get(family)
+    bench = {"winrate": "winrate", "score": "winrate", "geneval": "geneval", "compbench": "compbench",
+             "dpg": "dpg"}.get(family)
     if bench is None:
         return f"unknown metric family {family!r} (winrate.<reward>, score.<reward>, geneval.<tag|overall>, " \
-               "compbench.<category>)"
+               "compbench.<category>, dpg.overall)"
     if bench not in benchmarks:
         return f"{name!r} needs the {bench} benchmark, which is not run (benchmarks: {', '.join(benchmarks)})"
-    known = {"winrate": list(rewards), "geneval": ["overall", *TAGS], "compbench": list(CATEGORIES)}[bench]
+    known = {"winrate": list(rewards), "geneval": ["overall", *TAGS], "compbench": list(CATEGORIES),
+             "dpg": ["overall"]}[bench]
     if bench == "compbench" and rest.split(":")[0] not in known:
         return None if rest else f"{name!r}: name a category"  # the shapes world adds its own categories
     if rest not in known:

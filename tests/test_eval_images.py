@@ -144,3 +144,40 @@ def test_checkpoints_follow_the_umask_and_a_truncated_one_leaves_no_eval_dir(tin
                                   "limit=2", "n=1", "benchmarks=geneval"])
     assert r.exit_code == 2 and "re-create it" in r.output, r.output
     assert not (tmp_path / "e").exists()
+
+
+class _BrightVQA:
+    """Answers 'yes' to every question on a tile whose mean brightness is above 127."""
+
+    name, model_id, exact = "bright-test", None, False
+
+    def vqa(self, image, question):
+        return "yes" if np.asarray(image.convert("L")).mean() > 127 else "no"
+
+
+def test_dpg_bench_on_grid_folders(tmp_path, monkeypatch):
+    """Two DPG-Bench folders (<item id>.png 2x2 grids), scored with a stand-in VQA: a bright tile
+    answers yes to all, a dark one no. Items a (3 questions) and c (2 questions, its second
+    run in the CSV) are scored; b: item 'b' needs parent 5 of question 4 -> with all-yes it
+    scores 1. Model 'bright' has 4 bright tiles per grid, 'half' 2 of 4: per prompt 1.0 vs 0.5."""
+    from capo.eval import dpg_bench
+
+    monkeypatch.setitem(dpg_bench.VQAS, "blip-vqa", lambda **kw: _BrightVQA())
+    csv = Path(__file__).parent / "data" / "dpg" / "tiny_dpg_bench.csv"
+    monkeypatch.setattr(dpg_bench, "DPG_CSV_GIT_BLOB", dpg_bench.git_blob_sha1(csv.read_bytes()))  # pin the fixture
+
+    def grid_folder(name, bright_tiles):
+        d = tmp_path / name
+        tiles = [np.full((16, 16, 3), 255 if k < bright_tiles else 0, np.uint8) for k in range(4)]
+        dpg_bench.write_grid_folder({i: tiles for i in ("a", "b", "c")}, d)
+        return d
+
+    a, b = grid_folder("bright", 4), grid_folder("half", 2)
+    res = evaluate.run(evaluate.EvalConfig(images=[f"bright={a}", f"half={b}"], out=str(tmp_path / "e"),
+                                           benchmarks=["dpg"], detector="mask2former", dpg_vqa="blip-vqa",
+                                           dpg_questions=str(csv), rewards=[]))
+    assert res["results"]["bright"]["dpg"]["overall"] == 1.0
+    assert res["results"]["half"]["dpg"]["overall"] == pytest.approx(0.5)
+    assert "variant" in res["results"]["half"]["dpg"]["protocol"]
+    d = res["results"]["half"]["dpg_delta"]["overall"]
+    assert d["delta"] == pytest.approx(-0.5) and d["ci_high"] == pytest.approx(-0.5)

@@ -41,7 +41,7 @@ import numpy as np
 from capo import artifacts
 from capo.config import stage_config, to_dict
 
-BENCHMARKS = ("winrate", "geneval", "compbench", "divergence")
+BENCHMARKS = ("winrate", "geneval", "compbench", "dpg", "divergence")
 SHAPES_REWARDS = ["shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"]
 REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
 
@@ -56,6 +56,9 @@ class EvalConfig:
     prompts: str | None = None  # win-rate prompts (default: shapes:geneval in the shapes world, parti otherwise)
     geneval_prompts: str | None = None  # GenEval-form set (default: shapes:geneval / geneval)
     compbench_prompts: list[str] | None = None  # CompBench sets (default: the world's categories)
+    dpg_prompts: str | None = None  # DPG-Bench prompts (default: dpg-bench; SET@val / @test or a limit for a subset)
+    dpg_vqa: str = "mplug"  # DPG-Bench VQA: mplug (upstream's, extra capo[dpg]) | blip-vqa (a named variant)
+    dpg_questions: str | None = None  # DPG-Bench's dpg_bench.csv (default: the pinned upstream file, cached)
     rewards: list[str] | None = None  # reward models for win-rates (default: the world's set)
     n: int = 4  # images per prompt
     seed: int = 0  # base seed of the per-item seeds (shared by every model)
@@ -71,7 +74,7 @@ class EvalConfig:
     quiet: bool = False
 
     RULES: ClassVar[dict[str, str]] = {
-        "benchmarks": "winrate | geneval | compbench | divergence", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
+        "benchmarks": "winrate | geneval | compbench | dpg | divergence", "dpg_vqa": "mplug | blip-vqa", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
         "limit": ">= 1", "subset_seed": ">= 0", "n_t": ">= 1", "detector": "auto | shapes | mask2former | mmdet",
         "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1", "n_boot": ">= 1"}
 
@@ -239,6 +242,13 @@ def run(cfg: EvalConfig) -> dict:
     if "compbench" in cfg.benchmarks:
         sets["compbench"] = list(cfg.compbench_prompts or ([IMAGES] if image_mode else
                                                            SHAPES_COMPBENCH if shapes else REAL_COMPBENCH))
+    if "dpg" in cfg.benchmarks:
+        if shapes:
+            raise ValueError("benchmarks: dpg (DPG-Bench) has no shapes-world form; run it on real models or images")
+        sets["dpg"] = [cfg.dpg_prompts or (IMAGES if image_mode else "dpg-bench")]
+        from capo.eval.dpg_bench import load_questions
+
+        questions = load_questions(cfg.dpg_questions)  # a missing question file fails before any work
     records = {ps: load_prompts(ps, limit=None if image_mode else cfg.limit, stratify=True, subset_seed=cfg.subset_seed)
                for ps in sorted({p for v in sets.values() for p in v}) if ps != IMAGES}
     image_sets = read_image_folders(models, sets, records) if image_mode else {}
@@ -291,6 +301,8 @@ def run(cfg: EvalConfig) -> dict:
                     f = f.merge(artifacts.read_table(d / "rewards" / r / "scores.parquet"), on=["prompt_id", "sample_id"])
             elif bench == "geneval":
                 f = pd.DataFrame(geneval_rows(by_id, idx, load_images_of(d, idx), detector, color_fn, samples=d))
+            elif bench == "dpg":
+                f = dpg_frame(idx, d, questions, dpg_vqa, dpg_summaries.setdefault(spec, {}), ps)
             else:
                 scorer = shapes_compbench_scorer() if shapes else real_compbench_scorer()
                 f = pd.DataFrame(compbench_rows(by_id, idx, load_images_of(d, idx), scorer))
@@ -301,6 +313,16 @@ def run(cfg: EvalConfig) -> dict:
             write_results_jsonl(out / "results" / label / "geneval_results.jsonl", f.pop("upstream").tolist())
         artifacts.write_table(f, out / "results" / label / f"{bench}_per_image.parquet")
         return f
+
+    dpg_summaries: dict = {}
+    held_vqa: list = []
+
+    def dpg_vqa():
+        from capo.eval.dpg_bench import get_vqa
+
+        if not held_vqa:
+            held_vqa.append(get_vqa(cfg.dpg_vqa))
+        return held_vqa[0]
 
     color_fn = None
     if "geneval" in sets:
@@ -355,6 +377,16 @@ def run(cfg: EvalConfig) -> dict:
                     entry["compbench_delta"][cat] = bootstrap_delta(
                         f.loc[m, "score"].to_numpy(), f.loc[m, "score@base"].to_numpy(),
                         f.loc[m, "prompt_id"].to_numpy(), n_boot=cfg.n_boot)
+        if "dpg" in frames:
+            spec = dict(models)[label]
+            entry["dpg"] = {ps: sm for ps, sm in dpg_summaries[spec].items()}
+            entry["dpg"] = next(iter(entry["dpg"].values())) if len(entry["dpg"]) == 1 else entry["dpg"]
+            if label != base_label:
+                f = frames["dpg"][label].merge(frames["dpg"][base_label], on=["prompt_id", "sample_id"],
+                                               suffixes=("", "@base"))
+                f = f[f["score"].notna() & f["score@base"].notna()]  # prompts upstream drops (KeyError) in either
+                entry["dpg_delta"] = {"overall": bootstrap_delta(f["score"].to_numpy(float), f["score@base"].to_numpy(float),
+                                                                 f["prompt_id"].to_numpy(), n_boot=cfg.n_boot)}
         if "divergence" in frames and label in frames["divergence"]:
             from capo.eval.divergence import divergence_summary
 
@@ -362,7 +394,7 @@ def run(cfg: EvalConfig) -> dict:
             artifacts.write_table(dv["rows"], out / "results" / label / "divergence_per_image.parquet")
             entry["divergence"] = {**divergence_summary(dv["rows"], n_boot=cfg.n_boot),
                                    "param_distance": dv["param_distance"]}
-        for bench in ("winrate", "geneval", "compbench", "divergence"):
+        for bench in ("winrate", "geneval", "compbench", "dpg", "divergence"):
             if bench in entry:
                 artifacts.write_json(out / "results" / label / f"{bench}.json",
                                      {"eval_run": manifest["run_key"], "model": dict(models)[label],
@@ -398,6 +430,27 @@ def read_image_folders(entries, sets, records) -> dict:
                     f"{len(only_a)} only in {base!r} (e.g. {only_a[:3]}), {len(only_b)} only in {label!r} "
                     f"(e.g. {only_b[:3]}); comparisons pair image k of each prompt")
     return out
+
+
+def dpg_frame(idx, samples: Path, questions, vqa, summaries: dict, ps: str):
+    """DPG-Bench on one model's images: ``{prompt_id: [images]}`` (generated: the first 4 of each
+    prompt, tiled as upstream's 2x2 grid; an image folder: its grid files) scored by
+    ``capo.eval.dpg_bench.score_images``; one row per prompt (``score`` = the mean over tiles
+    of the questions after the dependency rule), the summary kept in ``summaries[ps]``."""
+    import pandas as pd
+
+    from capo.eval.dpg_bench import PIC_NUM, score_images
+
+    images: dict[str, list] = {}
+    for pid, sid, rel in sorted(zip(idx["prompt_id"], idx["sample_id"], idx["path"]), key=lambda t: (t[0], t[1])):
+        images.setdefault(str(pid), []).append(str(samples / rel))
+    grids = all(len(v) == 1 for v in images.values())
+    value = {pid: (v[0] if grids else v[:PIC_NUM]) for pid, v in images.items()}
+    pic_num = PIC_NUM if grids else min(PIC_NUM, min(len(v) for v in images.values()))
+    res = score_images(value, vqa, questions=questions, expected_ids=list(value), pic_num=pic_num)
+    summaries[ps] = res["summary"]
+    return pd.DataFrame([{"prompt_id": r["item_id"], "sample_id": 0, "score": r["score"], "error": r["error"]}
+                         for r in res["prompts"]])
 
 
 def per_prompt_of(image_set) -> int:
