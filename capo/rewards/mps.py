@@ -37,14 +37,23 @@ evalscope ``t2v_metrics/models/clipscore_models/build_mps_model``, imscore ``ims
   ``eos_token_id = 2``, transformers' legacy ``argmax(input_ids)``, the same token for CLIP's
   vocabulary, where EOS has the largest id).
 
+Images are preprocessed as transformers 4.x's PIL ``CLIPImageProcessor`` does (the README's
+``CLIPImageProcessor.from_pretrained``; ``capo.rewards.real.Pixels``), not with transformers 5's
+torchvision default. Precision: upstream's forward casts the pixels and the mask to half
+(``image_inputs.half()``, ``mask.half()``), so the released model runs in float16 on a GPU; capo
+scores in ``dtype`` (default float32; ``dtype=torch.float16`` on CUDA is upstream's).
+
 BT transform: ``identity``. MPS is trained, like PickScore, with the softmax over a pair of
 ``logit_scale * cos`` logits (the README's inference takes ``softmax`` of exactly these scores).
 
 Weights, in the order tried:
 
 * ``path=FILE`` or the first of these in ``path=DIR``: the released ``MPS_overall_checkpoint.pth``
-  (a whole pickled model; capo unpickles it with stand-in classes for the unpublished ``trainer``
-  package and keeps only its tensors; unpickling runs code from the file, so use only a file you
+  (a whole pickled model of the unpublished ``trainer`` package around transformers 4.x objects,
+  ``CLIPTextTransformer`` and others that transformers 5 no longer has; capo unpickles every
+  ``trainer.*`` and ``transformers.*`` class, and any class it cannot find, as a stand-in that
+  keeps only its state, then reads the tensors off the module tree by path, so the file loads
+  whatever transformers is installed; unpickling runs code from the file, so use only a file you
   trust), ``MPS_overall_state_dict.pt`` (ModelScope ``AI-ModelScope/MPS``), ``model.safetensors``
   (imscore's port on the hub, ``RE-N-Y/mpsv1``, keys prefixed ``mps.``);
 * default: ``RE-N-Y/mpsv1`` (``model.safetensors``) from the Hugging Face cache or hub.
@@ -65,8 +74,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from capo.rewards import RewardLoadError
-from capo.rewards.real import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, _device, _first_line, _from_pretrained,
-                               _pil, _require, _Reward)
+from capo.rewards.real import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, Pixels, _device, _first_line, _from_pretrained,
+                               _require, _Reward)
 
 MPS_REPO, MPS_FILE = "RE-N-Y/mpsv1", "model.safetensors"  # imscore's port of MPS_overall_checkpoint.pth
 MPS_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -209,24 +218,80 @@ def cross_shape(state: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- reading weights
-class _StandIns(pickle.Unpickler):
-    """Unpickles ``MPS_overall_checkpoint.pth`` without the unpublished ``trainer`` package: its
-    classes become empty ``nn.Module`` subclasses, so the module tree and its tensors come back."""
+STAND_IN_PACKAGES = ("trainer", "transformers")
 
-    def find_class(self, module, name):
-        if module == "trainer" or module.startswith("trainer."):
-            return _stand_in(name)
-        return super().find_class(module, name)
+
+class StandIn:
+    """What an object of a stood-in class unpickles as: its pickled state kept as attributes
+    (``__dict__``), constructor arguments in ``args``, pickled list / dict items in ``items``."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+            state, slots = state  # (__dict__, __slots__ values)
+            self.__dict__.update(slots or {})
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["state"] = state
+
+    def __setitem__(self, key, value):  # a pickled dict subclass
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value):  # a pickled list subclass
+        self.__dict__.setdefault("items", []).append(value)
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
 
 
 @functools.cache
-def _stand_in(name: str):
-    return type(name, (torch.nn.Module,), {"__module__": "capo.rewards.mps.standin"})
+def _stand_in(module: str, name: str):
+    return type(name, (StandIn,), {"__module__": f"capo.rewards.mps.standin.{module}"})
+
+
+class _StandIns(pickle.Unpickler):
+    """Unpickles ``MPS_overall_checkpoint.pth``, a whole pickled model, whatever is installed. The
+    file names classes of the unpublished ``trainer`` package and of the transformers 4.x it was
+    saved with (``transformers.models.clip.modeling_clip.CLIPTextTransformer``, ``CLIPSdpaAttention``,
+    the config classes, ...), which transformers 5 removed or changed: every class of those two
+    packages, and any other class that cannot be found, becomes a ``StandIn`` that only keeps its
+    pickled state; torch's own classes (``nn.Linear``, ``nn.LayerNorm``, parameters, storages) load
+    as themselves. ``module_tensors`` then reads the tensors off the module tree by path."""
+
+    def find_class(self, module, name):
+        if module.split(".")[0] in STAND_IN_PACKAGES:
+            return _stand_in(module, name)
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return _stand_in(module, name)
 
 
 class _PickleModule:  # what torch.load's pickle_module needs
     Unpickler = _StandIns
     load = staticmethod(lambda f, **kw: _StandIns(f, **kw).load())
+
+
+def module_tensors(obj, prefix: str = "") -> dict:
+    """``state_dict()`` of a pickled module tree, real ``nn.Module`` or ``StandIn`` alike: the
+    ``_parameters`` and persistent ``_buffers`` of every module reached through ``_modules``."""
+    d = getattr(obj, "__dict__", None) or {}
+    out = {}
+    for k, v in (d.get("_parameters") or {}).items():
+        if torch.is_tensor(v):
+            out[prefix + k] = v.detach()
+    skip = d.get("_non_persistent_buffers_set") or set()
+    for k, v in (d.get("_buffers") or {}).items():
+        if torch.is_tensor(v) and k not in skip:
+            out[prefix + k] = v
+    for k, m in (d.get("_modules") or {}).items():
+        if m is not None:
+            out.update(module_tensors(m, f"{prefix}{k}."))
+    return out
 
 
 def read_state(file: Path) -> dict:
@@ -239,7 +304,7 @@ def read_state(file: Path) -> dict:
             state = load_file(str(file))
         else:
             obj = torch.load(str(file), map_location="cpu", weights_only=False, pickle_module=_PickleModule)
-            state = obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
+            state = obj if isinstance(obj, dict) else module_tensors(obj)
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, named with the reason
@@ -285,6 +350,7 @@ class MPS(_Reward):
                  threshold: float = THRESHOLD):
         super().__init__(device, batch_size)
         self.net, self.tokenizer, self.image_processor = model.to(device).eval(), tokenizer, image_processor
+        self.pixels = Pixels.from_processor(image_processor)  # the 4.x CLIPImageProcessor's PIL steps
         self.condition, self.threshold = condition, float(threshold)
         self.cond_ids = self._ids([condition])
 
@@ -304,7 +370,7 @@ class MPS(_Reward):
         clip, b = self.net.model, len(prompts)
         text_f, text_eos = self._text(self._ids(prompts))
         cond_f, _ = self._text(self.cond_ids.expand(b, -1))
-        px = self.image_processor(images=_pil(images), return_tensors="pt")["pixel_values"]
+        px = self.pixels(images)
         image_f = clip.visual_projection(clip.vision_model(pixel_values=px.to(self.device, clip.dtype)).last_hidden_state)
         s = torch.einsum("bid,bjd->bji", text_f, cond_f).amax(dim=1, keepdim=True)  # (B, 1, 77): best condition token
         s = s / s.amax(dim=-1, keepdim=True)

@@ -22,17 +22,27 @@ mps            ``logit_scale * cos`` of MPS's cross-attention head (mps.py)    i
 
 (``s`` is the model's CLIP ``logit_scale.exp()``, 100 for the released checkpoints.)
 
+Images are preprocessed as upstream does, with PIL, whatever transformers is installed
+(``Pixels``, ``hps_pixels``): transformers 5's default image processors resize with torchvision
+and move pixels by up to 2 levels from the transformers 4.x PIL processors the rewards were
+trained and published with. Rewards that upstream scores under autocast take ``autocast=``
+(``autocast_dtype``; default ``"auto"``: upstream's autocast on CUDA, none on the CPU).
+
 Facts and sources:
 
 * PickScore: model ``yuvalkirstain/PickScore_v1``, processor
   ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``; text padded/truncated to 77 tokens; score
   ``model.logit_scale.exp() * text_embs @ image_embs.T`` of L2-normalised projections
-  (PickScore model card / repo README). Trained as a BT/softmax model on these logits:
-  identity.
+  (PickScore model card / repo README), images through the processor's config as the 4.x
+  ``CLIPImageProcessor`` runs it (``Pixels.from_processor``: PIL bicubic shortest side, crop
+  offsets ``(H - 224) // 2``), float32 (the model card's). Trained as a BT/softmax model on
+  these logits: identity.
 * HPSv2.1: ``create_model_and_transforms('ViT-H-14', ...)`` + ``xswu/HPSv2`` file
-  ``HPS_v2.1_compressed.pt`` (``checkpoint['state_dict']``), tokenizer
-  ``get_tokenizer('ViT-H-14')``; validation transform resizes the longest side to 224
-  and pads (``resize_longest_max=True``), OpenAI mean/std; score
+  ``HPS_v2.1_compressed.pt`` (``checkpoint['state_dict']``) over the architecture of tag
+  ``laion2B-s32B-b79K`` (plain GELU, ``force_quick_gelu=False``), tokenizer
+  ``get_tokenizer('ViT-H-14')``; validation transform ``ToTensor`` -> ``ResizeMaxSize(224)`` on
+  the float tensor -> zero padding -> ``Normalize`` (``resize_longest_max=True``, OpenAI
+  mean/std; ``hps_pixels``); float32 weights under float16 autocast on CUDA; score
   ``diag(image_features @ text_features.T)`` of normalised features, i.e. the cosine
   (~0.2-0.35) (tgxs002/HPSv2 ``hpsv2/img_score.py``, ``utils.py``). HPS is trained
   with cross-entropy on ``logit_scale * cos`` with ``logit_scale`` clamped to ln 100
@@ -48,19 +58,27 @@ Facts and sources:
   L2-normalised, then the MLP ``768-1024-128-64-16-1`` (Linear layers with Dropout
   0.2/0.2/0.1 between the first four, no activations) with weights
   ``sac+logos+ava1-l14-linearMSE.pth`` (christophschuhmann/improved-aesthetic-predictor
-  ``simple_inference.py``); a regression onto mean ratings on a 1-10 scale. Temperature
+  ``simple_inference.py``); a regression onto mean ratings on a 1-10 scale. Upstream embeds with
+  OpenAI's ``clip.load("ViT-L/14")`` and its preprocess ``_transform(224)`` (torchvision
+  ``Resize``/``CenterCrop`` on the PIL image: crop offsets ``round((H - 224) / 2)``,
+  ``Pixels.openai``); ``clip.load`` keeps float16 weights on CUDA (``dtype=torch.float16`` for
+  that; capo's default is float32). Temperature
   ``T = 1.0`` (``temperature=`` to change it): a one-point gap reads as a 73%
   preference. Not from the paper, whose aesthetic reward is VILA; a declared default.
 * CLIPScore: ``w * max(cos(E_img, E_txt), 0)`` with ``w = 2.5``, CLIP ViT-B/32
   (``openai/clip-vit-base-patch32``), text prefixed with ``"A photo depicts "``
-  (Hessel et al., 2021, "CLIPScore", and jmhessel/clipscore). CLIP's own contrastive
+  (Hessel et al., 2021, "CLIPScore", and jmhessel/clipscore ``clipscore.py``: OpenAI
+  ``clip.load("ViT-B/32")`` and ``_transform_test(224)``, the same transform as OpenAI's,
+  ``Pixels.openai``; on CUDA upstream runs float16 weights and pixels, ``dtype=torch.float16``
+  for that; capo's default is float32). CLIP's own contrastive
   logit is ``s * cos``, so ``temperature:w/s`` (0.025) maps a positive score back to it.
 * VQAScore (BLIP variant, ``vqascore-blip``): question ``'Does this figure show "{prompt}"?
   Please answer yes or no.'``, answer ``"yes"`` and score ``exp(-mean token cross-entropy of the
   answer)`` (the answer's tokens including the end token) as in linzhiqiu/t2v_metrics
   (``t2v_metrics/models/vqascore_models/clip_t5_model.py``), over a transformers BLIP VQA
   model (``Salesforce/blip-vqa-base``, ``BlipForQuestionAnswering``; answer ``"yes"`` then
-  [SEP], decoder started from the BOS token, as its ``generate`` does). Not the paper's
+  [SEP], decoder started from the BOS token, as its ``generate`` does; images through the
+  processor's config as the 4.x ``BlipImageProcessor`` runs it, ``Pixels``). Not the paper's
   numbers: the paper's VQAScore is CLIP-FlanT5-XXL, ``vqascore`` (``capo.rewards.vqascore``).
   A probability: ``logit``.
 * MPS (Kwai-Kolors/MPS): implemented in ``capo.rewards.mps`` (its facts and sources there).
@@ -68,6 +86,7 @@ Facts and sources:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from pathlib import Path
@@ -80,6 +99,8 @@ from capo.rewards import RewardLoadError
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 HPS_REPO, HPS_FILE, HPS_ARCH = "xswu/HPSv2", "HPS_v2.1_compressed.pt", "ViT-H-14"
+HPS_TAG = "laion2B-s32B-b79K"  # the open_clip tag HPSv2 builds its ViT-H-14 from (plain GELU)
+OPENCLIP_MODELS = {"hps": (HPS_ARCH, HPS_TAG)}  # every open_clip (arch, tag) a reward builds
 IMAGEREWARD_REPO, IMAGEREWARD_NAME = "THUDM/ImageReward", "ImageReward-v1.0"
 IMAGEREWARD_MEAN, IMAGEREWARD_STD = 0.16717362830052426, 1.0333394966054072
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
@@ -157,11 +178,194 @@ def _pooled(out):
     return out if torch.is_tensor(out) else out.pooler_output
 
 
+# ----------------------------------------------------------------------------- image preprocessing
+# The rewards were trained and published with transformers 4.x, whose image processors resize
+# with PIL; transformers 5's default ("fast") processors resize with torchvision and move pixels
+# by up to 2 levels (MPS scores by up to ~8e-4). The OpenAI-CLIP rewards (aesthetic, CLIPScore)
+# use OpenAI's torchvision transform on PIL images instead, which crops with rounded offsets.
+# capo preprocesses all of them here, with PIL, whatever transformers version is installed.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _size_field(size, key):
+    """``size[key]`` of a processor's size (a dict in transformers 4.x, a ``SizeDict`` in 5.x)."""
+    v = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(v) if v is not None else None
+
+
+class Pixels:
+    """PIL preprocessing: uint8 ``(B, H, W, 3)`` images (or PIL images) -> float32 ``(B, 3, h, w)``.
+
+    Steps, as transformers 4.x's ``CLIPImageProcessor`` / ``BlipImageProcessor`` run them
+    (``image_processing_clip.py``; ``image_transforms.py`` ``get_resize_output_image_size``,
+    ``resize``, ``center_crop``, ``rescale``, ``normalize``):
+
+    * RGB conversion (``do_convert_rgb``);
+    * resize with PIL (``resample``, bicubic for every reward here): ``size`` an int resizes the
+      shortest side to it and the other to ``int(size * long / short)`` (truncated, as
+      torchvision's ``Resize``), ``size`` a pair ``(h, w)`` resizes to exactly that;
+    * center crop to ``crop`` ``(h, w)``: top/left offsets ``(H - h) // 2`` (``crop_rounding=
+      "floor"``, transformers) or ``int(round((H - h) / 2))`` (``"round"``, torchvision's
+      ``CenterCrop``, used by OpenAI CLIP's ``_transform``: ``Pixels.openai``);
+    * rescale ``x * rescale_factor`` computed in float64 then cast to float32 (``Pixels.openai``:
+      ``x / 255`` in float32, torchvision's ``ToTensor``), normalise ``(x - mean) / std`` in float32.
+    """
+
+    def __init__(self, size, crop=None, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, resample: int = 3,
+                 crop_rounding: str = "floor", rescale_factor: float | None = 1 / 255, normalize: bool = True,
+                 convert_rgb: bool = True):
+        if crop_rounding not in ("floor", "round"):
+            raise ValueError(f"crop_rounding must be 'floor' or 'round'; got {crop_rounding!r}")
+        self.size = size if size is None or isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.resample, self.crop_rounding = int(resample), crop_rounding
+        self.rescale_factor, self.normalize, self.convert_rgb = rescale_factor, bool(normalize), bool(convert_rgb)
+        self.to_tensor = False  # rescale as transformers does (float64 product, cast to float32)
+
+    @classmethod
+    def openai(cls, n_px: int) -> "Pixels":
+        """OpenAI CLIP's ``_transform(n_px)`` (openai/CLIP ``clip/clip.py``; jmhessel/clipscore's
+        ``_transform_test``): ``Resize(n_px, BICUBIC)``, ``CenterCrop(n_px)``, ``ToTensor``,
+        ``Normalize`` with OpenAI's mean and std."""
+        p = cls(int(n_px), (int(n_px), int(n_px)), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 3, "round")
+        p.to_tensor = True  # torchvision's ToTensor: float32 x / 255
+        return p
+
+    @classmethod
+    def from_processor(cls, proc, crop_rounding: str = "floor") -> "Pixels":
+        """The steps a transformers image processor's config asks for, run as transformers 4.x's
+        PIL processors run them (whichever backend ``proc`` itself would use)."""
+        ip = getattr(proc, "image_processor", proc)
+        if getattr(ip, "do_pad", None):
+            raise ValueError(f"{type(ip).__name__} pads (do_pad=True): not a preprocessing capo reproduces")
+        size = None
+        if getattr(ip, "do_resize", True):
+            s = ip.size
+            if isinstance(s, int):  # an old int config, already converted by 4.x's get_size_dict
+                size = s if not getattr(ip, "default_to_square", True) else (s, s)
+            elif _size_field(s, "shortest_edge") and not _size_field(s, "longest_edge"):
+                size = _size_field(s, "shortest_edge")
+            elif _size_field(s, "height") and _size_field(s, "width"):
+                size = (_size_field(s, "height"), _size_field(s, "width"))
+            else:
+                raise ValueError(f"{type(ip).__name__}: unsupported resize size {s!r}")
+        crop = None
+        if getattr(ip, "do_center_crop", False):
+            c = ip.crop_size
+            crop = (c, c) if isinstance(c, int) else (_size_field(c, "height"), _size_field(c, "width"))
+        return cls(size, crop, ip.image_mean if getattr(ip, "do_normalize", True) else (0.0,) * 3,
+                   ip.image_std if getattr(ip, "do_normalize", True) else (1.0,) * 3,
+                   int(getattr(ip, "resample", 3) if getattr(ip, "resample", None) is not None else 3), crop_rounding,
+                   float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else None,
+                   bool(getattr(ip, "do_normalize", True)), bool(getattr(ip, "do_convert_rgb", True) is not False))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` after the resize (transformers' ``get_resize_output_image_size``)."""
+        if self.size is None:
+            return height, width
+        if not isinstance(self.size, int):
+            return self.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.size, int(self.size * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
+    def one(self, image) -> np.ndarray:
+        """One image -> float32 ``(3, h, w)``."""
+        from PIL import Image
+
+        im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+        if self.convert_rgb and im.mode != "RGB":
+            im = im.convert("RGB")
+        if self.size is not None:
+            h, w = self.output_size(im.height, im.width)
+            im = im.resize((w, h), resample=self.resample)
+        x = np.asarray(im)
+        if self.crop is not None:
+            (H, W), (ch, cw) = x.shape[:2], self.crop
+            if ch > H or cw > W:
+                raise ValueError(f"center crop {self.crop} larger than the resized image {(H, W)}")
+            if self.crop_rounding == "floor":
+                top, left = (H - ch) // 2, (W - cw) // 2
+            else:
+                top, left = int(round((H - ch) / 2.0)), int(round((W - cw) / 2.0))
+            x = x[top:top + ch, left:left + cw]
+        if self.to_tensor:
+            x = x.astype(np.float32) / np.float32(255)
+        elif self.rescale_factor:
+            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        else:
+            x = x.astype(np.float32)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def __call__(self, images):
+        import torch
+
+        return torch.from_numpy(np.stack([self.one(im) for im in images]))
+
+    def __repr__(self) -> str:
+        return (f"Pixels(size={self.size}, crop={self.crop}, resample={self.resample}, "
+                f"crop_rounding={self.crop_rounding!r})")
+
+
+def hps_pixels(images, size: int, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, antialias: bool = True):
+    """HPSv2's validation transform, float32 ``(B, 3, size, size)`` (tgxs002/HPSv2
+    ``hpsv2/src/open_clip/transform.py``: ``image_transform(..., resize_longest_max=True)``):
+    ``ToTensor`` (``x / 255``), then ``ResizeMaxSize`` ON THE FLOAT TENSOR: scale ``size / max(h, w)``,
+    new sides ``round(side * scale)`` (Python's round), bicubic (torchvision's tensor resize:
+    ``interpolate(bicubic, align_corners=False)``, no clamping), zero padding ``[pad_w // 2,
+    pad_h // 2, rest]`` (left, top, right, bottom); no resize or pad when the longest side is
+    already ``size``; then ``Normalize``. ``antialias``: torchvision >= 0.17 antialiases tensor
+    resizes by default (what ``pip install hpsv2`` runs today); older torchvision did not
+    (``antialias=False``)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for im in images:
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(im, np.uint8))).permute(2, 0, 1).float().div(255)
+        h, w = x.shape[1:]
+        scale = size / float(max(h, w))
+        if scale != 1.0:
+            nh, nw = round(h * scale), round(w * scale)
+            x = F.interpolate(x[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=antialias)[0]
+            ph, pw = size - nh, size - nw
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+        m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+        s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+        out.append((x - m) / s)
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------- precision
+def autocast_dtype(autocast, device, upstream: str | None):
+    """The autocast dtype a reward runs under: ``"auto"`` = ``upstream`` on CUDA (the dtype the
+    upstream scorer autocasts to there) and none elsewhere; ``None`` / ``"off"`` / ``"float32"`` =
+    none; ``"bfloat16"`` / ``"float16"`` (or a torch dtype) = that one, on any device."""
+    import torch
+
+    if autocast == "auto":
+        autocast = upstream if torch.device(device).type == "cuda" else None
+    if autocast in (None, False, "off", "none", "float32", torch.float32):
+        return None
+    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    dt = names.get(autocast, autocast)
+    if dt not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be 'auto', None, 'bfloat16' or 'float16'; got {autocast!r}")
+    return dt
+
+
 class _Reward:
-    """Validation, batching and ``no_grad`` around ``_score(images, prompts) -> tensor (b,)``."""
+    """Validation, batching, ``no_grad`` and the reward's autocast (``self.autocast``: a torch dtype
+    or None) around ``_score(images, prompts) -> tensor (b,)``."""
 
     name = ""
     bt_transform = "identity"
+    autocast = None
 
     def __init__(self, device, batch_size: int):
         self.device = device
@@ -176,7 +380,9 @@ class _Reward:
         images = _check_inputs(images, prompts)
         prompts = [str(p) for p in prompts]
         out = np.empty(len(images), np.float64)
-        with torch.no_grad():
+        amp = (torch.autocast(torch.device(self.device).type, dtype=self.autocast) if self.autocast is not None
+               else contextlib.nullcontext())
+        with torch.no_grad(), amp:
             for i in range(0, len(images), self.batch_size):
                 s = self._score(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
                 out[i:i + len(s)] = s.double().cpu().numpy()
@@ -187,11 +393,14 @@ class _Reward:
 
 
 class _HFClip(_Reward):
-    """A transformers ``CLIPModel`` + processor: normalised image and text embeddings."""
+    """A transformers ``CLIPModel`` + processor (its tokenizer; images go through ``pixels``, a
+    ``Pixels``: default the processor's config run as transformers 4.x runs it): normalised image
+    and text embeddings."""
 
-    def __init__(self, model, processor, device, batch_size: int, prefix: str = ""):
+    def __init__(self, model, processor, device, batch_size: int, prefix: str = "", pixels: Pixels | None = None):
         super().__init__(device, batch_size)
         self.model, self.processor, self.prefix = model.to(device).eval(), processor, prefix
+        self.pixels = pixels or Pixels.from_processor(processor)
 
     @property
     def logit_scale(self) -> float:
@@ -200,7 +409,7 @@ class _HFClip(_Reward):
     def image_embeds(self, images):
         import torch
 
-        px = self.processor.image_processor(images=_pil(images), return_tensors="pt")["pixel_values"]
+        px = self.pixels(images)
         e = _pooled(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
         return torch.nn.functional.normalize(e.float(), dim=-1)
 
@@ -251,7 +460,8 @@ class CLIPScore(_HFClip):
     name = "clipscore"
 
     def __init__(self, model, processor, device, batch_size, w: float = CLIPSCORE_W, prefix: str = CLIPSCORE_PREFIX):
-        super().__init__(model, processor, device, batch_size, prefix=prefix)
+        super().__init__(model, processor, device, batch_size, prefix=prefix,
+                         pixels=Pixels.openai(model.config.vision_config.image_size))  # clipscore.py's transform
         self.w = float(w)
         self.bt_transform = f"temperature:{self.w / self.logit_scale:.6g}"
 
@@ -290,7 +500,8 @@ class Aesthetic(_HFClip):
     name = "aesthetic"
 
     def __init__(self, model, processor, mlp, device, batch_size, temperature: float = AESTHETIC_TEMPERATURE):
-        super().__init__(model, processor, device, batch_size)
+        super().__init__(model, processor, device, batch_size,
+                         pixels=Pixels.openai(model.config.vision_config.image_size))  # clip.load's preprocess
         self.mlp = mlp.to(device).eval()
         self.bt_transform = f"temperature:{float(temperature):g}"
 
@@ -344,28 +555,51 @@ def aesthetic(path=None, device=None, clip_path=None, processor=None, dtype=None
 class HPS(_Reward):
     name = "hps"
 
-    def __init__(self, model, preprocess, tokenizer, device, batch_size):
+    def __init__(self, model, tokenizer, device, batch_size, antialias: bool = True, autocast=None):
         super().__init__(device, batch_size)
-        self.model, self.preprocess, self.tokenizer = model.to(device).eval(), preprocess, tokenizer
+        self.model, self.tokenizer = model.to(device).eval(), tokenizer
+        self.antialias, self.autocast = bool(antialias), autocast
+        size = model.visual.image_size
+        self.size = int(size if isinstance(size, int) else size[0])
+        self.mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_CLIP_MEAN)
+        self.std = tuple(getattr(model.visual, "image_std", None) or OPENAI_CLIP_STD)
         self.bt_transform = f"temperature:{1.0 / float(self.model.logit_scale.detach().exp()):.6g}"
 
-    def _score(self, images, prompts):
-        import torch
+    def preprocess(self, images):
+        """HPSv2's validation transform (``hps_pixels``)."""
+        return hps_pixels(images, self.size, self.mean, self.std, antialias=self.antialias)
 
+    def _score(self, images, prompts):
         dt = next(self.model.parameters()).dtype
-        px = torch.stack([self.preprocess(im) for im in _pil(images)]).to(self.device, dt)
+        px = self.preprocess(images).to(self.device, dt)
         img = self.model.encode_image(px, normalize=True).float()
         txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
         return (img * txt).sum(-1)
 
 
-def hps(path=None, device=None, arch: str = HPS_ARCH, dtype=None, batch_size: int = DEFAULT_BATCH_SIZE,
-        local_files_only: bool = False) -> HPS:
+def hps_model(arch: str = HPS_ARCH, device: str = "cpu"):
+    """``(model, tokenizer)``: the open_clip architecture HPSv2 builds (``create_model_and_transforms(
+    'ViT-H-14', 'laion2B-s32B-b79K', force_quick_gelu=False, ...)``, hpsv2/img_score.py) with the
+    activation of that tag (plain GELU), random weights: the checkpoint replaces them all."""
+    from capo import openclip
+
+    model, _, tokenizer = openclip.create(arch, None, trained_as=HPS_TAG, load_weights=False, device=device)
+    return model, tokenizer
+
+
+def hps(path=None, device=None, arch: str = HPS_ARCH, dtype=None, autocast="auto", antialias: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE, local_files_only: bool = False) -> HPS:
     """HPSv2.1: OpenCLIP ``ViT-H-14`` with the ``xswu/HPSv2`` checkpoint ``HPS_v2.1_compressed.pt``
-    (``path``: that file, or a directory holding it)."""
+    (``path``: that file, or a directory holding it).
+
+    Precision: upstream keeps float32 weights (``precision='amp'``) and scores under
+    ``torch.cuda.amp.autocast()`` (float16) on CUDA; ``autocast="auto"`` does the same (float16
+    autocast on CUDA, none on CPU); ``autocast=None`` scores in the weights' dtype (``dtype``,
+    default float32), ``"bfloat16"`` / ``"float16"`` autocast on any device. ``antialias``: see
+    ``hps_pixels``."""
     import torch
 
-    open_clip = _require("open_clip", "open_clip_torch", "hps")
+    _require("open_clip", "open_clip_torch", "hps")
     if path is None:
         try:
             from huggingface_hub import hf_hub_download
@@ -379,7 +613,7 @@ def hps(path=None, device=None, arch: str = HPS_ARCH, dtype=None, batch_size: in
         ckpt = p / HPS_FILE if p.is_dir() else p
         if not Path(ckpt).is_file():
             raise RewardLoadError(f"hps: no checkpoint at {ckpt}; it is {HPS_FILE} from the hub repo {HPS_REPO}")
-    model = open_clip.create_model(arch, pretrained=None, device="cpu")
+    model, tokenizer = hps_model(arch)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors have no common base class
@@ -391,11 +625,9 @@ def hps(path=None, device=None, arch: str = HPS_ARCH, dtype=None, batch_size: in
                               f"{HPS_FILE} from {HPS_REPO} (HPSv2's open_clip fork, same state-dict layout)") from e
     if dtype is not None:
         model.to(dtype)
-    size = model.visual.image_size
-    preprocess = open_clip.image_transform(size, is_train=False, resize_mode="longest", fill_color=0,
-                                           mean=getattr(model.visual, "image_mean", None),
-                                           std=getattr(model.visual, "image_std", None))
-    return HPS(model, preprocess, open_clip.get_tokenizer(arch), _device(device), batch_size)
+    dev = _device(device)
+    return HPS(model, tokenizer, dev, batch_size, antialias=antialias,
+               autocast=autocast_dtype(autocast, dev, "float16"))
 
 
 # ----------------------------------------------------------------------------- ImageReward
@@ -449,6 +681,7 @@ class VQAScore(_Reward):
     def __init__(self, model, processor, device, batch_size, question: str = VQA_QUESTION, answer: str = VQA_ANSWER):
         super().__init__(device, batch_size)
         self.model, self.processor = model.to(device).eval(), processor
+        self.pixels = Pixels.from_processor(processor)
         self.question, self.answer = question, answer
         tc = model.config.text_config
         ids = processor.tokenizer(answer, add_special_tokens=False)["input_ids"] + [tc.sep_token_id]
@@ -460,9 +693,9 @@ class VQAScore(_Reward):
         import torch
 
         m, b = self.model, len(prompts)
-        enc = self.processor(images=_pil(images), text=[self.question.format(p) for p in prompts], padding=True,
-                             truncation=True, return_tensors="pt")
-        px = enc["pixel_values"].to(self.device, m.dtype)
+        enc = self.processor.tokenizer([self.question.format(p) for p in prompts], padding=True, truncation=True,
+                                       return_tensors="pt")
+        px = self.pixels(images).to(self.device, m.dtype)
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         img = m.vision_model(pixel_values=px).last_hidden_state
         img_mask = torch.ones(img.shape[:-1], dtype=torch.long, device=self.device)

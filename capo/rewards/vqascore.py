@@ -15,7 +15,8 @@ capo rebuilds the model class and the score from upstream's code (``t2v_metrics`
   features: the vision tower's penultimate hidden state without its CLS token
   (``mm_vision_select_layer = -2``, ``"patch"``: 576 tokens at 336 px), projected;
 * images padded to a square with the processor's mean colour (``image_aspect_ratio = "pad"``,
-  ``expand2square``), then the CLIP image processor (336 px);
+  ``expand2square``), then the CLIP image processor (336 px) as transformers 4.x runs it, with
+  PIL (``capo.rewards.real.Pixels``; transformers 5's default processor resizes with torchvision);
 * the prompt (conversation template ``t5_chat``)::
 
       SYSTEM + " USER: " + <image> + "\\n" + question + " ASSISTANT: "
@@ -28,9 +29,14 @@ capo rebuilds the model class and the score from upstream's code (``t2v_metrics`
   tokenizer's vocabulary (upstream resizes the embeddings to ``len(tokenizer)`` = 32100 of the
   config's 32128 before scoring; capo drops the extra logits instead: the same numbers).
 
-BT transform: ``logit`` (a probability; the paper approximates BT for VQAScore). Upstream
-runs in bfloat16 (``dtype=torch.bfloat16`` here on a GPU); the XXL model needs about 23 GB in
-bf16, the XL (``vqascore-xl``) about 7 GB.
+Precision: upstream casts the model to bfloat16 (``load_pretrained_model``: ``model.to(device,
+dtype=torch.bfloat16)``) and scores under ``@torch.autocast(device_type='cuda',
+dtype=torch.bfloat16)`` (``CLIPT5Model.forward``). capo's default is upstream's on CUDA (``dtype``
+bfloat16, ``autocast="auto"`` = bfloat16 autocast) and float32 without autocast on the CPU;
+``dtype=`` / ``autocast=`` (``None``, ``"bfloat16"``, ``"float16"``) choose otherwise on any device.
+The XXL model needs about 23 GB in bf16, the XL (``vqascore-xl``) about 7 GB.
+
+BT transform: ``logit`` (a probability; the paper approximates BT for VQAScore).
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ import functools
 from pathlib import Path
 
 from capo.rewards import RewardLoadError
-from capo.rewards.real import (DEFAULT_BATCH_SIZE, VQA_QUESTION, _device, _first_line, _from_pretrained, _hub_hint,
-                               _pil, _require, _Reward)
+from capo.rewards.real import (DEFAULT_BATCH_SIZE, VQA_QUESTION, Pixels, _device, _first_line, _from_pretrained,
+                               _hub_hint, _pil, _require, _Reward, autocast_dtype)
 
 MODELS = {"xxl": ("zhiqiulin/clip-flant5-xxl", "google/flan-t5-xxl"),
           "xl": ("zhiqiulin/clip-flant5-xl", "google/flan-t5-xl")}
@@ -103,9 +109,11 @@ class VQAScoreT5(_Reward):
     bt_transform = "logit"
 
     def __init__(self, model, tokenizer, image_processor, device, batch_size, question: str = VQA_QUESTION,
-                 answer: str = ANSWER, name: str = "vqascore"):
+                 answer: str = ANSWER, name: str = "vqascore", autocast=None):
         super().__init__(device, batch_size)
         self.model, self.tokenizer, self.image_processor = model.to(device).eval(), tokenizer, image_processor
+        self.pixels = Pixels.from_processor(image_processor)  # the 4.x CLIPImageProcessor's PIL steps
+        self.autocast = autocast  # a torch dtype or None (``autocast_dtype``)
         self.question, self.answer, self.name = question, answer, name
         self.labels = tokenizer(answer).input_ids  # the answer's tokens, then </s>
         self.fill = tuple(int(x * 255) for x in image_processor.image_mean)
@@ -115,8 +123,7 @@ class VQAScoreT5(_Reward):
         import torch
 
         m = self.model
-        px = self.image_processor(images=[expand2square(im, self.fill) for im in _pil(images)],
-                                  return_tensors="pt")["pixel_values"].to(self.device, m.dtype)
+        px = self.pixels([expand2square(im, self.fill) for im in _pil(images)]).to(self.device, m.dtype)
         feats = m.image_features(px)
         embed = m.get_input_embeddings()
         rows = []
@@ -143,14 +150,17 @@ class VQAScoreT5(_Reward):
         return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1).mean(-1).exp()
 
 
-def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, tokenizer=None, processor=None,
-                question: str = VQA_QUESTION, answer: str = ANSWER, batch_size: int = DEFAULT_BATCH_SIZE,
-                local_files_only: bool = False, name: str | None = None):
+def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, autocast="auto", tokenizer=None,
+                processor=None, question: str = VQA_QUESTION, answer: str = ANSWER,
+                batch_size: int = DEFAULT_BATCH_SIZE, local_files_only: bool = False, name: str | None = None):
     """VQAScore over CLIP-FlanT5 (module docstring). ``path``: a local copy of
     ``zhiqiulin/clip-flant5-<size>``; ``tokenizer`` / ``processor``: where the T5 tokenizer and
     the CLIP image processor come from (default: ``path`` / the hub id when it has them, else
-    ``google/flan-t5-<size>`` and ``config.mm_vision_tower``)."""
+    ``google/flan-t5-<size>`` and ``config.mm_vision_tower``). ``dtype`` (default: bfloat16 on
+    CUDA, as upstream, float32 elsewhere) and ``autocast`` (default ``"auto"``: bfloat16 autocast
+    on CUDA, as upstream, none elsewhere): the precision (module docstring)."""
     _require("transformers", "transformers", "vqascore")
+    import torch
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, T5Config
 
     if size not in MODELS:
@@ -159,13 +169,19 @@ def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, tokenizer
     what, src = f"vqascore (CLIP-FlanT5-{size.upper()})", str(path or hub)
     kw = {"local_files_only": True} if local_files_only else {}
     config = _from_pretrained(T5Config, src, what, hub, **kw)
+    for key, want in (("mm_projector_type", "mlp2x_gelu"), ("mm_vision_select_feature", "patch")):
+        if getattr(config, key, want) != want:  # capo builds upstream's released configuration only
+            raise RewardLoadError(f"{what}: {src} has {key}={getattr(config, key)!r}; capo implements the released "
+                                  f"CLIP-FlanT5 ({key}={want!r}). {_hub_hint(hub)}")
+    dev = _device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     tower = getattr(config, "mm_vision_tower", None) or VISION_TOWER
     if not hasattr(config, "vision_config"):
         config.vision_config = _from_pretrained(CLIPVisionConfig, tower, f"{what} vision tower", tower, **kw).to_dict()
     cls = model_class()
     try:
-        model, info = cls.from_pretrained(src, config=config, output_loading_info=True,
-                                          **({"dtype": dtype} if dtype else {}), **kw)
+        model, info = cls.from_pretrained(src, config=config, output_loading_info=True, dtype=dtype, **kw)
     except OSError as e:
         raise RewardLoadError(f"{what}: cannot load {src!r} ({_first_line(e)}). {_hub_hint(hub)}") from e
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("vision_tower.")]
@@ -175,8 +191,7 @@ def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, tokenizer
     if any(k.startswith("vision_tower.") for k in info.get("missing_keys", [])):  # tower saved apart: load it
         vm = _from_pretrained(CLIPVisionModel, tower, f"{what} vision tower", tower, **kw)
         model.vision_tower.vision_tower.load_state_dict(vm.state_dict())
-    if dtype is not None:
-        model = model.to(dtype)
+    model = model.to(dtype)
 
     def _has(f):
         return path is not None and (Path(path) / f).is_file()
@@ -190,8 +205,9 @@ def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, tokenizer
         tok = _from_pretrained(AutoTokenizer, flan, f"{what} tokenizer", flan, **kw)
     proc_src = processor or (path if _has("preprocessor_config.json") else tower)
     proc = _from_pretrained(CLIPImageProcessor, proc_src, f"{what} image processor", tower, **kw)
-    return VQAScoreT5(model, tok, proc, _device(device), batch_size, question=question, answer=answer,
-                      name=name or ("vqascore" if size == "xxl" else f"vqascore-{size}"))
+    return VQAScoreT5(model, tok, proc, dev, batch_size, question=question, answer=answer,
+                      name=name or ("vqascore" if size == "xxl" else f"vqascore-{size}"),
+                      autocast=autocast_dtype(autocast, dev, "bfloat16"))
 
 
 def vqascore_xl(**kwargs):
