@@ -92,6 +92,10 @@ def compare_table(results: dict, label: str) -> str:
     note = _strata_note(results, shown)
     if note:
         rows.append(note)
+    if results.get("protocol"):
+        from capo.eval.protocol import render
+
+        rows += ["", render(results["protocol"])]
     return "\n".join(rows)
 
 

@@ -82,7 +82,7 @@ def test_gate_parsing_and_checks():
 
 def test_unknown_benchmark_and_duplicate_labels(tiny_chain, tmp_path):
     with pytest.raises(ValueError, match=r"benchmarks = \['drawbench'\]: item 'drawbench' must be one of "
-                                         r"winrate \| geneval \| compbench \| divergence"):
+                                         r"winrate \| geneval \| compbench \| dpg \| divergence"):
         evaluate.run(evaluate.EvalConfig(models=[str(tiny_chain / "base")], out=str(tmp_path / "x"),
                                          benchmarks=["drawbench"]))
     with pytest.raises(ValueError, match="unique"):

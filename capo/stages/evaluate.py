@@ -66,6 +66,8 @@ class EvalConfig:
     subset_seed: int = 0  # seed of the stratified subset
     n_t: int = 4  # divergence: (t, eps) draws per image
     detector: str = "auto"  # GenEval detector (auto: shapes for shapes models, else mask2former)
+    compbench_detector: str = "owlv2"  # T2I-CompBench spatial / numeracy / 3d_spatial detector: owlv2 (open
+    # vocabulary, covers every noun) | mask2former (COCO-80) | unidet (upstream's; needs its detectron2 stack)
     steps: int | None = None  # sampler steps (default: each model's)
     guidance: float | None = None  # guidance scale (default: each model's)
     batch_size: int = 64  # images per sampler / reward call
@@ -76,6 +78,7 @@ class EvalConfig:
     RULES: ClassVar[dict[str, str]] = {
         "benchmarks": "winrate | geneval | compbench | dpg | divergence", "dpg_vqa": "mplug | blip-vqa", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
         "limit": ">= 1", "subset_seed": ">= 0", "n_t": ">= 1", "detector": "auto | shapes | mask2former | mmdet",
+        "compbench_detector": "owlv2 | mask2former | unidet",
         "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1", "n_boot": ">= 1"}
 
     def contradictions(self):
@@ -346,6 +349,8 @@ def run(cfg: EvalConfig) -> dict:
               for bench in sets if bench != "winrate" or "winrate" in cfg.benchmarks}
     if "divergence" in cfg.benchmarks:
         frames["divergence"] = divergence_frames(cfg, models, sets["winrate"], records, samples_of)
+    results["protocol"] = protocol_card(cfg, sets, records, records_of, models, detector_name, shapes, rewards,
+                                        image_sets, manifest)
     base_label = models[0][0]
     for label, _ in models:
         entry = results["results"][label]
@@ -430,6 +435,32 @@ def read_image_folders(entries, sets, records) -> dict:
                     f"{len(only_a)} only in {base!r} (e.g. {only_a[:3]}), {len(only_b)} only in {label!r} "
                     f"(e.g. {only_b[:3]}); comparisons pair image k of each prompt")
     return out
+
+
+def protocol_card(cfg, sets, records, records_of, models, detector_name, shapes, rewards, image_sets, manifest) -> dict:
+    """The evaluation's protocol card (``capo.eval.protocol``)."""
+    from capo.eval import protocol as P
+    from capo.prompts import records_fingerprint
+
+    base = models[0][0]
+    card = {"capo": manifest.get("versions", {}).get("capo"), "git": manifest.get("git_commit"),
+            "seed": None if cfg.images else cfg.seed, "source": "images" if cfg.images else "models",
+            "images_per_prompt": per_prompt_of(image_sets[next(iter(image_sets))]) if image_sets else cfg.n,
+            "prompt_sets": {}}
+    for ps in sorted({p for v in sets.values() for p in v}):
+        recs = records_of(ps, base)
+        card["prompt_sets"][ps] = P.prompt_set_part(ps, recs, records_fingerprint(recs),
+                                                    None if cfg.images else cfg.limit, cfg.subset_seed)
+    if "geneval" in sets:
+        card["geneval"] = P.geneval_part(detector_name)
+    if "compbench" in sets:
+        cats = sorted({r.get("category") or r.get("tag") for ps in sets["compbench"] for r in records_of(ps, base)} - {None})
+        card["compbench"] = P.compbench_part(cats, shapes, None if shapes else cfg.compbench_detector)
+    if "dpg" in sets:
+        card["dpg"] = P.dpg_part(cfg.dpg_vqa, cfg.dpg_questions)
+    if "winrate" in sets and "winrate" in cfg.benchmarks:
+        card["winrate"] = P.winrate_part(list(rewards))
+    return card
 
 
 def dpg_frame(idx, samples: Path, questions, vqa, summaries: dict, ps: str):
