@@ -695,7 +695,32 @@ def render(root: str | Path, roles: dict[str, str], pref: str, with_paper: bool 
     parts.append("## Win-rate at matched divergence (validation)\n")
     for b in built:
         parts += [f"### base: {b}\n", matched_markdown(root / b, roles, gold) or "*(no sweep)*", ""]
+    protocol = protocol_markdown(root, list(built))
+    if protocol:
+        parts += ["## Protocol\n", protocol, ""]
     return "\n".join(parts) + "\n"
+
+
+def protocol_markdown(root: Path, bases: list[str]) -> str:
+    """Each evaluation's protocol card (``capo.eval.protocol``), and what the bases' cards
+    disagree on, so that figures measured differently are never set side by side silently."""
+    from capo.eval.protocol import differences, render
+
+    parts, cards = [], {}
+    for b in bases:
+        for part in ("eval", "bench"):
+            res = _load(root / b / part / "results.json")
+            if res and res.get("protocol"):
+                cards[(b, part)] = res["protocol"]
+                parts += [f"### base: {b}, {part}\n", render(res["protocol"]), ""]
+    for part in ("eval", "bench"):
+        keyed = [(b, cards[(b, part)]) for b in bases if (b, part) in cards]
+        for (b0, c0), (b1, c1) in zip(keyed, keyed[1:]):
+            diff = differences(c0, c1)
+            if diff:
+                parts.append(f"**The {part} figures of {b0} and {b1} were measured differently:** "
+                             + "; ".join(diff) + ".\n")
+    return "\n".join(parts)
 
 
 def write(root: str | Path, reports: str | Path, roles: dict[str, str], pref: str, *, with_paper: bool = True,

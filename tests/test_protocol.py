@@ -40,3 +40,19 @@ def test_eval_results_carry_the_card_and_compare_prints_it(tiny_chain, tmp_path)
     assert card["geneval"]["detector"]["name"] == "shapes"
     text = compare_table(res, "b")
     assert "Protocol:" in text and "shapes-world analogue" in text and "reward toy-bright" in text
+
+
+def test_tables_print_cards_and_say_when_bases_differ(tmp_path):
+    import json
+
+    from capo.tables import protocol_markdown
+
+    card = {"seed": 0, "images_per_prompt": 4, "prompt_sets": {}, "geneval": P.geneval_part("shapes")}
+    for b, n in (("sdxl", 4), ("sd3", 2)):
+        (tmp_path / b / "eval").mkdir(parents=True)
+        (tmp_path / b / "eval" / "results.json").write_text(json.dumps({"protocol": {**card, "images_per_prompt": n}}))
+    text = protocol_markdown(tmp_path, ["sdxl", "sd3"])
+    assert "### base: sdxl, eval" in text and "Protocol:" in text
+    assert "**The eval figures of sdxl and sd3 were measured differently:** images_per_prompt: 4 vs 2." in text
+    (tmp_path / "sd3" / "eval" / "results.json").write_text(json.dumps({"protocol": card}))
+    assert "measured differently" not in protocol_markdown(tmp_path, ["sdxl", "sd3"])
