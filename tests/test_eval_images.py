@@ -181,3 +181,42 @@ def test_dpg_bench_on_grid_folders(tmp_path, monkeypatch):
     assert "variant" in res["results"]["half"]["dpg"]["protocol"]
     d = res["results"]["half"]["dpg_delta"]["overall"]
     assert d["delta"] == pytest.approx(-0.5) and d["ci_high"] == pytest.approx(-0.5)
+
+
+def test_compbench_images_scored_per_category_with_the_protocol_of_what_ran(tmp_path, monkeypatch):
+    """T2I-CompBench's layout (samples/<prompt>_<idx:06d>.png) with compbench_prompts naming the
+    category; the category scorer (a stand-in: mean brightness / 255) and its protocol entry
+    reach the results and the card."""
+    from conftest import SHARED
+
+    from capo.eval import t2i_compbench as T
+
+    if not (SHARED / "benchmarks").is_dir():
+        pytest.skip("no shared benchmark copies")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "benchmarks").symlink_to(SHARED / "benchmarks")
+    monkeypatch.setenv("CAPO_CACHE", str(tmp_path / "cache"))
+    seen = {}
+
+    def fake_scorer(category, **kw):
+        seen[category] = kw
+
+        def score(images, prompts):
+            return [float(np.asarray(im).mean() / 255) for im in images]
+
+        score.protocol = {**T.protocol_entry(category, detector="owlv2", parser="rules"), "metric": "stand-in"}
+        return score
+
+    monkeypatch.setattr(T, "category_scorer", fake_scorer)
+    prompts = [line.strip() for line in (SHARED / "benchmarks" / "t2i-compbench" / "color_val.txt").read_text().splitlines()[:2]]
+    grey = {prompts[0]: 51, prompts[1]: 204}
+    images = {p: [np.full((8, 8, 3), v, np.uint8)] * 2 for p, v in grey.items()}
+    T.write_upstream_layout(tmp_path / "cb", prompts, [images[p] for p in prompts])
+    res = evaluate.run(evaluate.EvalConfig(images=[f"m={tmp_path / 'cb'}"], out=str(tmp_path / "e"),
+                                           benchmarks=["compbench"], compbench_prompts=["t2i-compbench:color"],
+                                           detector="mask2former", rewards=[]))
+    assert res["results"]["m"]["compbench"]["categories"]["color"] == pytest.approx((0.2 + 0.8) / 2)
+    card = res["protocol"]["compbench"]["color"]
+    assert card["metric"] == "stand-in" and card["exact"] is False
+    assert card["parser"] == "rules" and card["status"].startswith("variant")
+    assert "color" in seen

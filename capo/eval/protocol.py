@@ -58,19 +58,21 @@ def geneval_part(detector: str, device: str | None = None) -> dict:
             "upstream": "djghosh13/geneval @ af4902f evaluation/evaluate_images.py, summary_scores.py"}
 
 
-def compbench_part(categories: list[str], shapes: bool, detector: str | None = None) -> dict:
-    """Per category: metric, model and ``exact`` (from ``capo.eval.t2i_compbench.PROTOCOL``)."""
+def compbench_part(categories: list[str], shapes: bool, ran: Mapping[str, dict] | None = None) -> dict:
+    """Per category: metric, model, detector, parser and ``exact`` (with the ``variant`` reason):
+    the protocol entry of the scorer that ran (``capo.eval.t2i_compbench.protocol_entry``), else
+    the category's upstream protocol."""
     if shapes:
         return {c: {"metric": "shapes-world analogue", "exact": False,
                     "status": "the shapes world's evaluator (not a T2I-CompBench number)"} for c in categories}
     from capo.eval import t2i_compbench as T
 
-    table = getattr(T, "PROTOCOL", {})
     out = {}
     for c in categories:
-        entry = dict(table.get(c, {"exact": False, "status": "no protocol entry"}))
-        if detector and entry.get("detector") is not None and c in ("spatial", "numeracy", "3d_spatial", "complex"):
-            entry["detector"] = detector
+        entry = dict((ran or {}).get(c) or T.PROTOCOL.get(c) or {"exact": False})
+        entry.setdefault("status", entry.get("variant") or ("upstream-exact" if entry.get("exact") else "variant"))
+        if entry.get("variant"):
+            entry["status"] = "variant: " + entry["variant"]
         out[c] = entry
     return out
 

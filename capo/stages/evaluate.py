@@ -66,8 +66,8 @@ class EvalConfig:
     subset_seed: int = 0  # seed of the stratified subset
     n_t: int = 4  # divergence: (t, eps) draws per image
     detector: str = "auto"  # GenEval detector (auto: shapes for shapes models, else mask2former)
-    compbench_detector: str = "owlv2"  # T2I-CompBench spatial / numeracy / 3d_spatial detector: owlv2 (open
-    # vocabulary, covers every noun) | mask2former (COCO-80) | unidet (upstream's; needs its detectron2 stack)
+    compbench_detector: str = "auto"  # T2I-CompBench spatial / numeracy / 3d_spatial detector: unidet (upstream's;
+    # needs its detectron2 stack) | owlv2 (open vocabulary) | mask2former (COCO-80); auto: unidet if supplied, else owlv2
     steps: int | None = None  # sampler steps (default: each model's)
     guidance: float | None = None  # guidance scale (default: each model's)
     batch_size: int = 64  # images per sampler / reward call
@@ -78,7 +78,7 @@ class EvalConfig:
     RULES: ClassVar[dict[str, str]] = {
         "benchmarks": "winrate | geneval | compbench | dpg | divergence", "dpg_vqa": "mplug | blip-vqa", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
         "limit": ">= 1", "subset_seed": ">= 0", "n_t": ">= 1", "detector": "auto | shapes | mask2former | mmdet",
-        "compbench_detector": "owlv2 | mask2former | unidet",
+        "compbench_detector": "auto | unidet | owlv2 | mask2former",
         "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1", "n_boot": ">= 1"}
 
     def contradictions(self):
@@ -178,24 +178,22 @@ def shapes_compbench_scorer():
     return score
 
 
-def real_compbench_scorer(device=None):
-    """T2I-CompBench's per-category scorers for real images (lazy: weights load on first use)."""
+def real_compbench_scorer(detector: str = "auto", device=None, protocols: dict | None = None):
+    """T2I-CompBench's per-category scorers for real images (``capo.eval.t2i_compbench.category_scorer``;
+    lazy: each category's models load on its first use). ``detector`` scores spatial, numeracy,
+    3d_spatial and complex's spatial part (auto: upstream's UniDet when supplied, else OWLv2);
+    ``protocols`` receives each built scorer's protocol entry (exact or variant, and why)."""
     from capo.eval import t2i_compbench as T
-    from capo.eval.geneval import get_detector
 
     cache: dict = {}
 
-    def get(cat):
+    def get(cat, records):
         if cat not in cache:
-            if cat in ("color", "shape", "texture"):
-                cache[cat] = T.blip_vqa_scorer(device=device)
-            elif cat == "non_spatial":
-                cache[cat] = T.clip_score_scorer(device=device)
-            elif cat == "spatial":
-                cache[cat] = T.spatial_scorer(get_detector("mask2former", device=device))
-            else:
-                raise ValueError(f"T2I-CompBench category {cat!r} has no scorer in capo yet (color, shape, texture, "
-                                 "spatial, non_spatial are supported)")
+            kinds = {r["prompt"]: r["complex_kind"] for r in records if "complex_kind" in r} if cat == "complex" else None
+            cache[cat] = T.category_scorer(cat, device=device, detector=None if detector == "auto" else detector,
+                                           kinds=kinds)
+            if protocols is not None:
+                protocols[cat] = getattr(cache[cat], "protocol", None) or T.PROTOCOL.get(cat)
         return cache[cat]
 
     def score(images, records):
@@ -204,7 +202,10 @@ def real_compbench_scorer(device=None):
         for i, r in enumerate(records):
             by_cat.setdefault(r.get("category"), []).append(i)
         for cat, idx in by_cat.items():
-            vals = get(cat)([images[i] for i in idx], [records[i]["prompt"] for i in idx])
+            if cat is None:
+                raise ValueError("T2I-CompBench images need their category: name the prompt set "
+                                 "(compbench_prompts=t2i-compbench:<category>)")
+            vals = get(cat, [records[i] for i in idx])([images[i] for i in idx], [records[i]["prompt"] for i in idx])
             for i, v in zip(idx, vals):
                 out[i] = float(v)
         return out
@@ -307,7 +308,8 @@ def run(cfg: EvalConfig) -> dict:
             elif bench == "dpg":
                 f = dpg_frame(idx, d, questions, dpg_vqa, dpg_summaries.setdefault(spec, {}), ps)
             else:
-                scorer = shapes_compbench_scorer() if shapes else real_compbench_scorer()
+                scorer = shapes_compbench_scorer() if shapes else real_compbench_scorer(cfg.compbench_detector,
+                                                                                        protocols=compbench_protocols)
                 f = pd.DataFrame(compbench_rows(by_id, idx, load_images_of(d, idx), scorer))
             f["prompt_id"] = ps + "/" + f["prompt_id"].astype(str)  # ids are unique per set only
             frames.append(f)
@@ -318,6 +320,7 @@ def run(cfg: EvalConfig) -> dict:
         return f
 
     dpg_summaries: dict = {}
+    compbench_protocols: dict = {}  # category -> the protocol entry of the scorer that ran
     held_vqa: list = []
 
     def dpg_vqa():
@@ -349,8 +352,8 @@ def run(cfg: EvalConfig) -> dict:
               for bench in sets if bench != "winrate" or "winrate" in cfg.benchmarks}
     if "divergence" in cfg.benchmarks:
         frames["divergence"] = divergence_frames(cfg, models, sets["winrate"], records, samples_of)
-    results["protocol"] = protocol_card(cfg, sets, records, records_of, models, detector_name, shapes, rewards,
-                                        image_sets, manifest)
+    results["protocol"] = protocol_card(cfg, sets, records_of, models, detector_name, shapes, rewards,
+                                        image_sets, manifest, compbench_protocols)
     base_label = models[0][0]
     for label, _ in models:
         entry = results["results"][label]
@@ -437,7 +440,8 @@ def read_image_folders(entries, sets, records) -> dict:
     return out
 
 
-def protocol_card(cfg, sets, records, records_of, models, detector_name, shapes, rewards, image_sets, manifest) -> dict:
+def protocol_card(cfg, sets, records_of, models, detector_name, shapes, rewards, image_sets, manifest,
+                  compbench_protocols: dict) -> dict:
     """The evaluation's protocol card (``capo.eval.protocol``)."""
     from capo.eval import protocol as P
     from capo.prompts import records_fingerprint
@@ -455,7 +459,7 @@ def protocol_card(cfg, sets, records, records_of, models, detector_name, shapes,
         card["geneval"] = P.geneval_part(detector_name)
     if "compbench" in sets:
         cats = sorted({r.get("category") or r.get("tag") for ps in sets["compbench"] for r in records_of(ps, base)} - {None})
-        card["compbench"] = P.compbench_part(cats, shapes, None if shapes else cfg.compbench_detector)
+        card["compbench"] = P.compbench_part(cats, shapes, compbench_protocols)
     if "dpg" in sets:
         card["dpg"] = P.dpg_part(cfg.dpg_vqa, cfg.dpg_questions)
     if "winrate" in sets and "winrate" in cfg.benchmarks:
