@@ -2,8 +2,10 @@
 
 The score is checked against a reference written here from the upstream listing in another
 form (per-head loops, rotary embeddings as complex rotations, masked_fill instead of an
-additive mask), through each weights format: imscore's safetensors (``mps.`` prefix), a plain
-state dict, and the released whole-model pickle whose ``trainer`` classes are not importable.
+additive mask; pixels from the 4.x PIL processor re-derived in test_reward_parity), through
+each weights format: imscore's safetensors (``mps.`` prefix), a plain state dict, and the
+released whole-model pickle, whose ``trainer`` classes and transformers 4.x classes
+(``CLIPTextTransformer``, ``CLIPSdpaAttention``, ...) do not exist here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from capo.rewards import REWARDS, RewardLoadError, load_reward
 from capo.rewards import mps as M
 from test_real_rewards import PROMPTS, check_common, make_images, tiny_clip_dir
+from test_reward_parity import clip_cfg, hf4_batch
 
 CROSS = {"layer_num": 2, "dim_head": 4, "heads": 3, "ff_mult": 2}
 
@@ -45,7 +48,7 @@ def state(clip_dir):
 
 @pytest.fixture(scope="module")
 def images():
-    return make_images()
+    return make_images(width=57)  # resized to 32 x 45 and cropped at an odd offset
 
 
 # ----------------------------------------------------------------------------- an independent reference
@@ -67,16 +70,14 @@ def _rot(t, n):
     return torch.cat([z.real, z.imag], -1).to(t.dtype)
 
 
-def reference(sd, clip, tok, proc, images, prompts, threshold=M.THRESHOLD):
-    from PIL import Image
-
+def reference(sd, clip, tok, images, prompts, threshold=M.THRESHOLD):
     H, Dh = CROSS["heads"], CROSS["dim_head"]
     out = []
     for img, prompt in zip(images, prompts):  # one item at a time, as the upstream eval scripts
         ids = tok([prompt], max_length=77, padding="max_length", truncation=True, return_tensors="pt").input_ids
         cid = tok([M.OVERALL_CONDITION], max_length=77, padding="max_length", truncation=True,
                   return_tensors="pt").input_ids
-        px = proc(images=[Image.fromarray(img)], return_tensors="pt")["pixel_values"]
+        px = hf4_batch([img], clip_cfg(clip.config.vision_config.image_size))  # the 4.x CLIPImageProcessor
         with torch.no_grad():
             th = clip.text_model(input_ids=ids).last_hidden_state[0]
             ch = clip.text_model(input_ids=cid).last_hidden_state[0]
@@ -112,7 +113,7 @@ def reference(sd, clip, tok, proc, images, prompts, threshold=M.THRESHOLD):
 
 
 def _reference_of(r, sd, images):
-    return reference(sd, r.net.model, r.tokenizer, r.image_processor, images, PROMPTS)
+    return reference(sd, r.net.model, r.tokenizer, images, PROMPTS)
 
 
 # ----------------------------------------------------------------------------- the formats
@@ -137,7 +138,7 @@ def test_mps_state_dict_in_a_folder_with_its_clip(clip_dir, state, images, tmp_p
     np.testing.assert_allclose(r(images, PROMPTS), _reference_of(r, state, images), rtol=1e-4, atol=1e-4)
     # the eval scripts' threshold keeps fewer prompt tokens: a different score, same reference
     r3 = M.mps(path=d, device="cpu", threshold=0.3)
-    ref3 = reference(state, r3.net.model, r3.tokenizer, r3.image_processor, images, PROMPTS, threshold=0.3)
+    ref3 = reference(state, r3.net.model, r3.tokenizer, images, PROMPTS, threshold=0.3)
     np.testing.assert_allclose(r3(images, PROMPTS), ref3, rtol=1e-4, atol=1e-4)
 
 
@@ -200,3 +201,123 @@ def test_mps_errors_name_weights_and_source(clip_dir, state, tmp_path):
     with pytest.raises(RewardLoadError, match="does not fit the CLIP architecture"):
         M.mps(path=tmp_path / "mps.pt", clip=big)
     assert "mps" in REWARDS.names()
+
+
+# ----------------------------------------------------------------------------- the released pickle, as released
+# Where each object of the released MPS_overall_checkpoint.pth came from: the unpublished trainer
+# package around a transformers 4.x CLIPModel. Classes renamed from what transformers 5 / capo call them.
+RELEASED_NAMES = {
+    "CLIPModel": ("trainer.models.clip_model", "XCLIPModel"),  # MPS's CLIPModel subclass
+    "CLIPTextModel": ("transformers.models.clip.modeling_clip", "CLIPTextTransformer"),
+    "CLIPVisionModel": ("transformers.models.clip.modeling_clip", "CLIPVisionTransformer"),
+    "CLIPAttention": ("transformers.models.clip.modeling_clip", "CLIPSdpaAttention"),
+    "CrossModel": ("trainer.models.cross_modeling", "Cross_model"),
+}
+
+
+def _released_name(cls):
+    if cls.__name__ in RELEASED_NAMES:
+        return RELEASED_NAMES[cls.__name__]
+    if cls.__module__.startswith("capo.rewards.mps"):
+        return "trainer.models.cross_modeling", cls.__name__
+    return cls.__module__, cls.__name__  # transformers' own module paths (modeling_clip, activations, config...)
+
+
+def write_released_pickle(path, clip, cross):
+    """``torch.save`` of the whole MPS model as the release has it: every transformers / capo object
+    re-classed as a class of the 4.x / trainer module path it had (classes made here and registered
+    only while pickling), persistent ``position_ids`` buffers (older 4.x), ``eos_token_id = 2`` on
+    the text model and a non-persistent rotary cache (``pos_emb``), as after a forward."""
+    import types
+
+    fakes = {}
+
+    def fake(cls, base, key=None):
+        key = key or _released_name(cls)
+        if key not in fakes:
+            fakes[key] = type(key[1], (base,), {"__module__": key[0], "__qualname__": key[1]})
+        return fakes[key]
+
+    def refake(obj):  # a non-module object of a transformers class (the configs): a copy of the fake class
+        if isinstance(obj, dict):
+            return {k: refake(v) for k, v in obj.items()}
+        if type(obj).__module__.startswith("transformers"):
+            new = object.__new__(fake(type(obj), object))
+            new.__dict__.update({k: refake(v) for k, v in vars(obj).items()})
+            return new
+        return obj
+
+    for name, m in clip.named_modules():
+        if name.endswith("embeddings"):
+            n = m.position_embedding.weight.shape[0]
+            m.register_buffer("position_ids", torch.arange(n)[None], persistent=True)
+    clip.text_model.eos_token_id = 2
+    for layer in cross.layers:
+        layer[1].fn.register_buffer("pos_emb", torch.randn(7, CROSS["dim_head"]), persistent=False)
+    root = torch.nn.Module()
+    root.model, root.cross_model = clip, cross
+    for m in root.modules():
+        for k, v in list(vars(m).items()):
+            if not k.startswith("_"):
+                m.__dict__[k] = refake(v)
+    for m in list(root.modules()):
+        if m is root:  # MPS's own CLIPModel(nn.Module) holding .model and .cross_model
+            m.__class__ = fake(None, torch.nn.Module, key=("trainer.models.clip_model", "CLIPModel"))
+        elif type(m).__module__.startswith(("transformers", "capo")):
+            m.__class__ = fake(type(m), torch.nn.Module)
+    with pytest.MonkeyPatch.context() as mp:  # the classes exist only while pickling
+        for (mod, name), cls in fakes.items():
+            if mod.startswith("trainer"):
+                for i in range(1, mod.count(".") + 2):
+                    part = ".".join(mod.split(".")[:i])
+                    if part not in sys.modules:
+                        mp.setitem(sys.modules, part, types.ModuleType(part))
+            mp.setattr(sys.modules[mod] if mod in sys.modules else __import__(mod, fromlist=["_"]), name, cls,
+                       raising=False)
+        torch.save(root, path)
+
+
+def _globals_of(path):
+    """(module, name) of every class / function the pickle names."""
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    return {tuple(arg.split(" ", 1)) for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+
+
+def test_mps_released_pickle_of_transformers4_classes(clip_dir, state, images, tmp_path, monkeypatch):
+    """The released file names transformers 4.x classes this transformers lacks (``CLIPTextTransformer``,
+    ``CLIPSdpaAttention``) besides the ``trainer`` ones; capo stands in for them all and scores
+    exactly as from the plain state dict."""
+    import transformers.models.clip.modeling_clip as mc
+    from transformers import CLIPModel as HFClip
+
+    for name in [m for m in sys.modules if m == "trainer" or m.startswith("trainer.")]:  # another test's package
+        monkeypatch.delitem(sys.modules, name)
+
+    clip = HFClip.from_pretrained(clip_dir)
+    cross = M.CrossModel(clip.config.projection_dim, **CROSS)
+    cross.load_state_dict({k.removeprefix("cross_model."): v for k, v in state.items() if k.startswith("cross_model.")})
+    f = tmp_path / "MPS_overall_checkpoint.pth"
+    write_released_pickle(f, clip, cross)
+    names = _globals_of(f)
+    assert ("transformers.models.clip.modeling_clip", "CLIPTextTransformer") in names
+    assert ("transformers.models.clip.configuration_clip", "CLIPConfig") in names
+    assert ("trainer.models.cross_modeling", "Cross_model") in names
+    assert {("trainer.models.clip_model", "CLIPModel"), ("trainer.models.clip_model", "XCLIPModel")} <= names
+    assert not any(m.startswith("capo") for m, _ in names)  # nothing of capo's in the file
+    assert not hasattr(mc, "CLIPSdpaAttention") and "trainer" not in sys.modules
+    if not hasattr(mc, "CLIPTextTransformer"):  # transformers 5: unloadable even with a trainer package at hand
+        with pytest.raises((AttributeError, ModuleNotFoundError)):
+            torch.load(f, weights_only=False)
+    got = M.read_state(f)
+    assert set(got) >= set(state) - {k for k in state if k.endswith("position_ids")}
+    assert not any(k.endswith("pos_emb") for k in got)  # non-persistent buffers stay out
+    assert all(torch.equal(got[k], state[k]) for k in state if k in got)
+    r = M.mps(path=f, clip=clip_dir, device="cpu")
+    torch.save(state, tmp_path / "MPS_overall_state_dict.pt")
+    r_sd = M.mps(path=tmp_path / "MPS_overall_state_dict.pt", clip=clip_dir, device="cpu")
+    np.testing.assert_array_equal(r(images, PROMPTS), r_sd(images, PROMPTS))
+    np.testing.assert_allclose(r(images, PROMPTS), _reference_of(r, state, images), rtol=1e-4, atol=1e-4)

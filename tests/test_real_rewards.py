@@ -5,7 +5,9 @@ of the real class (transformers ``CLIPModel`` / ``BlipForQuestionAnswering``, an
 ``CLIP``) with a processor built offline (an in-memory byte-level CLIP vocabulary, a small
 WordPiece vocabulary), saved to a temporary directory and loaded by the factory through
 ``path=``, the route a user's local copy takes. Scores are checked against the formula
-computed by hand from the model's own forward pass.
+computed by hand from the model's own forward pass, on pixels from the upstream preprocessing
+written independently in test_reward_parity (transformers 4.x PIL processors, OpenAI CLIP's
+transform, HPSv2's transform).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import torch
 from capo.rewards import REWARDS, RewardLoadError, load_reward
 from capo.rewards import real as R
 from conftest import byte_chars  # shared test helper
+from test_reward_parity import MEAN, STD, clip_cfg, hf4_batch, hpsv2_batch, openai_batch
 
 PROMPTS = ["a red cube", "two blue spheres on the grass", "a cat", "a red cube"]
 
 
-def make_images(n=4, size=40, seed=0):
+def make_images(n=4, size=40, seed=0, width=None):
     rng = np.random.default_rng(seed)
-    im = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    im = rng.integers(0, 256, size=(n, size, width or size, 3), dtype=np.uint8)
     im[3] = im[0]  # item 3 repeats item 0 (same image, same prompt)
     return im
 
@@ -80,7 +83,7 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images():
-    return make_images()
+    return make_images(width=57)  # 40 x 57: resized to 32 x 45, cropped at an odd offset
 
 
 def check_common(reward, images, prompts=PROMPTS):
@@ -99,12 +102,9 @@ def check_common(reward, images, prompts=PROMPTS):
     return s
 
 
-def clip_forward_cosine(model, proc, images, prompts):
-    """cos(image, text) from CLIPModel.forward's logits (= logit_scale * cos)."""
-    from PIL import Image
-
+def clip_forward_cosine(model, proc, px, prompts):
+    """cos(image, text) from CLIPModel.forward's logits (= logit_scale * cos) of pixels ``px``."""
     tok = proc.tokenizer(list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
-    px = proc.image_processor(images=[Image.fromarray(i) for i in images], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         out = model(input_ids=tok.input_ids, attention_mask=tok.attention_mask, pixel_values=px)
         return (out.logits_per_image.diagonal() / model.logit_scale.exp()).double().numpy(), out
@@ -115,14 +115,14 @@ def test_pickscore(clip_dir, images):
     r = load_reward("pickscore", path=clip_dir, device="cpu", batch_size=3)
     assert r.name == "pickscore" and r.bt_transform == "identity"
     s = check_common(r, images)
-    cos, _ = clip_forward_cosine(r.model, r.processor, images, PROMPTS)
+    cos, _ = clip_forward_cosine(r.model, r.processor, hf4_batch(images, clip_cfg(32)), PROMPTS)  # 4.x processor
     np.testing.assert_allclose(s, r.logit_scale * cos, rtol=1e-5, atol=1e-5)
 
 
 def test_clipscore(clip_dir, images):
     r = R.clipscore(path=clip_dir, device="cpu", batch_size=3)
     texts = [R.CLIPSCORE_PREFIX + p for p in PROMPTS]
-    cos, _ = clip_forward_cosine(r.model, r.processor, images, texts)
+    cos, _ = clip_forward_cosine(r.model, r.processor, openai_batch(images, 32), texts)  # clipscore.py's transform
     with torch.no_grad():
         if cos[0] < 0:  # a random tiny CLIP: flip the text projection so that some cosines are positive
             r.model.text_projection.weight.neg_()
@@ -143,7 +143,7 @@ def test_aesthetic(clip_dir, images, tmp_path):
     r = load_reward("aesthetic", path=tmp_path, clip_path=clip_dir, device="cpu", batch_size=3)
     assert r.bt_transform == "temperature:1"
     s = check_common(r, images)
-    _, out = clip_forward_cosine(r.model, r.processor, images, PROMPTS)
+    _, out = clip_forward_cosine(r.model, r.processor, openai_batch(images, 32), PROMPTS)  # clip.load's preprocess
     x = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)  # L2-normalised CLIP image embedding
     W = [mlp.layers[i] for i in (0, 2, 4, 6, 7)]
     with torch.no_grad():
@@ -169,14 +169,20 @@ def test_hps(tmp_path, images):
     torch.save({"state_dict": model.state_dict()}, tmp_path / R.HPS_FILE)
     r = R.hps(path=tmp_path, arch="capo-tiny-hps", device="cpu", batch_size=3)
     assert r.bt_transform == "temperature:0.01"
+    assert r.autocast is None  # "auto": float16 autocast on CUDA only
     s = check_common(r, images)
-    from PIL import Image
-
-    px = torch.stack([r.preprocess(Image.fromarray(i)) for i in images])
+    px = hpsv2_batch(images, 32)  # HPSv2's transform
     with torch.no_grad():
         out = model(px, open_clip.get_tokenizer("capo-tiny-hps")(PROMPTS))
     np.testing.assert_allclose(s, (out[0] * out[1]).sum(-1).double().numpy(), rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(s) <= 1 + 1e-6)
+    # autocast (upstream: torch.cuda.amp.autocast() on CUDA) runs the model in half precision
+    rb = R.hps(path=tmp_path, arch="capo-tiny-hps", device="cpu", autocast="bfloat16")
+    seen = []
+    rb.model.visual.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    sb = rb(images, PROMPTS)
+    assert seen == [torch.bfloat16] and not np.array_equal(sb, s)
+    np.testing.assert_allclose(sb, s, atol=0.05)
 
 
 # ----------------------------------------------------------------------------- VQAScore (BLIP)
@@ -186,17 +192,17 @@ def test_vqascore(tmp_path, images):
     assert r.bt_transform == "logit"
     s = check_common(r, images)
     assert np.all((s > 0) & (s < 1))
-    # by hand: exp(-HF's own mean answer loss) with labels [BOS] yes [SEP], one item at a time
+    # by hand: exp(-HF's own mean answer loss) with labels [BOS] yes [SEP], one item at a time, on
+    # the 4.x BlipImageProcessor's pixels (a 32 x 32 bicubic PIL resize, no crop)
     tok, tc = r.processor.tokenizer, r.model.config.text_config
     labels = torch.tensor([[tc.bos_token_id, tok.convert_tokens_to_ids("yes"), tc.sep_token_id]])
-    from PIL import Image
-
+    blip_cfg = {"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}, "resample": 3,
+                "image_mean": list(MEAN), "image_std": list(STD)}
     for i in range(3):
-        enc = r.processor(images=Image.fromarray(images[i]), text=R.VQA_QUESTION.format(PROMPTS[i]),
-                          return_tensors="pt")
+        enc = tok(R.VQA_QUESTION.format(PROMPTS[i]), return_tensors="pt")
         with torch.no_grad():
             loss = r.model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                           pixel_values=enc.pixel_values, labels=labels).loss
+                           pixel_values=hf4_batch(images[i:i + 1], blip_cfg), labels=labels).loss
         np.testing.assert_allclose(s[i], float(torch.exp(-loss)), rtol=1e-4)
 
 

@@ -1,6 +1,8 @@
 """VILA-R reward (issue #11): TensorFlow only in a worker process; the missing-extra error
-always; the process protocol with the worker's numpy stand-in; the real model when
-TensorFlow and a SavedModel are present (skipped otherwise)."""
+always; the process protocol with the worker's numpy stand-in; the real worker on a
+TensorFlow SavedModel with VILA-R's signature when TensorFlow is installed (skipped otherwise;
+run with TensorFlow 2.21 in a separate venv: ``PYTHONPATH=. /tmp/tfvenv/bin/python -m pytest
+tests/test_vila.py``, the venv holding tensorflow-cpu, numpy, pillow and pytest)."""
 
 import importlib.util
 import subprocess
@@ -58,5 +60,9 @@ def test_real_worker_with_a_savedmodel_of_the_same_signature(tmp_path):
     m = Fake()
     tf.saved_model.save(m, str(tmp_path / "vila"), signatures={"serving_default": m.serve})
     r = load_reward("vila", path=str(tmp_path / "vila"))
-    x = np.random.default_rng(1).integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
-    assert np.allclose(r(x, [""] * 3), x.reshape(3, -1).mean(1) / 255.0, atol=1e-6)
+    x = np.random.default_rng(1).integers(0, 256, size=(3, 8, 13, 3), dtype=np.uint8)
+    got = r(x, [""] * 3)  # PNG-encoded by the worker, decoded by the model: lossless
+    assert got.dtype == np.float64 and np.allclose(got, x.reshape(3, -1).mean(1) / 255.0, atol=1e-6)
+    assert np.allclose(r(x[1:2], [""]), got[1:2])
+    r.close()
+    assert r.proc.poll() == 0

@@ -5,7 +5,8 @@ The checkpoint is written in the upstream layout (``shared``/``encoder``/``decod
 ``mm_*`` fields), with a word-level tokenizer that ends every chunk with ``</s>`` as T5's does.
 The score is checked against upstream's route computed here another way: input ids with the
 image placeholder -200, embedded piecewise, run through T5's own loss (``labels=``), one item at
-a time, with the prompt string spelled out by hand.
+a time, with the prompt string spelled out by hand, on pixels from the 4.x PIL
+``CLIPImageProcessor`` re-derived in test_reward_parity.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from capo.rewards import REWARDS, RewardLoadError, load_reward
 from capo.rewards import vqascore as V
 from test_real_rewards import PROMPTS, check_common, make_images
+from test_reward_parity import clip_cfg, hf4_batch
 
 WORDS = ("a chat between curious user and an artificial intelligence assistant . the gives helpful , detailed "
          "polite answers to user's questions USER : ASSISTANT does this figure show \" red cube ? please answer "
@@ -73,7 +75,7 @@ def upstream_score(r, image, prompt):
     side = max(im.size)
     sq = Image.new("RGB", (side, side), mean)
     sq.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
-    px = r.image_processor(images=[sq], return_tensors="pt")["pixel_values"]
+    px = hf4_batch([np.asarray(sq)], clip_cfg(32))  # the 4.x CLIPImageProcessor (PIL)
     with torch.no_grad():
         hs = m.vision_tower.vision_tower(pixel_values=px, output_hidden_states=True).hidden_states
         feats = m.mm_projector(hs[-2][:, 1:])[0]
@@ -143,3 +145,66 @@ def test_clip_flant5_errors(tmp_path):
     (tmp_path / "t5" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RewardLoadError, match="not a CLIP-FlanT5 checkpoint"):
         V.vqascore_t5(path=tmp_path / "t5", local_files_only=True)
+
+
+def test_clip_flant5_precision(t5_dir):
+    """Default on the CPU: float32 weights, no autocast; ``autocast="bfloat16"`` runs the model under
+    bfloat16 autocast (upstream's ``@torch.autocast('cuda', torch.bfloat16)``) and ``dtype=`` casts
+    the weights (upstream's ``model.to(dtype=torch.bfloat16)``): other numbers, close ones."""
+    images, prompts = make_wide_images()[:3], PROMPTS[:3]
+    r = V.vqascore_t5(path=t5_dir, device="cpu")
+    assert r.autocast is None and r.model.dtype == torch.float32
+    rb = V.vqascore_t5(path=t5_dir, device="cpu", autocast="bfloat16")
+    assert rb.autocast is torch.bfloat16 and rb.model.dtype == torch.float32
+    seen = []
+    rb.model.mm_projector[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    s, sb = r(images, prompts), rb(images, prompts)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert not np.array_equal(s, sb)
+    np.testing.assert_allclose(sb, s, rtol=0.05)
+    ru = V.vqascore_t5(path=t5_dir, device="cpu", dtype=torch.bfloat16, autocast="bfloat16")  # upstream's recipe
+    assert ru.model.dtype == torch.bfloat16
+    np.testing.assert_allclose(ru(images, prompts), s, rtol=0.05)
+
+
+def test_clip_flant5_untied_head_as_released(tmp_path):
+    """FlanT5 (T5 v1.1) has its own ``lm_head`` and no decoder-output rescaling: its config says
+    ``tie_word_embeddings: false``. transformers 5 ties T5 heads by default and reads the flag to
+    decide the rescaling; capo's model keeps the checkpoint's head and scales nothing."""
+    from safetensors.torch import load_file, save_file
+
+    d = tiny_clip_t5_dir(tmp_path / "ck", vocab_extra=5)
+    sd = load_file(str(d / "model.safetensors"))
+    torch.manual_seed(3)
+    head = torch.randn_like(sd["shared.weight"])
+    sd["lm_head.weight"] = head
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("scale_decoder_outputs", None)
+    cfg["tie_word_embeddings"] = False  # as zhiqiulin/clip-flant5-* and google/flan-t5-* ship it
+    (d / "config.json").write_text(json.dumps(cfg))
+    r = V.vqascore_t5(path=d, device="cpu")
+    m = r.model
+    assert torch.equal(m.lm_head.weight, head) and not torch.equal(m.lm_head.weight, m.shared.weight)
+    images = make_wide_images()[:2]
+    x, mask = r._embed(PROMPTS[:2], images)
+    labels = torch.tensor([r.labels] * 2)
+    with torch.no_grad():
+        enc = m.encoder(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        dec_in = torch.cat([torch.zeros(2, 1, dtype=torch.long), labels[:, :-1]], 1)  # pad start, shift right
+        hid = m.decoder(input_ids=dec_in, encoder_hidden_states=enc, encoder_attention_mask=mask).last_hidden_state
+        logp = torch.log_softmax((hid @ head.T)[..., :len(r.tokenizer)], -1)  # unscaled, the file's head
+    want = logp.gather(-1, labels[..., None])[..., 0].mean(-1).exp().double().numpy()
+    np.testing.assert_allclose(r(images, PROMPTS[:2]), want, rtol=1e-5)
+
+
+def test_clip_flant5_other_projector_is_refused(t5_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "ck"
+    shutil.copytree(t5_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["mm_projector_type"] = "linear"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RewardLoadError, match="mm_projector_type='linear'"):
+        V.vqascore_t5(path=d, device="cpu")

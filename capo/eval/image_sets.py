@@ -13,7 +13,7 @@ Layouts (``detect_layout``):
                 (the line ``i`` of ``evaluation_metadata.jsonl``) and ``<i:05d>/samples/<k>.png``
                 (``evaluate_images.py`` reads digit folders and files matching ``\\d+\\.png``)
 ``t2i-compbench`` upstream T2I-CompBench: ``samples/<prompt>_<k:06d>.png`` (or the files at the
-                top); the prompt is the file name up to its last ``_``
+                top; ``capo.eval.t2i_compbench.parse_sample_name``: the prompt before the ``_``)
 ``dpg-bench``   upstream DPG-Bench (ELLA): ``<prompt file stem>.png``, one 2x2 grid per prompt
 ``table``       a ``.jsonl`` or ``.csv`` file with ``prompt`` and ``path`` columns (paths
                 relative to the file), optional ``prompt_id`` and ``sample_id``
@@ -223,21 +223,16 @@ def _read_geneval(root: Path, known, problems) -> ImageSet:
     return ImageSet("geneval", root, records, rows)
 
 
-def compbench_file_prompt(name: str) -> tuple[str, int] | None:
-    """``"a red apple_000003.png"`` -> ``("a red apple", 3)``; upstream's scripts take the prompt
-    as the name up to its last ``_`` and the index after it."""
-    m = re.fullmatch(r"(.+)_(\d{6})\.(png|jpg|jpeg)", name, re.I)
-    return (m.group(1), int(m.group(2))) if m else None
-
-
 def _read_compbench(root: Path, known, problems) -> ImageSet:
+    from capo.eval.t2i_compbench import parse_sample_name
+
     flat = root / "samples" if (root / "samples").is_dir() else root
     records: dict[str, dict] = {}
     rows = []
     for f in sorted(flat.iterdir()):
         if not f.is_file():
             continue
-        parsed = compbench_file_prompt(f.name)
+        parsed = parse_sample_name(f.name)
         if parsed is None:
             problems["extra files"].append(f.name)
             continue

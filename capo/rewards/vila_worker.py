@@ -21,13 +21,20 @@ def load(path: str, fake: bool):
     from PIL import Image
 
     predict = tf.saved_model.load(path).signatures["serving_default"]
+    # VILA-R's serving_default takes one string tensor (the encoded image) and returns
+    # {"predictions": [[score]]}; upstream calls it positionally, capo by the input's name, which
+    # every TensorFlow version accepts for a signature function
+    names = list(predict.structured_input_signature[1])
+    if len(names) != 1:
+        raise ValueError(f"{path}: serving_default takes {names}, not one encoded image (not VILA-R)")
 
     def score(x):
         out = []
         for img in x:
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="PNG")
-            out.append(float(np.asarray(predict(tf.constant(buf.getvalue()))["predictions"]).reshape(-1)[0]))
+            pred = predict(**{names[0]: tf.constant(buf.getvalue())})["predictions"]
+            out.append(float(np.asarray(pred).reshape(-1)[0]))
         return np.asarray(out)
 
     return score
