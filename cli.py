@@ -107,6 +107,23 @@ def import_(source, files, model, out, limit, overwrite):
                f"--pairs {res['pairs']} --objective dpo ...")
 
 
+@main.command(name="layout")
+@click.argument("samples", type=click.Path(file_okay=False, exists=True))
+@click.argument("layout", type=click.Choice(["geneval", "t2i-compbench", "dpg-bench"]))
+@click.argument("out", type=click.Path(file_okay=False))
+def layout_(samples, layout, out):
+    """Copy a `capo generate` directory into a benchmark's own layout (GenEval's <00000>/samples/,
+    T2I-CompBench's samples/<prompt>_<000000>.png, DPG-Bench's 2x2 <id>.png) for upstream's tools."""
+    from capo.artifacts import ArtifactError
+    from capo.eval.image_sets import write_layout
+
+    try:
+        path = write_layout(samples, layout, out)
+    except (ValueError, ArtifactError) as e:
+        _fail(str(e))
+    click.echo(f"layout: {samples} -> {path} ({layout})")
+
+
 @main.command(name="ls")
 @click.argument("kind", required=False)
 def ls_(kind):

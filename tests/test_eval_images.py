@@ -220,3 +220,29 @@ def test_compbench_images_scored_per_category_with_the_protocol_of_what_ran(tmp_
     assert card["metric"] == "stand-in" and card["exact"] is False
     assert card["parser"] == "rules" and card["status"].startswith("variant")
     assert "color" in seen
+
+
+def test_capo_layout_writes_upstreams_layouts(own_run, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    own, _ = own_run
+    samples = own / "samples" / "shapes-geneval" / "base"
+    r = CliRunner().invoke(main, ["layout", str(samples), "geneval", str(tmp_path / "g")])
+    assert r.exit_code == 0, r.output
+    g = read_image_set(tmp_path / "g", n=2)
+    assert g.layout == "geneval" and g.n_images == 6
+    # the same pixels, the same metadata lines
+    mine = read_image_set(samples)
+    pix = lambda s: sorted(np.asarray(Image.open(r["path"])).tobytes() for r in s.rows)  # noqa: E731
+    assert pix(g) == pix(mine)
+    assert sorted(json.dumps(r["include"]) for r in g.records) == sorted(json.dumps(r["include"]) for r in mine.records)
+    r = CliRunner().invoke(main, ["layout", str(samples), "t2i-compbench", str(tmp_path / "t")])
+    assert r.exit_code == 0, r.output
+    t = read_image_set(tmp_path / "t")
+    assert t.layout == "t2i-compbench" and t.n_images == 6 and sorted(x["sample_id"] for x in t.rows) == list(range(6))
+    r = CliRunner().invoke(main, ["layout", str(samples), "dpg-bench", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "tiles 4 images per prompt" in r.output
+    r = CliRunner().invoke(main, ["layout", str(samples), "geneval", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "not empty" in r.output

@@ -351,3 +351,51 @@ def to_samples_dir(image_set: ImageSet, out: str | Path, overwrite: bool = False
     artifacts.finish(out, manifest, files=["index.parquet"],
                      counts={"prompts": len(image_set.records), "images": len(index)})
     return out
+
+
+def write_layout(samples: str | Path, layout: str, out: str | Path) -> Path:
+    """Write a capo samples directory in a benchmark's own layout, for upstream's tools to read:
+    ``geneval`` (``<i:05d>/metadata.jsonl`` with upstream's metadata line, ``samples/<k:05>.png``),
+    ``t2i-compbench`` (``samples/<prompt>_<idx:06d>.png``, ``idx`` running over the prompts as
+    upstream's ``inference_eval.py`` numbers them) or ``dpg-bench`` (``<prompt id>.png``, the first
+    four images tiled 2x2). Files are copied; ``out`` must not hold images already."""
+    import shutil
+
+    from capo import artifacts
+    from capo.eval.geneval import upstream_metadata
+
+    image_set = read_image_set(samples, layout="capo")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ImageSetError(f"{out}: not empty; write a layout into a new directory")
+    by_prompt: dict[str, list[str]] = {}
+    for r in sorted(image_set.rows, key=lambda r: (r["prompt_id"], r["sample_id"])):
+        by_prompt.setdefault(r["prompt_id"], []).append(r["path"])
+    records = [r for r in image_set.records if r["prompt_id"] in by_prompt]
+    if layout == "geneval":
+        from capo.stages.generate import image_folders
+
+        missing = [r["prompt_id"] for r in records if "tag" not in r or "include" not in r]
+        if missing:
+            raise ImageSetError(f"{samples}: {len(missing)} prompt(s) without GenEval metadata (tag, include), "
+                                f"e.g. {missing[:3]}; only a GenEval-form prompt set has this layout")
+        for folder, r in zip(image_folders(records), records):
+            artifacts.write_text(out / folder / "metadata.jsonl", json.dumps(upstream_metadata(r)) + "\n")
+            for k, f in enumerate(by_prompt[r["prompt_id"]]):
+                (out / folder / "samples").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, out / folder / "samples" / f"{k:05}.png")
+    elif layout == "t2i-compbench":
+        from capo.eval.t2i_compbench import write_upstream_layout
+
+        write_upstream_layout(out, [r["prompt"] for r in records], [by_prompt[r["prompt_id"]] for r in records])
+    elif layout == "dpg-bench":
+        from capo.eval.dpg_bench import PIC_NUM, write_grid_folder
+
+        short = [r["prompt_id"] for r in records if len(by_prompt[r["prompt_id"]]) < PIC_NUM]
+        if short:
+            raise ImageSetError(f"{samples}: DPG-Bench tiles {PIC_NUM} images per prompt; {len(short)} prompt(s) "
+                                f"have fewer, e.g. {short[:3]}")
+        write_grid_folder({str(r.get("id", r["prompt_id"])): by_prompt[r["prompt_id"]][:PIC_NUM] for r in records}, out)
+    else:
+        raise ImageSetError(f"cannot write layout {layout!r}; known: geneval, t2i-compbench, dpg-bench")
+    return out
