@@ -70,7 +70,7 @@ def tiny_blip_dir(path, seed=0):
                          num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=32,
                          bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"]),
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8))
+                           image_size=32, patch_size=8, initializer_range=0.02))  # BLIP's 1e-10 would blank the pixels
     BlipForQuestionAnswering(cfg).save_pretrained(path)
     BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(path)
     return path
@@ -192,6 +192,7 @@ def test_vqascore(tmp_path, images):
     assert r.bt_transform == "logit"
     s = check_common(r, images)
     assert np.all((s > 0) & (s < 1))
+    assert abs(r(images[1:2], PROMPTS[:1])[0] - s[0]) > 1e-4  # the image matters (a random BLIP can ignore it)
     # by hand: exp(-HF's own mean answer loss) with labels [BOS] yes [SEP], one item at a time, on
     # the 4.x BlipImageProcessor's pixels (a 32 x 32 bicubic PIL resize, no crop)
     tok, tc = r.processor.tokenizer, r.model.config.text_config

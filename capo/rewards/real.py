@@ -256,11 +256,12 @@ class Pixels:
         if getattr(ip, "do_center_crop", False):
             c = ip.crop_size
             crop = (c, c) if isinstance(c, int) else (_size_field(c, "height"), _size_field(c, "width"))
-        return cls(size, crop, ip.image_mean if getattr(ip, "do_normalize", True) else (0.0,) * 3,
-                   ip.image_std if getattr(ip, "do_normalize", True) else (1.0,) * 3,
-                   int(getattr(ip, "resample", 3) if getattr(ip, "resample", None) is not None else 3), crop_rounding,
-                   float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else None,
-                   bool(getattr(ip, "do_normalize", True)), bool(getattr(ip, "do_convert_rgb", True) is not False))
+        normalize = bool(getattr(ip, "do_normalize", True))
+        resample = getattr(ip, "resample", None)
+        return cls(size, crop, ip.image_mean if normalize else (0.0,) * 3, ip.image_std if normalize else (1.0,) * 3,
+                   3 if resample is None else int(resample), crop_rounding,
+                   float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else None, normalize,
+                   getattr(ip, "do_convert_rgb", True) is not False)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` after the resize (transformers' ``get_resize_output_image_size``)."""
