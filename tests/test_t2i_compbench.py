@@ -235,6 +235,20 @@ def test_blip_vqa_scorer_runs_and_multiplies(tmp_path):
     assert out[2] == 1.0
 
 
+def test_blip_yes_probability_does_not_depend_on_the_batch(tmp_path):
+    """Questions of different lengths asked together must give what each gives alone: transformers
+    5's BLIP cross-attention drops the question padding mask, so a padded batch would leak."""
+    model, tok = _tiny_blip(tmp_path)
+    score = T.blip_vqa_scorer(model=model, tokenizer=tok, noun_phrases_fn=lambda p: [p], device="cpu",
+                              image_size=48, batch_size=4)
+    rng = np.random.default_rng(1)
+    ims = [rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(3)]
+    qs = ["a dog?", "a red car and a blue dog?", "a blue car?"]
+    together = score.yes_prob(ims, qs)
+    alone = [score.yes_prob([im], [q])[0] for im, q in zip(ims, qs)]
+    assert together == pytest.approx(alone, abs=1e-6)
+
+
 def test_clip_score_scorer_is_plain_cosine():
     import torch
 

@@ -614,17 +614,26 @@ class BlipVQA:
 
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
-        out: list[str] = []
+        # Questions of equal token length go together, unpadded: transformers 5's BLIP text
+        # cross-attention drops the question's padding mask (see capo.rewards.real's
+        # vqascore-blip), so a padded batch would change answers.
+        lengths = [len(x) for x in self.processor.tokenizer(list(questions))["input_ids"]]
+        out: list[str] = [""] * len(images)
         dtype = next(self.model.parameters()).dtype
-        for s in range(0, len(images), self.batch_size):
-            pil = [_to_pil_rgb(im) for im in images[s:s + self.batch_size]]
-            inputs = self.processor(images=pil, text=list(questions[s:s + self.batch_size]),
-                                    return_tensors="pt", padding=True)
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
-            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-            with torch.no_grad():
-                ids = self.model.generate(**inputs, **self.generate_kwargs)
-            out.extend(self.processor.batch_decode(ids, skip_special_tokens=True))
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(n, []).append(i)
+        for rows_all in groups.values():
+            for s in range(0, len(rows_all), self.batch_size):
+                rows = rows_all[s:s + self.batch_size]
+                inputs = self.processor(images=[_to_pil_rgb(images[i]) for i in rows],
+                                        text=[questions[i] for i in rows], return_tensors="pt")
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+                with torch.no_grad():
+                    ids = self.model.generate(**inputs, **self.generate_kwargs)
+                for i, text in zip(rows, self.processor.batch_decode(ids, skip_special_tokens=True)):
+                    out[i] = text
         return out
 
 

@@ -1196,22 +1196,32 @@ def blip_vqa_scorer(model_id_or_path: str = BLIP_VQA_MODEL, *, device: str | Non
     def yes_prob(images: Sequence[Any], questions: Sequence[str]) -> list[float]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
-        out: list[float] = []
-        for s in range(0, len(images), batch_size):
-            pv = torch.stack([pixels(im) for im in images[s:s + batch_size]]).to(device)
-            q = tokenizer(list(questions[s:s + batch_size]), padding="longest", truncation=True,
-                          max_length=BLIP_QUESTION_MAX_LENGTH, return_tensors="pt").to(device)
-            input_ids = q["input_ids"].clone()
-            input_ids[:, 0] = enc_id
-            image_embeds = model.vision_model(pixel_values=pv, interpolate_pos_encoding=True)[0]
-            image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
-            q_states = model.text_encoder(input_ids=input_ids, attention_mask=q["attention_mask"],
-                                          encoder_hidden_states=image_embeds,
-                                          encoder_attention_mask=image_atts)[0]
-            start = torch.full((len(input_ids), 1), BLIP_DEC_TOKEN_ID, dtype=torch.long, device=device)
-            logits = model.text_decoder(input_ids=start, encoder_hidden_states=q_states,
-                                        encoder_attention_mask=q["attention_mask"]).logits[:, 0, :]
-            out.extend(float(p) for p in yes_probability(logits).cpu())
+        # Questions of equal token length go together, unpadded: transformers 5's BLIP text
+        # cross-attention drops ``encoder_attention_mask`` (``BlipTextLayer`` passes it as
+        # ``attention_mask``; checked on 5.24), so a padded question's padding would reach the
+        # decoder and an answer would depend on its batch. Unpadded, every version agrees.
+        ids = tokenizer(list(questions), truncation=True, max_length=BLIP_QUESTION_MAX_LENGTH)["input_ids"]
+        out: list[float] = [0.0] * len(images)
+        groups: dict[int, list[int]] = {}
+        for i, x in enumerate(ids):
+            groups.setdefault(len(x), []).append(i)
+        for rows_all in groups.values():
+            for s in range(0, len(rows_all), batch_size):
+                rows = rows_all[s:s + batch_size]
+                pv = torch.stack([pixels(images[i]) for i in rows]).to(device)
+                input_ids = torch.tensor([ids[i] for i in rows], device=device)
+                input_ids[:, 0] = enc_id
+                mask = torch.ones_like(input_ids)
+                image_embeds = model.vision_model(pixel_values=pv, interpolate_pos_encoding=True)[0]
+                image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
+                q_states = model.text_encoder(input_ids=input_ids, attention_mask=mask,
+                                              encoder_hidden_states=image_embeds,
+                                              encoder_attention_mask=image_atts)[0]
+                start = torch.full((len(rows), 1), BLIP_DEC_TOKEN_ID, dtype=torch.long, device=device)
+                logits = model.text_decoder(input_ids=start, encoder_hidden_states=q_states,
+                                            encoder_attention_mask=mask).logits[:, 0, :]
+                for i, p in zip(rows, yes_probability(logits).cpu()):
+                    out[i] = float(p)
         return out
 
     def score(images: Sequence[Any], prompts: Sequence[str]) -> list[float]:

@@ -690,23 +690,34 @@ class VQAScore(_Reward):
         self.decoder_inputs = [tc.bos_token_id] + ids[:-1]
 
     def _score(self, images, prompts):
-        """``exp(mean_k log p(answer_k | image, question, answer_<k))`` (t2v_metrics' VQAScore)."""
+        """``exp(mean_k log p(answer_k | image, question, answer_<k))`` (t2v_metrics' VQAScore).
+
+        Questions of equal token length are scored together, unpadded: transformers 5's BLIP text
+        cross-attention drops ``encoder_attention_mask`` (``BlipTextLayer`` hands it to
+        ``BlipTextAttention`` as ``attention_mask``, which its cross-attention branch ignores;
+        checked on 5.24), so a padded question would leak its padding into the answer decoder and
+        an item's score would depend on its batch. Unpadded, every transformers version agrees."""
         import torch
 
         m, b = self.model, len(prompts)
-        enc = self.processor.tokenizer([self.question.format(p) for p in prompts], padding=True, truncation=True,
-                                       return_tensors="pt")
+        ids = self.processor.tokenizer([self.question.format(p) for p in prompts], truncation=True)["input_ids"]
         px = self.pixels(images).to(self.device, m.dtype)
-        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         img = m.vision_model(pixel_values=px).last_hidden_state
-        img_mask = torch.ones(img.shape[:-1], dtype=torch.long, device=self.device)
-        q = m.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=img,
-                           encoder_attention_mask=img_mask).last_hidden_state
-        dec = torch.tensor([self.decoder_inputs] * b, device=self.device)
-        logits = m.text_decoder(input_ids=dec, encoder_hidden_states=q, encoder_attention_mask=mask).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        tgt = torch.tensor([self.targets] * b, device=self.device)
-        return logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).mean(-1).exp()
+        out = torch.empty(b, device=self.device)
+        for n in sorted({len(x) for x in ids}):
+            rows = [i for i, x in enumerate(ids) if len(x) == n]
+            q_ids = torch.tensor([ids[i] for i in rows], device=self.device)
+            mask = torch.ones_like(q_ids)
+            im = img[rows]
+            img_mask = torch.ones(im.shape[:-1], dtype=torch.long, device=self.device)
+            q = m.text_encoder(input_ids=q_ids, attention_mask=mask, encoder_hidden_states=im,
+                               encoder_attention_mask=img_mask).last_hidden_state
+            dec = torch.tensor([self.decoder_inputs] * len(rows), device=self.device)
+            logits = m.text_decoder(input_ids=dec, encoder_hidden_states=q, encoder_attention_mask=mask).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            tgt = torch.tensor([self.targets] * len(rows), device=self.device)
+            out[rows] = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).mean(-1).exp()
+        return out
 
 
 def vqascore_blip(path=None, device=None, processor=None, dtype=None, question: str = VQA_QUESTION,
