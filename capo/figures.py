@@ -88,7 +88,11 @@ def qualitative_grid(eval_dir: Path, labels: list[str], path: Path, n_prompts: i
         return
     d = sets[0]
     labels = [lab for lab in labels if (d / lab).is_dir()]
-    prompts = [json.loads(x) for x in (d / labels[0] / "prompts.jsonl").read_text().splitlines()][:n_prompts]
+    from capo.stages.generate import image_folders
+
+    every = [json.loads(x) for x in (d / labels[0] / "prompts.jsonl").read_text().splitlines()]
+    folders = image_folders(every)  # as generate names them (upstream's line numbers where the set has them)
+    prompts = every[:n_prompts]
     cell, pad, head = 96, 4, 14
     W = 90 + len(prompts) * (cell + pad)
     H = head * 2 + len(labels) * (cell + pad)
@@ -101,7 +105,7 @@ def qualitative_grid(eval_dir: Path, labels: list[str], path: Path, n_prompts: i
         y = head * 2 + r * (cell + pad)
         draw.text((2, y + cell // 2), lab, fill="black")
         for i, p in enumerate(prompts):
-            img = Image.open(d / lab / "images" / f"{p['prompt_idx']:05d}" / "samples" / "0000.png").convert("RGB")
+            img = Image.open(d / lab / "images" / folders[i] / "samples" / "0000.png").convert("RGB")
             canvas.paste(img.resize((cell, cell), Image.NEAREST), (90 + i * (cell + pad), y))
     canvas.save(path)
 

@@ -43,6 +43,23 @@ PROMPTS = ["a photo of a red circle", "a photo of two squares", "a photo of a bl
            "a photo of a green square left of a circle"]
 
 
+def tiny_blip_vqa(tmp_path: Path, words: list[str]):
+    """A tiny random ``BlipForQuestionAnswering`` (BERT ids up to BLIP's [DEC]/[ENC], 30524) and a
+    ``BertTokenizer`` over ``words`` (special tokens first), for the BLIP-VQA scorers' tests."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering
+
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=30524, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37, encoder_hidden_size=32),
+        vision_config=dict(hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=37))
+    torch.manual_seed(0)
+    model = BlipForQuestionAnswering(cfg).eval()
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    return model, BertTokenizer(str(tmp_path / "vocab.txt"))
+
+
 def build_tiny(path: Path, kind: str = "sdxl-like", seed: int = 0) -> Path:
     import torch
 

@@ -365,19 +365,12 @@ def test_mplug_needs_the_dpg_extra(monkeypatch):
 
 
 def _tiny_blip(tmp_path):
-    import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
+    from transformers import BlipImageProcessor, BlipProcessor
 
-    cfg = BlipConfig(
-        text_config=dict(vocab_size=30524, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=37, encoder_hidden_size=32),
-        vision_config=dict(hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=37))
-    torch.manual_seed(0)
-    model = BlipForQuestionAnswering(cfg).eval()
+    from conftest import tiny_blip_vqa
+
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "yes", "no", "is", "there", "a", "the", "?"]
-    (tmp_path / "vocab.txt").write_text("\n".join(words))
-    tok = BertTokenizer(str(tmp_path / "vocab.txt"))
+    model, tok = tiny_blip_vqa(tmp_path, words)
     proc = BlipProcessor(BlipImageProcessor(size={"height": 32, "width": 32}), tok)
     return model, proc, words
 

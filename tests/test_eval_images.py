@@ -246,3 +246,30 @@ def test_capo_layout_writes_upstreams_layouts(own_run, tmp_path):
     assert r.exit_code == 2 and "tiles 4 images per prompt" in r.output
     r = CliRunner().invoke(main, ["layout", str(samples), "geneval", str(tmp_path / "g")])
     assert r.exit_code == 2 and "not empty" in r.output
+
+
+def test_reward_win_rates_between_two_tables_of_images(tmp_path):
+    """Two prompt,path tables (no capo manifest), paired by prompt and image number; toy-bright
+    scores mean brightness: folder B is brighter on 3 of 4 pairs and tied on 1 -> 87.5 %."""
+    rows = {"a": [], "b": []}
+    levels = {("p1", 0): (50, 90), ("p1", 1): (60, 60), ("p2", 0): (10, 200), ("p2", 1): (100, 120)}
+    for (prompt, k), (va, vb) in levels.items():
+        for side, v in (("a", va), ("b", vb)):
+            f = tmp_path / side / f"{prompt}-{k}.png"
+            f.parent.mkdir(exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), v, np.uint8)).save(f)
+            rows[side].append({"prompt": f"a photo of {prompt}", "path": f"{side}/{f.name}", "sample_id": k})
+    for side in rows:
+        (tmp_path / f"{side}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[side]))
+    res = evaluate.run(evaluate.EvalConfig(images=[f"a={tmp_path / 'a.jsonl'}", f"b={tmp_path / 'b.jsonl'}"],
+                                           out=str(tmp_path / "e"), benchmarks=["winrate"], detector="mask2former",
+                                           rewards=["toy-bright"], n_boot=200))
+    w = res["results"]["b"]["winrate"]["toy-bright"]
+    assert w["win_rate"] == 87.5 and w["n_images"] == 4
+    assert res["protocol"]["source"] == "images" and res["protocol"]["images_per_prompt"] == 2
+    # a folder that lacks one of the other's images is refused before any reward loads
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows["b"][:3]))
+    with pytest.raises(ImageSetError, match="do not hold the same images"):
+        evaluate.run(evaluate.EvalConfig(images=[f"a={tmp_path / 'a.jsonl'}", f"c={tmp_path / 'c.jsonl'}"],
+                                         out=str(tmp_path / "e2"), benchmarks=["winrate"], detector="mask2former",
+                                         rewards=["toy-bright"]))

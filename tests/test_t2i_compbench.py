@@ -204,20 +204,9 @@ def test_summarize_per_category():
 
 
 def _tiny_blip(tmp_path):
-    import torch
-    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering
+    from conftest import tiny_blip_vqa
 
-    cfg = BlipConfig(
-        text_config=dict(vocab_size=30524, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=37, encoder_hidden_size=32),
-        vision_config=dict(hidden_size=32, image_size=32, patch_size=8, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=37))
-    torch.manual_seed(0)
-    model = BlipForQuestionAnswering(cfg).eval()
-    vocab = tmp_path / "vocab.txt"
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "car", "blue", "dog", "?"]
-    vocab.write_text("\n".join(words))
-    return model, BertTokenizer(str(vocab))
+    return tiny_blip_vqa(tmp_path, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "car", "blue", "dog", "?"])
 
 
 def test_blip_vqa_scorer_runs_and_multiplies(tmp_path):

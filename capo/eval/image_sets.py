@@ -16,7 +16,8 @@ Layouts (``detect_layout``):
                 top; ``capo.eval.t2i_compbench.parse_sample_name``: the prompt before the ``_``)
 ``dpg-bench``   upstream DPG-Bench (ELLA): ``<prompt file stem>.png``, one 2x2 grid per prompt
 ``table``       a ``.jsonl`` or ``.csv`` file with ``prompt`` and ``path`` columns (paths
-                relative to the file), optional ``prompt_id`` and ``sample_id``
+                relative to the file), optional ``prompt_id`` (default: the prompt) and
+                ``sample_id`` (default: the image's rank among its prompt's rows)
 ==============  ==========================================================================
 
 ``to_samples_dir`` turns an image set into a capo samples directory of stage ``import``
@@ -285,7 +286,7 @@ def _read_table(root: Path, known, problems) -> ImageSet:
         if known is not None:
             rec = _record(known, pid or prompt, prompt, problems)
         else:
-            pid = pid or next((p for p, rr in records.items() if rr["prompt"] == prompt), f"{len(records):05d}")
+            pid = pid or prompt  # the prompt itself: two tables pair by prompt whatever their row order
             rec = {"prompt_id": pid, "prompt": prompt}
         if rec is None:
             continue

@@ -878,6 +878,15 @@ def get_parser(nlp=None):
     raise TypeError(f"nlp must be None, 'auto', 'spacy', 'fallback', a spaCy pipeline or a parser, got {nlp!r:.80}")
 
 
+def parsed_with(fn, nlp, attr: str):
+    """``(fn, "custom")`` for a parsing callable given; else the ``attr`` method of the parser
+    ``get_parser(nlp)`` and the parser's name (which the protocol card records)."""
+    if fn is not None:
+        return fn, "custom"
+    parser = get_parser(nlp)
+    return getattr(parser, attr), parser.name
+
+
 def _to_pil_rgb(image):
     from capo.eval.geneval import _to_pil_rgb as f
 
@@ -1175,10 +1184,7 @@ def blip_vqa_scorer(model_id_or_path: str = BLIP_VQA_MODEL, *, device: str | Non
             from capo.eval.geneval import _load_error
 
             raise _load_error("the BLIP-VQA model", model_id_or_path, e) from e
-    parser_name = "custom"
-    if noun_phrases_fn is None:
-        parser = get_parser(nlp)
-        noun_phrases_fn, parser_name = parser.noun_chunks, parser.name
+    noun_phrases_fn, parser_name = parsed_with(noun_phrases_fn, nlp, "noun_chunks")
     device = _device(device)
     model = model.to(device).eval()
     enc_id = BLIP_ENC_TOKEN_ID
@@ -1305,10 +1311,7 @@ def spatial_scorer(detector, *, complex: bool = False, pos_fn=None, nlp=None,
     open-vocabulary detector is asked for the two objects (girl / boy / man / woman as
     person). ``score_threshold``: default the detector's own (``detector.score_threshold``),
     else UniDet's 0.5."""
-    parser_name = "custom"
-    if pos_fn is None:
-        parser = get_parser(nlp)
-        pos_fn, parser_name = parser.pos, parser.name
+    pos_fn, parser_name = parsed_with(pos_fn, nlp, "pos")
     pick = complex_spatial_objects if complex else simple_spatial_objects
     thr = _threshold_of(detector, score_threshold)
 
@@ -1331,10 +1334,7 @@ def numeracy_scorer(detector, *, tokens_fn=None, nlp=None, score_threshold: floa
     """Numeracy scorer (T2I-CompBench++): ``score(images, prompts)``; objects and counts by
     ``numeracy_objects`` on the prompt's tokens, score by ``numeracy_image_score``. An
     open-vocabulary detector is asked for the renamed objects (``numeracy_detector_name``)."""
-    parser_name = "custom"
-    if tokens_fn is None:
-        parser = get_parser(nlp)
-        tokens_fn, parser_name = parser.tokens, parser.name
+    tokens_fn, parser_name = parsed_with(tokens_fn, nlp, "tokens")
     thr = _threshold_of(detector, score_threshold)
 
     def score(images: Sequence[Any], prompts: Sequence[str]) -> list[float]:
@@ -1357,10 +1357,7 @@ def spatial_3d_scorer(detector, depth, *, pos_fn=None, nlp=None, score_threshold
     upstream's depth map (``upstream_depth_png`` then ``depth_in_unidet_frame``); objects are
     the first and last NOUN (girl / boy / man / woman as person), locality by
     ``find_locality_3d``, score by ``spatial_3d_image_score``."""
-    parser_name = "custom"
-    if pos_fn is None:
-        parser = get_parser(nlp)
-        pos_fn, parser_name = parser.pos, parser.name
+    pos_fn, parser_name = parsed_with(pos_fn, nlp, "pos")
     thr = _threshold_of(detector, score_threshold)
 
     def score(images: Sequence[Any], prompts: Sequence[str]) -> list[float]:
