@@ -50,8 +50,7 @@ REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
 class EvalConfig:
     out: str  # output directory
     models: list[str] = field(default_factory=list)  # "label=spec" or spec; the FIRST is the base model
-    images: list[str] = field(default_factory=list)  # instead of models: "label=DIR" image folders (capo's,
-    # GenEval's, T2I-CompBench's, DPG-Bench's layout, or a prompt,path .jsonl/.csv); the FIRST is the base
+    images: list[str] = field(default_factory=list)  # instead of models: "label=DIR" image folders in capo's, GenEval's, T2I-CompBench's or DPG-Bench's layout, or prompt,path .jsonl/.csv tables; the FIRST is the base
     benchmarks: list[str] = field(default_factory=lambda: ["winrate"])  # benchmarks to run
     prompts: str | None = None  # win-rate prompts (default: shapes:geneval in the shapes world, parti otherwise)
     geneval_prompts: str | None = None  # GenEval-form set (default: shapes:geneval / geneval)
@@ -66,8 +65,7 @@ class EvalConfig:
     subset_seed: int = 0  # seed of the stratified subset
     n_t: int = 4  # divergence: (t, eps) draws per image
     detector: str = "auto"  # GenEval detector (auto: shapes for shapes models, else mask2former)
-    compbench_detector: str = "auto"  # T2I-CompBench spatial / numeracy / 3d_spatial detector: unidet (upstream's;
-    # needs its detectron2 stack) | owlv2 (open vocabulary) | mask2former (COCO-80); auto: unidet if supplied, else owlv2
+    compbench_detector: str = "auto"  # T2I-CompBench spatial / numeracy / 3d_spatial detector: unidet (upstream's, needs its detectron2 stack), owlv2 (open vocabulary), mask2former (COCO-80); auto: unidet if supplied, else owlv2
     steps: int | None = None  # sampler steps (default: each model's)
     guidance: float | None = None  # guidance scale (default: each model's)
     batch_size: int = 64  # images per sampler / reward call
