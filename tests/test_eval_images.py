@@ -267,6 +267,15 @@ def test_reward_win_rates_between_two_tables_of_images(tmp_path):
     w = res["results"]["b"]["winrate"]["toy-bright"]
     assert w["win_rate"] == 87.5 and w["n_images"] == 4
     assert res["protocol"]["source"] == "images" and res["protocol"]["images_per_prompt"] == 2
+    # the same through `capo compare --images`, gated on the interval
+    from click.testing import CliRunner
+
+    from cli import main
+
+    r = CliRunner().invoke(main, ["compare", "--images", f"a={tmp_path / 'a.jsonl'}", f"b={tmp_path / 'b.jsonl'}",
+                                  "--benchmarks", "winrate", "--rewards", "toy-bright", "--detector", "mask2former",
+                                  "--out", str(tmp_path / "c"), "--fail-if", "winrate.toy-bright:ci_low > 50"])
+    assert r.exit_code == 1 and "REGRESSION: winrate.toy-bright:ci_low" in r.output and "Protocol:" in r.output
     # a folder that lacks one of the other's images is refused before any reward loads
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows["b"][:3]))
     with pytest.raises(ImageSetError, match="do not hold the same images"):
