@@ -280,6 +280,30 @@ for _name, (_module, _cls, _doc) in STAGES.items():
     _stage_command(_name, _module, _cls, _doc)
 
 
+@main.command(name="export", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("checkpoint")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def export_(checkpoint, config_path, args):
+    """A capo checkpoint as a diffusers pipeline directory (full or merged) or diffusers LoRA weights,
+    with a Hub model card (README.md): capo export CHECKPOINT out=DIR [results=EVAL/results.json]."""
+    from capo.artifacts import ArtifactError
+    from capo.config import ConfigError
+    from capo.export import config_from_cli, run
+    from capo.models import ModelLoadError
+    from capo.registry import UnknownNameError
+
+    try:
+        res = run(config_from_cli(checkpoint, args, config_path))
+    except (ConfigError, ValueError, ArtifactError, UnknownNameError, ModelLoadError, FileNotFoundError) as e:
+        _fail(str(e))
+    click.echo(f"export: {checkpoint} -> {res['out']} ({res['kind']}"
+               + (f", {res['pipeline_class']}" if res["pipeline_class"] else "") + f"; {len(res['files'])} files)")
+
+
+export_.help += "\n\n" + _fields_help("capo.export", "ExportConfig")
+
+
 @main.command()
 @click.argument("model_a")
 @click.argument("model_b")
@@ -448,6 +472,48 @@ def replicate(runs, out, rewards, roles):
         click.echo(md)
     if conflicts:
         sys.exit(1)
+
+
+@main.command(name="power")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--target", default=5.0, show_default=True, help="The true difference to decide (points of win-rate).")
+@click.option("--power", "level", default=0.8, show_default=True, help="The probability of a decided verdict to reach.")
+@click.option("--metric", default="gold", show_default=True,
+              help="gold (the gold reward's win-rate) | claim (each comparison's own metric) | a reward name.")
+@click.option("--seeds", default="3,5,8,10,12,15,20", show_default=True, help="Training seeds of the design grid.")
+@click.option("--prompts", default=None, help="Test prompts of the grid (default: the pilot's P, 2P, 4P).")
+@click.option("--images", default="1,2,4,8", show_default=True, help="Images per prompt of the grid.")
+@click.option("--preset", default=None, help="Cost each design with this reproduce preset's plan (GPU-hours; CPU "
+              "hours for the shapes presets); default: images x seeds.")
+@click.option("--design", default=None, metavar="S,P,K", help="The design of a tables.csv pilot (default: its tables.md).")
+@click.option("--rewards", default="shapes-pref,shapes-vqa,shapes-aesthetic", show_default=True,
+              help="Rewards in the roles of MPS, VQA, VILA.")
+@click.option("--roles", default="MPS,VQA,VILA", show_default=True)
+@click.option("--gold", default="shapes-gold", show_default=True, help="The hidden-truth reward.")
+@click.option("--detail", is_flag=True, help="Also print every design's power for every comparison.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the variance parts and the plan as JSON (a pilot for a later `capo power`).")
+def power_(runs, target, level, metric, seeds, prompts, images, preset, design, rewards, roles, gold, detail, json_out):
+    """Power planning: the variance parts of every head-to-head comparison of a pilot (RUN...: reproduce
+    or eval runs with per-image results, a tables.csv, or a `capo power --json` file) and, for a target
+    difference, the half-width and probability of a decided verdict per design (seeds x prompts x images
+    per prompt), and the smallest design reaching --power (capo.eval.power; capo.stages.power)."""
+    from capo.stages import power as PW
+
+    def ints(v, name):
+        try:
+            return [int(x) for x in _csv(v)] if v else None
+        except ValueError:
+            _fail(f"--{name}: comma-separated integers expected, got {v!r}")
+
+    try:
+        text = PW.main(list(runs), target=target, level=level, metric=metric, seeds=ints(seeds, "seeds"),
+                       prompts=ints(prompts, "prompts"), images=ints(images, "images"), preset=preset,
+                       design=tuple(ints(design, "design")) if design else None, rewards=_csv(rewards),
+                       roles=_csv(roles), gold=gold or None, detail=detail, json_out=json_out)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        _fail(str(e))
+    click.echo(text, nl=False)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

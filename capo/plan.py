@@ -327,11 +327,19 @@ def _prompt_count(spec: str, limit: int | None) -> tuple[int | None, bool]:
         return (min(limit, n) if limit else n), False
 
 
-def experiment(cfg) -> dict:
+def experiment(cfg, memo: dict | None = None) -> dict:
     """The plan of a ``capo reproduce`` config (``ReproduceConfig``): per base model the images
     to generate, reward evaluations, training runs and steps, GPU-hours on ``cfg.gpu`` from the
     measured throughput table (``ANCHOR``), disk, and the weights missing from this machine.
-    Nothing is loaded; prompt files are read when present."""
+    Nothing is loaded; prompt files are read when present. ``memo``: a dict that keeps the
+    prompt counts between calls (a planner pricing many designs of one preset)."""
+
+    def count(spec, limit):
+        if memo is None:
+            return _prompt_count(spec, limit)
+        if (spec, limit) not in memo:
+            memo[(spec, limit)] = _prompt_count(spec, limit)
+        return memo[(spec, limit)]
     import collections
     import glob
 
@@ -347,9 +355,9 @@ def experiment(cfg) -> dict:
     L, gold = len(cfg.rewards), (1 if cfg.gold else 0)
     out = {"preset": cfg.preset, "gpu": cfg.gpu, "gpus": cfg.gpus, "bases": {}, "source": ANCHOR["source"],
            "pairs_per_step": pairs_per_step, "exact_counts": True}
-    K, ok_k = _prompt_count(cfg.train_prompts, cfg.train_limit)
-    V, ok_v = _prompt_count(cfg.val_prompts, cfg.val_limit)
-    E, ok_e = _prompt_count(cfg.eval_prompts, cfg.eval_limit)
+    K, ok_k = count(cfg.train_prompts, cfg.train_limit)
+    V, ok_v = count(cfg.val_prompts, cfg.val_limit)
+    E, ok_e = count(cfg.eval_prompts, cfg.eval_limit)
     out["exact_counts"] = ok_k and ok_v and ok_e
     out["prompts"] = {"train": K, "val": V, "test": E}
     if K is None:
@@ -370,7 +378,7 @@ def experiment(cfg) -> dict:
             geneval, compbench = benchmark_sets(cfg, base)
             per_model = 0
             for spec in [geneval, *compbench]:
-                c, ok = _prompt_count(spec, cfg.eval_limit)
+                c, ok = count(spec, cfg.eval_limit)
                 per_model += c or 0
                 out["exact_counts"] &= ok
             gen_bench = (1 + len(cfg.seeds)) * per_model * cfg.eval_n

@@ -69,6 +69,8 @@ OBJECTIVES = Registry("objective")
 OBJECTIVES.register("dpo", "capo.method.objectives:dpo_loss", "DPO, g(u) = -log sigmoid(u) (Eq. 4)")
 OBJECTIVES.register("ipo", "capo.method.objectives:ipo_loss", "IPO, g(u) = (1 - u)^2 (Eq. 4)")
 OBJECTIVES.register("capo", "capo.method.objectives:capo_loss", "CaPO, (gap R_ca - u)^2 (Eq. 8)")
+OBJECTIVES.register("grpo", "capo.method.grpo:grpo_loss",
+                   "GRPO baseline: online rollouts, clipped ratio on group-relative advantages + beta KL (capo.stages.grpo)")
 
 TRANSFORMS = Registry("BT transform")
 TRANSFORMS.register("identity", "capo.method.calibration:bt_transform", "BT-trained logit rewards")

@@ -143,7 +143,7 @@ def test_help_shows_ranges_and_default_values():
     r = CliRunner().invoke(main, ["train", "--help"])
     assert r.exit_code == 0
     line = next(ln for ln in r.output.splitlines() if ln.strip().startswith("beta "))
-    assert "= 500.0" in line and "[> 0]" in line
+    assert "= 500.0" in line and "[>= 0]" in line  # 0: GRPO without a KL term (> 0 for DPO / IPO / CaPO)
     assert "[in [0, 1)]" in next(ln for ln in r.output.splitlines() if ln.strip().startswith("ema "))
     r = CliRunner().invoke(main, ["sweep", "--help"])
     line = next(ln for ln in r.output.splitlines() if ln.strip().startswith("betas "))
@@ -153,8 +153,10 @@ def test_help_shows_ranges_and_default_values():
 def test_python_api_validates_too():
     from capo.stages.train import TrainConfig
 
-    with pytest.raises(ConfigError, match=r"beta = -5: must be > 0"):
+    with pytest.raises(ConfigError, match=r"beta = -5: must be >= 0"):
         TrainConfig(model="m", pairs="p", out="o", beta=-5)
+    with pytest.raises(ConfigError, match=r"beta: must be > 0 for objective=capo"):
+        TrainConfig(model="m", pairs="p", out="o", beta=0)
     with pytest.raises(ConfigError, match=r"lr = nan: must be a finite number; steps = 0: must be >= 1"):
         TrainConfig(model="m", pairs="p", out="o", lr=float("nan"), steps=0)
     cfg = TrainConfig(model="m", pairs="p", out="o")

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from capo import artifacts
+from capo import artifacts, tracking
 from capo.config import stage_config, to_dict
 
 SEED_STRIDE = 1000  # seed offset between rounds (training seed and sampling seed)
@@ -67,15 +67,20 @@ class IterateConfig:
     batch: int = 64  # images per sampler / reward call
     overwrite: bool = False
     quiet: bool = False
+    report_to: str = "none"  # experiment tracker of every round's training (capo train; capo.tracking)
+    run_name: str | None = None  # tracker runs <run_name>.round-<r> (default: the out directory's name)
 
     RULES: ClassVar[dict[str, str]] = {
         "rounds": ">= 1", "calibration": "reference | self", "reference": "base | previous",
         "objective": "@objectives", "beta": "> 0", "weighting": "constant | sigmoid", "noise": "shared | independent",
-        "lora_rank": ">= 0", "lr": "> 0", "steps": ">= 1", "batch_size": ">= 1", "seed": ">= 0", "batch": ">= 1"}
+        "lora_rank": ">= 0", "lr": "> 0", "steps": ">= 1", "batch_size": ">= 1", "seed": ">= 0", "batch": ">= 1",
+        "report_to": tracking.RULE}
 
     def contradictions(self):
         if self.steps < self.rounds:
             yield f"steps: {self.steps} cannot be split over rounds = {self.rounds} (each round needs a step)"
+        if err := tracking.missing(self.report_to):
+            yield err
 
 
 def round_steps(steps: int, rounds: int) -> list[int]:
@@ -129,8 +134,8 @@ def run(cfg: IterateConfig) -> dict:
             f"{cfg.pairs}: built from samples of {sm['inputs']['model']['path']!r}, not of {cfg.model!r}: round 1 "
             "trains on the base model's own samples")
     out = Path(cfg.out)
-    manifest = artifacts.make_manifest("iterate", to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None,
-                                                                    "batch": None}, {
+    config = tracking.unkeyed(to_dict(cfg)) | {"out": None, "overwrite": None, "quiet": None, "batch": None}
+    manifest = artifacts.make_manifest("iterate", config, {
         "model": {"path": cfg.model, "sha256": sm["inputs"]["model"]["sha256"]},
         "pairs": {"path": cfg.pairs, "sha256": first["run_key"]}})
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
@@ -143,6 +148,7 @@ def run(cfg: IterateConfig) -> dict:
     prompts = str(first["samples"] / "prompts.jsonl")
     rounds = []
     pairs_dir, model = Path(cfg.pairs), cfg.model
+    name = cfg.run_name or tracking.default_run_name(out)
     for r in range(1, cfg.rounds + 1):
         d = round_dir(out, r)
         if r > 1:
@@ -164,7 +170,8 @@ def run(cfg: IterateConfig) -> dict:
         ref = None if r == 1 or cfg.reference == "previous" else cfg.model
         train.run(train.TrainConfig(model=model, pairs=str(pairs_dir), out=str(d / "train"), reference=ref,
                                     steps=steps[r - 1], seed=cfg.seed + SEED_STRIDE * (r - 1),
-                                    checkpoint_every=steps[r - 1], log_every=max(1, steps[r - 1] // 5), **common))
+                                    checkpoint_every=steps[r - 1], log_every=max(1, steps[r - 1] // 5),
+                                    report_to=cfg.report_to, run_name=f"{name}.round-{r}", **common))
         model = str(round_checkpoint(out, r))
         rounds.append({"round": r, "steps": steps[r - 1], "checkpoint": model,
                        "fingerprint": model_fingerprint(model), "pairs": str(pairs_dir),

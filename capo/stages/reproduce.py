@@ -33,7 +33,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import ClassVar
 
-from capo import artifacts
+from capo import artifacts, tracking
 from capo.config import stage_config
 from capo.tables import OBJECTIVES, bias_name, label, seed_label
 
@@ -83,17 +83,24 @@ class ReproduceConfig:
     gpu: str = "H100"  # the plan's GPU (capo.plan's measured throughput table)
     scale: float = 1.0  # < 1: the same preset at a tiny size (prompt counts and steps x scale; a smoke test)
     dry_run: bool = False  # print the plan (capo.plan.experiment) and the missing weights; run nothing
+    pilot: str | None = None  # dry run: variance parts of the power table (runs, a tables.csv or a capo power JSON; default: the committed full run's)
+    power_target: float = 5.0  # dry run: the win-rate difference (points) the power table plans for
+    power_level: float = 0.8  # dry run: the probability of a decided verdict it asks for
     quiet: bool = False
+    report_to: str = "none"  # experiment tracker of every training run (capo.tracking): <base>.<cell>.s<seed>.beta-<beta>
 
     RULES: ClassVar[dict[str, str]] = {
         "rewards": "@rewards", "gold": "@rewards", "train_limit": ">= 1", "n": ">= 2", "n_ablation": ">= 2",
         "val_limit": ">= 1", "val_n": ">= 1", "eval_limit": ">= 1", "eval_n": ">= 1", "steps": ">= 1",
         "batch_size": ">= 1", "lr": "> 0", "betas": "> 0", "widen": ">= 0", "criterion": "mean-winrate | budget",
         "divergence_budget": "> 0", "n_t": ">= 1", "weighting": "constant | sigmoid", "lora_rank": ">= 0",
-        "seeds": ">= 0", "seed": ">= 0", "gpus": ">= 1", "scale": "(0, 1]", "pickapic_limit": ">= 1"}
+        "seeds": ">= 0", "seed": ">= 0", "gpus": ">= 1", "scale": "(0, 1]", "pickapic_limit": ">= 1",
+        "power_target": "> 0", "power_level": "(0, 1)",
+        "report_to": tracking.RULE}
     LATER: ClassVar[dict] = {  # capo.config.to_dict: keys added after runs existed
         "train_options": {}, "pickapic": None, "pickapic_limit": None, "launch": None, "gpus": 1, "gpu": "H100",
-        "scale": 1.0, "dry_run": False}
+        "scale": 1.0, "dry_run": False,
+        **dict.fromkeys(("pilot", "power_target", "power_level"), lambda c: True)}  # the dry run's power table only
 
     def contradictions(self):
         if len(self.rewards) != len(self.roles):
@@ -119,6 +126,8 @@ class ReproduceConfig:
                    "v2 parquet shards (or human_pairs=false)")
         if self.pickapic and not real:
             yield "pickapic: only for real base models (the shapes world simulates its human labels)"
+        if err := tracking.missing(self.report_to):
+            yield err
 
 
 def load_preset(name: str) -> dict:
@@ -217,9 +226,14 @@ def run(cfg: ReproduceConfig) -> dict:
     if cfg.dry_run:
         from capo import plan
 
-        p = plan.experiment(cfg)
+        from capo.stages import power
+
+        memo: dict = {}  # prompt counts, shared by the plan and the power table's designs
+        p = plan.experiment(cfg, memo=memo)
+        table = power.preset_table(cfg, memo=memo)
         if not cfg.quiet:
             print(plan.render_experiment(p))
+            print(table)
         return {"dry_run": True, "plan": p, "root": None, "reports": None, "bases": {}, "seconds": 0.0}
     cfg = scaled(cfg)
     t0 = time.time()
@@ -277,7 +291,8 @@ def run(cfg: ReproduceConfig) -> dict:
                 report_rewards=gold, val_prompts=cfg.val_prompts, val_limit=cfg.val_limit, val_n=cfg.val_n,
                 eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"), weighting=c["weighting"],
                 bias=c["bias"], lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
-                seed=cfg.seeds[0], train_options=dict(cfg.train_options), launch=cfg.launch, quiet=q))
+                seed=cfg.seeds[0], train_options=dict(cfg.train_options), launch=cfg.launch, quiet=q,
+                report_to=cfg.report_to, run_name=f"{_slug(base)}.{lab}"))
             sel = res["selected"]
             selected[lab] = sel
             checkpoints[seed_label(lab, cfg.seeds[0])] = sel["checkpoint"]
@@ -288,7 +303,9 @@ def run(cfg: ReproduceConfig) -> dict:
                                             beta=sel["beta_trained"], weighting=c["weighting"], bias=c["bias"],
                                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                             lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps, keep_checkpoints=0,
-                                            log_every=max(1, cfg.steps // 5), quiet=q, **cfg.train_options), cfg.launch)
+                                            log_every=max(1, cfg.steps // 5), quiet=q, report_to=cfg.report_to,
+                                            run_name=sweep.run_label(f"{_slug(base)}.{lab}", s, sel["beta"]),
+                                            **cfg.train_options), cfg.launch)
                 checkpoints[seed_label(lab, s)] = str(d / "final")
         for o in OBJECTIVES:
             for s in cfg.seeds:

@@ -48,7 +48,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from capo import artifacts
+from capo import artifacts, tracking
 from capo.config import stage_config, to_dict
 
 CRITERIA = ("mean-winrate", "budget")
@@ -92,6 +92,8 @@ class SweepConfig:
     n_boot: int = 1000  # bootstrap resamples for the CIs
     overwrite: bool = False
     quiet: bool = False
+    report_to: str = "none"  # experiment tracker of every training run (capo train; capo.tracking)
+    run_name: str | None = None  # the cell's tracker name: runs <run_name>.s<seed>.beta-<beta> (default: out's name)
 
     RULES: ClassVar[dict[str, str]] = {
         "objective": "@objectives", "betas": "> 0", "beta_scale": "auto | none", "widen": ">= 0",
@@ -99,7 +101,8 @@ class SweepConfig:
         "report_rewards": "@rewards", "val_limit": ">= 1", "val_n": ">= 1", "eval_seed": ">= 0", "n_t": ">= 1",
         "weighting": "constant | sigmoid", "noise": "shared | independent", "lora_rank": ">= 0", "lr": "> 0",
         "steps": ">= 1", "batch_size": ">= 1", "rounds": ">= 1", "calibration": "reference | self",
-        "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1"}
+        "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1",
+        "report_to": tracking.RULE}
     LATER: ClassVar[dict] = {"rounds": 1, "calibration": lambda c: c.rounds == 1,  # capo.config.to_dict:
                              "reference": lambda c: c.rounds == 1,  # online keys matter only with rounds > 1
                              "train_options": {}, "launch": None}
@@ -122,11 +125,18 @@ class SweepConfig:
             yield "train_options, launch: only for rounds = 1 (capo iterate sets its own training keys)"
         if leak := sorted(set(self.rewards) & set(self.report_rewards)):
             yield f"report_rewards: {', '.join(leak)} also criterion rewards (report-only rewards are never selected on)"
+        if err := tracking.missing(self.report_to):
+            yield err
 
 
 def fmt_beta(beta: float) -> str:
     """A directory-safe, exact-enough name for a grid value: 500 -> "500", 0.05 -> "0.05"."""
     return f"{beta:.6g}"
+
+
+def run_label(cell: str, seed: int, beta: float) -> str:
+    """The tracker run name of ``cell`` trained with ``seed`` at ``beta``: ``capo-frs.s0.beta-500``."""
+    return f"{cell}.s{seed}.beta-{fmt_beta(beta)}"
 
 
 def factor_scale(model, weighting: str, bias: float, m: int = 4096) -> float:
@@ -264,7 +274,8 @@ def run(cfg: SweepConfig) -> dict:
         if missing:
             raise ValueError(f"trained reward(s) {', '.join(missing)} are not among the criterion rewards")
     out = Path(cfg.out)
-    config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "base_cache": None, "batch": None}
+    config = tracking.unkeyed(to_dict(cfg)) | {"out": None, "overwrite": None, "quiet": None, "base_cache": None,
+                                               "batch": None}
     manifest = artifacts.make_manifest("sweep", config, {
         "model": {"path": cfg.model, "sha256": model_fingerprint(cfg.model)},
         "pairs": {"path": cfg.pairs, "sha256": pm["run_key"]},
@@ -274,6 +285,7 @@ def run(cfg: SweepConfig) -> dict:
     log = (lambda m: None) if cfg.quiet else (lambda m: print(f"sweep [{time.time() - t0:5.0f}s] {m}", flush=True))
 
     rewards = list(cfg.rewards) + list(cfg.report_rewards)
+    cell = cfg.run_name or tracking.default_run_name(out)
     base_scores = base_validation(cfg, records, rewards)
     scale = 1.0 if cfg.beta_scale == "none" else factor_scale(_model(cfg.model), cfg.weighting, cfg.bias)
     grid = sorted(float(b) for b in cfg.betas)
@@ -291,6 +303,7 @@ def run(cfg: SweepConfig) -> dict:
                                             lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
                                             batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps,
                                             keep_checkpoints=0, log_every=max(1, cfg.steps // 5), quiet=True,
+                                            report_to=cfg.report_to, run_name=run_label(cell, cfg.seed, beta),
                                             **cfg.train_options), cfg.launch)
                 ckpt = d / "final"
             else:
@@ -298,7 +311,8 @@ def run(cfg: SweepConfig) -> dict:
                     model=cfg.model, pairs=cfg.pairs, out=str(d), rounds=cfg.rounds, calibration=cfg.calibration,
                     reference=cfg.reference, objective=cfg.objective, beta=beta / scale, weighting=cfg.weighting,
                     bias=cfg.bias, noise=cfg.noise, lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
-                    batch_size=cfg.batch_size, seed=cfg.seed, batch=cfg.batch, quiet=True))["final"])
+                    batch_size=cfg.batch_size, seed=cfg.seed, batch=cfg.batch, quiet=True, report_to=cfg.report_to,
+                    run_name=run_label(cell, cfg.seed, beta)))["final"])
             vf = d / "validation.json"
             vkey = artifacts.run_key({"val": [cfg.val_n, cfg.eval_seed, cfg.n_t, sorted(rewards)]},
                                      {"train": artifacts.read_json(d / artifacts.MANIFEST)["run_key"],

@@ -26,6 +26,7 @@ state; the final weights are a capo checkpoint in ``final/`` that ``load_model``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -34,18 +35,23 @@ from typing import ClassVar
 
 import numpy as np
 
-from capo import artifacts
+from capo import artifacts, tracking
 from capo.config import stage_config, to_dict
 from capo.dist import accelerator as make_accelerator
 from capo.dist import prepare_out_dir
 from capo.progress import progress
 
 
+GRPO_KEYS = ("prompts", "rewards", "reward_weights", "reward_paths", "group_size", "advantage", "advantage_norm",
+             "advantage_eps", "advantage_clip", "clip_range", "sample_steps", "noise_level", "guidance", "grpo_steps",
+             "grpo_sde", "grpo_updates")  # TrainConfig keys of objective=grpo alone (capo.stages.grpo)
+
+
 @stage_config
 class TrainConfig:
     model: str  # base model: registered name, pipeline dir or capo checkpoint
-    pairs: str  # a `capo pairs` output directory
     out: str  # output directory
+    pairs: str | None = None  # a `capo pairs` output directory (objective=grpo: its prompts and rewards, or prompts=)
     samples: str | None = None  # default: the samples directory recorded by the pairs' reward tables
     reference: str | None = None  # frozen reference model (default: the model trained; online CaPO: the base)
     objective: str = "capo"  # preference objective (capo ls objectives)
@@ -54,6 +60,23 @@ class TrainConfig:
     bias: float = 1.5  # b of the sigmoid weighting
     noise: str = "shared"  # eps_w and eps_l of a pair: one draw, or two
     frs_fresh: bool = True  # FRS pairs: draw a fresh pair per prompt at each step
+    # objective=grpo (capo.stages.grpo): online rollouts; beta is the KL coefficient; batch_size = prompts per rollout
+    prompts: str | None = None  # grpo without pairs: a prompt set (file or named set) to roll out
+    rewards: list[str] | None = None  # grpo with prompts: the reward models (with pairs: the pairs' rewards)
+    reward_weights: list[float] | None = None  # grpo: weights of the rewards, normalised (default uniform)
+    reward_paths: dict[str, str] = dataclasses.field(default_factory=dict)  # grpo: reward -> local weights dir
+    group_size: int = 8  # grpo: images per prompt (G)
+    advantage: str = "sum"  # grpo: per-image score: weighted raw rewards, calibrated win-rates, Pareto front
+    advantage_norm: str = "std"  # grpo: (s - mean) / (std + advantage_eps) within the group, or s - mean
+    advantage_eps: float = 1e-4  # grpo: added to the group std
+    advantage_clip: float = 5.0  # grpo: advantages clipped to [-c, c]
+    clip_range: float = 1e-4  # grpo: PPO clip of the importance ratio, [1 - e, 1 + e]
+    sample_steps: int | None = None  # grpo: steps of the sampling chain (default: the model's)
+    noise_level: float | None = None  # grpo: DDIM eta (default 1.0) or the flow SDE's a (default 0.7)
+    guidance: float | None = None  # grpo: CFG scale of rollouts and log-probabilities (default: the model's)
+    grpo_steps: int = 0  # grpo: denoising steps trained per update (0: every stochastic step)
+    grpo_sde: str = "all"  # grpo: all steps stochastic (a random grpo_steps trained) | one random window of them
+    grpo_updates: int = 1  # grpo: optimizer steps per rollout (its images split among them; > 1: the clip acts)
     lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA of this rank on attention projections
     lora_alpha: float | None = None  # LoRA alpha (default: rank)
     lr: float = 1e-5  # AdamW learning rate
@@ -78,25 +101,44 @@ class TrainConfig:
     dry_run: bool = False  # print the memory / time plan (capo.plan) and stop: nothing loaded or written
     overwrite: bool = False
     quiet: bool = False
+    report_to: str = "none"  # experiment tracker (accelerate's) beside metrics.jsonl: see capo.tracking
+    run_name: str | None = None  # the tracker's run name (default: the out directory's name)
+    tracker_project: str | None = None  # the tracker's project (default: WANDB_PROJECT and the like, else capo)
 
     RULES: ClassVar[dict[str, str]] = {
-        "objective": "@objectives", "beta": "> 0", "weighting": "constant | sigmoid",
+        "objective": "@objectives", "beta": ">= 0", "weighting": "constant | sigmoid",
         "noise": "shared | independent", "lora_rank": ">= 0", "lora_alpha": "> 0", "lr": "> 0",
         "weight_decay": ">= 0", "warmup_steps": ">= 0", "steps": ">= 1", "batch_size": ">= 1", "grad_accum": ">= 1",
         "max_grad_norm": "> 0", "mixed_precision": "no | fp16 | bf16", "gradient_checkpointing": "auto | on | off",
         "optimizer": "adamw | adamw-8bit", "compile": "off | inductor | eager", "data_workers": ">= 0",
         "ema": "[0, 1)", "checkpoint_every": ">= 1",
-        "keep_checkpoints": ">= 0", "log_every": ">= 1", "seed": ">= 0", "stop_after": ">= 0"}
+        "keep_checkpoints": ">= 0", "log_every": ">= 1", "seed": ">= 0", "stop_after": ">= 0",
+        "report_to": tracking.RULE, "rewards": "@rewards", "reward_weights": ">= 0", "group_size": ">= 2",
+        "advantage": "sum | calibrated | pareto", "advantage_norm": "std | none", "advantage_eps": "> 0",
+        "advantage_clip": "> 0", "clip_range": "> 0", "sample_steps": ">= 1", "noise_level": "> 0", "guidance": ">= 0",
+        "grpo_steps": ">= 0", "grpo_sde": "all | window", "grpo_updates": ">= 1"}
 
     LATER: ClassVar[dict] = {  # keys added later (capo.config.to_dict); none changes the numbers on a CPU
         "reference": None, "gradient_checkpointing": "auto", "optimizer": "adamw", "compile": "off", "tf32": True,
-        "data_workers": 0, "dry_run": False}
+        "data_workers": 0, "dry_run": False,
+        **{k: (lambda c: c.objective != "grpo") for k in GRPO_KEYS}}  # GRPO's keys: only in GRPO runs' manifests
 
     def contradictions(self):
         if self.lora_alpha is not None and self.lora_rank == 0:
             yield "lora_alpha: set, but lora_rank = 0 (full fine-tuning has no LoRA alpha)"
         if self.warmup_steps > self.steps:
             yield f"warmup_steps: {self.warmup_steps} is more than steps = {self.steps}"
+        if err := tracking.missing(self.report_to):  # before anything is loaded or written
+            yield err
+        if self.objective == "grpo":
+            from capo.stages.grpo import contradictions
+
+            yield from contradictions(self)
+        else:
+            if self.pairs is None:
+                yield f"pairs: objective={self.objective} trains on a `capo pairs` output: give pairs=DIR"
+            if self.beta == 0:
+                yield f"beta: must be > 0 for objective={self.objective}"
 
 
 class TrainingDiverged(RuntimeError):
@@ -344,7 +386,7 @@ def frozen_reference(base, other, lora: bool, mixed_precision: str, device):
 # The keys a sweep / reproduce sets itself on every run; the others may come in ``train_options``.
 SET_BY_CALLER = ("model", "pairs", "out", "objective", "beta", "weighting", "bias", "noise", "lora_rank", "lr",
                  "steps", "batch_size", "seed", "checkpoint_every", "keep_checkpoints", "log_every", "quiet",
-                 "samples", "reference", "stop_after", "dry_run", "overwrite")
+                 "samples", "reference", "stop_after", "dry_run", "overwrite", "report_to", "run_name")
 
 
 def option_errors(options: dict, steps: int = 100, where: str = "train_options") -> list[str]:
@@ -412,6 +454,18 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, fused: boo
 
 # ----------------------------------------------------------------------------- run
 def run(cfg: TrainConfig) -> dict:
+    if cfg.objective == "grpo":  # the online policy-gradient baseline (issue #22) has its own loop
+        from capo.stages import grpo
+
+        return grpo.run(cfg)
+    runs = tracking.Runs()
+    try:
+        return _run(cfg, runs)
+    finally:  # the tracker's run ends however the training does (complete, stopped, diverged)
+        runs.finish()
+
+
+def _run(cfg: TrainConfig, runs: tracking.Runs) -> dict:
     import torch
     from accelerate.utils import set_seed
 
@@ -434,9 +488,10 @@ def run(cfg: TrainConfig) -> dict:
         raise ValueError(f"{pairs_dir}: its reward tables do not name a samples directory; pass samples=DIR")
     pm, sm = _check_inputs(cfg, pairs_dir, samples)
 
-    accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     out = Path(cfg.out)
-    config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None, "stop_after": None}
+    accelerator = make_accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                                   **tracking.accelerator_kwargs(cfg.report_to, out))
+    config = tracking.unkeyed(to_dict(cfg)) | {"out": None, "overwrite": None, "quiet": None, "stop_after": None}
     manifest = artifacts.make_manifest("train", config, {
         "model": {"path": cfg.model, "sha256": sm["inputs"]["model"]["sha256"]},
         "pairs": {"path": str(pairs_dir), "sha256": pm["run_key"]},
@@ -528,14 +583,10 @@ def run(cfg: TrainConfig) -> dict:
     if accelerator.is_main_process and metrics_f.is_file():  # a resumed run: drop what was logged after the checkpoint
         artifacts.write_text(metrics_f, "".join(x + "\n" for x in metrics_f.read_text().splitlines()
                                                 if _logged_step(x) is not None and _logged_step(x) <= step))
-    tb = None
-    if accelerator.is_main_process:
-        try:  # TensorBoard beside the JSONL log when the tensorboard package is installed
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            tb = None
+    runs.start(accelerator, cfg.report_to, cfg.tracker_project, cfg.run_name or tracking.default_run_name(out), out,
+               config={**dataclasses.asdict(cfg), "run_key": manifest["run_key"],
+                       "processes": accelerator.num_processes,
+                       "effective_batch_pairs": manifest["config"]["effective_batch_pairs"]})
     world, rank, B = accelerator.num_processes, accelerator.process_index, cfg.batch_size
     bar = progress(total=cfg.steps, initial=step, desc="train", unit="step",
                    disable=cfg.quiet or not accelerator.is_local_main_process)
@@ -580,7 +631,8 @@ def run(cfg: TrainConfig) -> dict:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-            window.append({"loss": loss.item(), **{k: v.item() for k, v in met.items() if k != "grad_norm"}})
+            window.append({"loss": loss.item(), **{k: v.item() for k, v in met.items() if k != "grad_norm"},
+                           "target_gap": gap.float().mean().item()})  # the pairs' calibrated gap Delta R_ca
             if "grad_norm" in met:
                 grad_norms.append(met["grad_norm"].item())
         step += 1
@@ -598,11 +650,7 @@ def run(cfg: TrainConfig) -> dict:
             if accelerator.is_main_process:
                 with open(metrics_f, "a") as f:
                     f.write(json.dumps(rec) + "\n")
-                if tb is not None:
-                    for k, v in rec.items():
-                        if k != "step":
-                            tb.add_scalar(f"train/{k}", v, step)
-                    tb.flush()
+                tracking.log(accelerator, rec)  # the same record to the tracker (none: nothing)
                 bar.set_postfix(loss=rec["loss"], acc=rec["implicit_acc"])
             window, grad_norms, t_window = [], [], time.time()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
