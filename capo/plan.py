@@ -468,3 +468,307 @@ def render_experiment(p: dict) -> str:
     else:
         lines.append("  every weight and data file is on this machine")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- GRPO (issue #22)
+# A GRPO step is priced from the same anchors as a DPO step (``ANCHOR``), per image and pass:
+# * one denoiser forward pass (one image through the denoiser once; a guided call is 2) =
+#   1 / (sampling images/s x 50 steps x 2): the anchor's sampler makes 100 passes per image
+#   (its VAE decode and text encoding are inside that time, so decodes are not priced again);
+# * one policy forward+backward = 1 / (2 x training pairs/s) minus one forward pass: the anchor's
+#   pair is 2 images, each through the policy forward+backward and the reference forward.
+# So with beta > 0 (a reference pass per trained pass) the update is priced exactly at the DPO
+# anchor's per-image rate; reward calls are counted, not priced (no measured throughput).
+SAMPLE_PASSES = 50 * 2  # denoiser passes per image of the sampling anchor (50 steps, CFG)
+LATENT_CHANNELS = {"sdxl": 4, "sd3": 16}
+
+
+def pass_seconds(kind: str, lora: bool, gpu: str = "H100") -> dict | None:
+    """Seconds per image of one denoiser forward (``forward``) and one policy forward+backward
+    (``forward_backward``) on ``gpu``, from ``ANCHOR`` (comment above); None without anchors."""
+    if gpu not in GPUS:
+        raise ValueError(f"no throughput measured for GPU {gpu!r}; known: {', '.join(GPUS)}")
+    img = ANCHOR["sample"].get(kind)
+    thr = ANCHOR["train"].get((kind, "lora64" if lora else "full"))
+    if img is None or thr is None:
+        return None
+    fwd = 1.0 / (img * SAMPLE_PASSES)
+    return {"forward": fwd, "forward_backward": 1.0 / (2 * thr[2]) - fwd}
+
+
+def grpo_chain(model: str, sample_steps: int | None = None, noise_level: float | None = None,
+               guidance: float | None = None) -> dict:
+    """``{"steps": N, "stochastic": steps with a density, "guidance", "cfg": c}`` of the GRPO
+    chain ``capo train objective=grpo`` would run (``capo.stages.grpo.Chain``), without loading
+    a real model: the registered SDXL / SD3-M defaults (50 steps; guidance 7.5 / 5.0; every step
+    stochastic: a flow SDE step always has a density, and SDXL base's scheduler has
+    ``set_alpha_to_one: false``, so its last DDIM step has one too); a diffusers folder's own
+    scheduler config; a shapes model is small and loaded."""
+    from capo.models import CHECKPOINT_FILE
+
+    p = Path(model)
+    if (p / CHECKPOINT_FILE).is_file() and kind_of(model) != "shapes":
+        return grpo_chain(json.loads((p / CHECKPOINT_FILE).read_text())["base"], sample_steps, noise_level, guidance)
+    kind = kind_of(model)
+    if kind == "shapes":
+        from capo.models import load_model
+        from capo.stages.grpo import Chain
+
+        m = load_model(model)
+        n = int(sample_steps or m.default_steps)
+        stochastic = len(Chain(m, n, noise_level).stochastic)
+        g = float(m.default_guidance if guidance is None else guidance)
+    else:
+        from capo.models.diffusers_backends import (SD3_DEFAULT_GUIDANCE, SD3_DEFAULT_STEPS, SDXL_DEFAULT_GUIDANCE,
+                                                    SDXL_DEFAULT_STEPS)
+
+        steps0, g0 = (SDXL_DEFAULT_STEPS, SDXL_DEFAULT_GUIDANCE) if kind == "sdxl" else (SD3_DEFAULT_STEPS,
+                                                                                          SD3_DEFAULT_GUIDANCE)
+        n, g = int(sample_steps or steps0), float(g0 if guidance is None else guidance)
+        stochastic = n
+        sched = p / "scheduler" / "scheduler_config.json"
+        if kind == "sdxl" and sched.is_file():  # the folder's DDIM: its last step may have no density
+            from capo.stages.grpo import Chain
+
+            class _Schedule:  # what Chain reads of a DDPM model
+                prediction_type = "epsilon"
+
+                def sampler(self, steps):
+                    from diffusers import DDIMScheduler
+
+                    s = DDIMScheduler.from_config(json.loads(sched.read_text()))
+                    s.set_timesteps(steps)
+                    return s
+
+            stochastic = len(Chain(_Schedule(), n, noise_level).stochastic)
+    return {"steps": n, "stochastic": stochastic, "guidance": g, "cfg": 1 if g == 1.0 else 2}
+
+
+def grpo_plan(model: str, *, lora_rank: int = 0, mixed_precision: str = "no", optimizer: str = "adamw",
+              checkpointing: str = "auto", batch_size: int = 8, group_size: int = 8, sample_steps: int | None = None,
+              grpo_steps: int = 0, grpo_updates: int = 1, grad_accum: int = 1, beta: float = 500.0,
+              reference: bool = False, guidance: float | None = None, noise_level: float | None = None,
+              rewards: int | None = None, gpus: int = 1, shards: int = 1, gpu: str = "H100", steps: int = 100) -> dict:
+    """The plan of a ``capo train objective=grpo`` run (``capo.stages.grpo``), per GPU (its
+    ``batch_size`` prompts): B prompts x G images along N chain steps, c = 2 with CFG; K trained
+    steps; U = ``grpo_updates`` optimizer steps per rollout. Per rollout: B·G·N·c denoiser
+    forward passes (the rollout), B·G·K·c forward+backward passes (the update), B·G·K·c reference
+    forward passes when beta > 0, B·G VAE decodes, B·G reward calls per reward. Memory: as a
+    DPO run's (``static_bytes``), except that the reference is held only when beta > 0 and it is
+    a copy (full fine-tuning, or ``reference`` = another model): under LoRA the reference is the
+    frozen base with its adapter disabled; plus the rollout's stored latents (float32, B·G·(N+1)
+    per image chain) and log-probabilities; activations of one micro-batch of B·G/(U·grad_accum)
+    images, c times (CFG batches both branches)."""
+    import math
+
+    if (batch_size * group_size) % (grpo_updates * grad_accum):
+        raise ValueError(f"batch_size x group_size = {batch_size * group_size} images per rollout cannot be split into "
+                         f"grpo_updates x grad_accum = {grpo_updates * grad_accum} equal micro-batches")
+    c = count(model, lora_rank)
+    ch = grpo_chain(model, sample_steps, noise_level, guidance)
+    lora = lora_rank > 0
+    from capo.stages.train import use_checkpointing
+
+    checkpointing = use_checkpointing(checkpointing, c["kind"])
+    B, G, N, cfg_mult, U = batch_size, group_size, ch["steps"], ch["cfg"], grpo_updates
+    K = min(grpo_steps or ch["stochastic"], ch["stochastic"])
+    n_img = B * G
+    st = static_bytes(c["params"], c["lora_params"], lora, mixed_precision, optimizer, shards)
+    half = mixed_precision in ("bf16", "fp16")
+    ref_copy = beta > 0 and (not lora or reference)  # a copy held (capo.stages.train.frozen_reference)
+    if lora:
+        name = "frozen base" + (" (reference: adapter off)" if beta > 0 and not reference else "")
+        st = {(name if k == "frozen base (reference)" else k): v for k, v in st.items()}
+        if ref_copy:
+            st["reference"] = c["params"] * (2 if half else 4)
+    elif not ref_copy:
+        del st["reference"]
+    res = c["resolution"]
+    if c["kind"] in LATENT_CHANNELS and res:
+        st["rollout latents + log-probs"] = n_img * ((N + 1) * LATENT_CHANNELS[c["kind"]] * (res[0] // 8)
+                                                     * (res[1] // 8) + N) * 4
+    micro = n_img // (U * grad_accum)
+    act = activation_per_pair(c["kind"], checkpointing, res, c.get("arch"), mixed_precision)
+    pairs_held = micro * cfg_mult / 2  # activation_per_pair is per 2 images
+    peak = sum(st.values()) / GIB + (act * pairs_held if act is not None else 0.0)
+    per_rollout = {"rollout_images": n_img, "rollout_passes": n_img * N * cfg_mult,
+                   "update_passes": n_img * K * cfg_mult, "reference_passes": n_img * K * cfg_mult * (beta > 0),
+                   "vae_decodes": n_img, "reward_calls": n_img * rewards if rewards is not None else None,
+                   "reward_calls_per_reward": n_img}
+    rollouts = math.ceil(steps / U)
+    run = {"rollouts": rollouts, "rollout_images": rollouts * n_img, "rollout_passes": rollouts * n_img * N * cfg_mult,
+           "update_passes": steps * (n_img // U) * K * cfg_mult,
+           "reference_passes": steps * (n_img // U) * K * cfg_mult * (beta > 0)}
+    sec = pass_seconds(c["kind"], lora, gpu)
+    seconds = hours = None
+    if sec is not None:
+        seconds = {"rollout": per_rollout["rollout_passes"] * sec["forward"],
+                   "update": per_rollout["update_passes"] * sec["forward_backward"],
+                   "reference": per_rollout["reference_passes"] * sec["forward"]}
+        seconds["total"] = sum(seconds.values())
+        hours = (run["rollout_passes"] * sec["forward"] + run["update_passes"] * sec["forward_backward"]
+                 + run["reference_passes"] * sec["forward"]) / 3600
+    return {"model": model, "objective": "grpo", **c, "lora_rank": lora_rank, "beta": beta,
+            "reference_copy": ref_copy, "batch_size": B, "group_size": G, "sample_steps": N, "trained_steps": K,
+            "stochastic_steps": ch["stochastic"], "guidance": ch["guidance"], "cfg": cfg_mult, "grpo_updates": U,
+            "grad_accum": grad_accum, "micro_images": micro, "rewards": rewards,
+            "static_gib": {k: v / GIB for k, v in st.items()}, "static_gib_total": sum(st.values()) / GIB,
+            "activations_gib_per_pair": act, "activation_pairs": pairs_held, "checkpointing": checkpointing,
+            "peak_gib_per_gpu": peak if act is not None else None, "gpus": gpus, "shards": shards,
+            "per_rollout": per_rollout, "per_run_per_gpu": run, "pass_seconds": sec,
+            "seconds_per_rollout": seconds, "seconds_per_step": seconds["total"] / U if seconds else None,
+            "hours": hours, "gpu_hours": hours * gpus if hours is not None else None,
+            "gpu": gpu, "steps": steps, "source": ANCHOR["source"]}
+
+
+def render_grpo(p: dict) -> str:
+    """``capo train objective=grpo dry_run=true``'s text."""
+    B, G, N, K, c, U = (p[k] for k in ("batch_size", "group_size", "sample_steps", "trained_steps", "cfg",
+                                       "grpo_updates"))
+    lines = [f"plan: {p['model']} ({p['kind']}), GRPO, {p['params']:,} denoiser parameters"
+             + (f", LoRA r{p['lora_rank']}: {p['lora_params']:,} trainable" if p["lora_rank"] else ", full fine-tuning"),
+             f"  per GPU and rollout: B={B} prompts x G={G} images, N={N} chain steps"
+             f"{' with CFG (c=2)' if c == 2 else ' without CFG (c=1)'}, K={K} trained steps, "
+             f"{U} optimizer step(s) per rollout, beta={p['beta']:g}"]
+    for k, v in p["static_gib"].items():
+        lines.append(f"  {k:<36} {v:8.2f} GiB" + (f" (1/{p['shards']} shard)" if p["shards"] > 1 and
+                                                      k in ("weights (fp32)", "gradients", "optimizer state") else ""))
+    if not p["reference_copy"] and not p["lora_rank"]:
+        lines.append(f"  {'reference':<36} {0:8.2f} GiB (beta = 0: no reference held, no reference pass)")
+    a = p["activations_gib_per_pair"]
+    lines.append(f"  {'activations':<36} " + (
+        f"{a:8.2f} GiB per pair x {p['activation_pairs']:g} (a micro-batch of {p['micro_images']} images x c = "
+        f"{c}; traced, checkpointing {'on' if p['checkpointing'] else 'off'})"
+        if a is not None else "not estimated (not a traced architecture)"))
+    lines.append(f"  {'peak per GPU':<36} " + (f"{p['peak_gib_per_gpu']:8.1f} GiB" if p["peak_gib_per_gpu"] is not None
+                                               else f">= {p['static_gib_total']:.1f} GiB (activations not included)"))
+    r = p["per_rollout"]
+    calls = (f"{r['reward_calls']:,} reward calls ({p['rewards']} reward(s))" if r["reward_calls"] is not None
+             else f"{r['reward_calls_per_reward']:,} reward calls per reward")
+    lines.append(f"  per rollout per GPU: {r['rollout_passes']:,} forward passes (B·G·N·c), {r['update_passes']:,} "
+                 f"forward+backward (B·G·K·c), {r['reference_passes']:,} reference forward, "
+                 f"{r['vae_decodes']:,} VAE decodes, {calls}")
+    s = p["seconds_per_rollout"]
+    if s is not None:
+        ps = p["pass_seconds"]
+        lines.append(f"  {'time per rollout':<36} rollout {s['rollout']:.1f} s + update {s['update']:.1f} s + reference "
+                     f"{s['reference']:.1f} s = {s['total']:.1f} s on one {GPUS[p['gpu']]} ({p['steps']} steps, "
+                     f"{p['per_run_per_gpu']['rollouts']} rollouts: {p['hours']:.2f} h"
+                     + (f", {p['gpu_hours']:,.1f} GPU-hours on {p['gpus']} GPUs" if p["gpus"] > 1 else "") + ")")
+        lines.append(f"  priced per image: a forward pass {ps['forward'] * 1e3:.2f} ms (the sampling anchor / "
+                     f"{SAMPLE_PASSES} passes), a forward+backward {ps['forward_backward'] * 1e3:.2f} ms (the training "
+                     "anchor's per-image time minus its reference pass); VAE decodes inside the sampling anchor, "
+                     "reward calls not priced")
+    else:
+        lines.append(f"  {'time per rollout':<36} not estimated (no throughput measured for this model on {p['gpu']})")
+    lines.append(f"  throughput source: {p['source']}")
+    return "\n".join(lines)
+
+
+def grpo_cells(cfg, *, group_size: int = 8, sample_steps: int | None = None, grpo_steps: int = 0,
+               grpo_updates: int = 1, steps: int | None = None, batch_size: int | None = None,
+               betas: int | None = None, beta: float = 1.0, memo: dict | None = None) -> dict:
+    """The GRPO cells a ``capo reproduce`` config (``ReproduceConfig``) would add (issue #22): one
+    per reward set (each training reward alone, and the mix of all of them when there are several)
+    and advantage (``sum``, ``calibrated``), each swept over ``betas`` KL coefficients (default:
+    as many as the CaPO grid) on ``seeds[0]`` and trained on the other seeds at the selected one,
+    evaluated on the validation and test prompts as the DPO / CaPO cells. Per run, the GRPO keys:
+    ``batch_size`` prompts per GPU per rollout (default the preset's ``batch_size``), ``group_size``,
+    ``sample_steps`` (default the model's), ``grpo_steps`` (0: all), ``grpo_updates``, ``steps``
+    (default the preset's); ``beta`` > 0 prices the reference pass. GPU-hours: the runs'
+    (``grpo_plan`` on ``cfg.gpus`` GPUs) and the sampling of their validation and test images."""
+    from capo.stages.reproduce import scaled
+
+    cfg = scaled(cfg)
+    opts = cfg.train_options
+    steps = cfg.steps if steps is None else steps
+    B = cfg.batch_size if batch_size is None else batch_size
+    n_betas = len(cfg.betas["capo"]) if betas is None else betas
+    L, gold = len(cfg.rewards), (1 if cfg.gold else 0)
+    sets = [(f"single-{r}", 1) for r in cfg.rewards] + ([("mix", L)] if L > 1 else [])
+    labels = [(f"grpo-{adv}-{s}", n) for s, n in sets for adv in ("sum", "calibrated")]
+    runs_sweep, runs_seeds = len(labels) * n_betas, len(labels) * (len(cfg.seeds) - 1)
+    runs = runs_sweep + runs_seeds
+
+    def prompts(spec, limit):
+        if memo is not None and (spec, limit) in memo:
+            return memo[(spec, limit)]
+        got = _prompt_count(spec, limit)
+        if memo is not None:
+            memo[(spec, limit)] = got
+        return got
+
+    (V, ok_v), (E, ok_e) = prompts(cfg.val_prompts, cfg.val_limit), prompts(cfg.eval_prompts, cfg.eval_limit)
+    out = {"cells": [lab for lab, _ in labels], "runs_sweep": runs_sweep, "runs_seeds": runs_seeds,
+           "training_runs": runs, "betas": n_betas, "exact_counts": ok_v and ok_e, "gpus": cfg.gpus, "gpu": cfg.gpu,
+           "keys": {"group_size": group_size, "batch_size": B, "sample_steps": sample_steps, "grpo_steps": grpo_steps,
+                    "grpo_updates": grpo_updates, "steps": steps, "beta": beta}, "bases": {}}
+    for base in cfg.bases:
+        kind = kind_of(base)
+        p = grpo_plan(base, lora_rank=cfg.lora_rank, mixed_precision=opts.get("mixed_precision", "no"),
+                      optimizer=opts.get("optimizer", "adamw"), checkpointing=opts.get("gradient_checkpointing", "auto"),
+                      batch_size=B, group_size=group_size, sample_steps=sample_steps, grpo_steps=grpo_steps,
+                      grpo_updates=grpo_updates, grad_accum=int(opts.get("grad_accum", 1)), beta=beta,
+                      gpus=cfg.gpus, gpu=cfg.gpu, steps=steps)
+        r = p["per_run_per_gpu"]
+        per_run = {k: r[k] * cfg.gpus for k in ("rollout_images", "rollout_passes", "update_passes", "reference_passes")}
+        rollout_images = runs * per_run["rollout_images"]
+        gen_val = runs_sweep * V * cfg.val_n
+        gen_eval = len(labels) * len(cfg.seeds) * E * cfg.eval_n
+        reward_calls = (sum(n for _, n in labels) * (n_betas + len(cfg.seeds) - 1) * per_run["rollout_images"]
+                        + (gen_val + gen_eval) * (L + gold))
+        thr_img = ANCHOR["sample"].get(kind)
+        h_eval = (gen_val + gen_eval) / thr_img / 3600 if thr_img else None
+        sec = p["pass_seconds"]
+        h = None
+        if sec is not None:
+            h = {"rollouts": runs * per_run["rollout_passes"] * sec["forward"] / 3600,
+                 "updates": runs * per_run["update_passes"] * sec["forward_backward"] / 3600,
+                 "reference": runs * per_run["reference_passes"] * sec["forward"] / 3600, "evaluation": h_eval}
+            h["total"] = sum(h.values())
+        dpo_pairs = cfg.steps * cfg.batch_size * int(opts.get("grad_accum", 1)) * cfg.gpus
+        out["bases"][base] = {
+            "kind": kind, "sample_steps": p["sample_steps"], "trained_steps": p["trained_steps"], "cfg": p["cfg"],
+            "per_run": per_run, "dpo_run_passes": 2 * dpo_pairs,
+            "images": {"rollouts (training)": rollout_images, "validation (beta selection)": gen_val,
+                       "test (win-rates)": gen_eval, "total": rollout_images + gen_val + gen_eval},
+            "reward_evaluations": reward_calls, "gpu_hours": h,
+            "peak_gib_per_gpu": p["peak_gib_per_gpu"], "static_gib_per_gpu": p["static_gib_total"]}
+    tot = [b["gpu_hours"]["total"] if b["gpu_hours"] else None for b in out["bases"].values()]
+    out["gpu_hours_total"] = sum(tot) if tot and all(t is not None for t in tot) else None
+    return out
+
+
+def render_grpo_cells(g: dict) -> str:
+    k = g["keys"]
+    approx = "" if g["exact_counts"] else " (≈: prompt files not cached; upstream set sizes used)"
+    lines = [f"  GRPO cells (grpo=true: planned only, not yet run by reproduce){approx}: {len(g['cells'])} cells "
+             f"(each training reward alone{' and their mix' if any(c.endswith('-mix') for c in g['cells']) else ''}"
+             f" x advantage sum | calibrated), {g['runs_sweep']} sweep runs ({g['betas']} KL coefficients each) + "
+             f"{g['runs_seeds']} more seeds = {g['training_runs']} training runs",
+             f"    per run: {k['steps']} steps of batch_size {k['batch_size']} prompts x group_size {k['group_size']} "
+             f"images per GPU, sample_steps {k['sample_steps'] or 'the model’s'}, grpo_steps {k['grpo_steps'] or 'all'}, "
+             f"grpo_updates {k['grpo_updates']}, "
+             + ("beta > 0 (a reference pass per trained pass)" if k["beta"] > 0 else "beta = 0 (no reference pass)")]
+    for base, b in g["bases"].items():
+        r = b["per_run"]
+        lines.append(f"    {base} ({b['kind']}): N = {b['sample_steps']} chain steps, K = {b['trained_steps']} trained, "
+                     f"c = {b['cfg']}; per run {_n(r['rollout_images'])} rollout images, {_n(r['rollout_passes'])} "
+                     f"rollout passes, {_n(r['update_passes'])} forward+backward passes (a DPO / CaPO run: "
+                     f"{_n(b['dpo_run_passes'])}, on offline samples)")
+        for key, v in b["images"].items():
+            lines.append(f"      images {key:<32} {_n(v):>14}")
+        lines.append(f"      reward evaluations {'':<22} {_n(b['reward_evaluations']):>14}")
+        h = b["gpu_hours"]
+        lines.append("      GPU-hours: " + (f"rollouts {_n(h['rollouts'])} + updates {_n(h['updates'])} + reference "
+                                           f"{_n(h['reference'])} + evaluation sampling {_n(h['evaluation'])} = "
+                                           f"{_n(h['total'])}" if h else "- (no measured throughput for this model)")
+                     + "; reward scoring not included")
+        if b["peak_gib_per_gpu"] is not None or b["static_gib_per_gpu"] is not None:
+            lines.append("      memory per GPU (capo train objective=grpo dry_run): " + (
+                f"{b['peak_gib_per_gpu']:.1f} GiB peak" if b["peak_gib_per_gpu"] is not None
+                else f">= {b['static_gib_per_gpu']:.1f} GiB before activations"))
+    if g["gpu_hours_total"] is not None:
+        lines.append(f"  GRPO total: {g['gpu_hours_total']:,.0f} GPU-hours ({g['gpu_hours_total'] / 24 / g['gpus']:,.1f} "
+                     f"days on {g['gpus']} GPUs), beside the plan above")
+    return "\n".join(lines)

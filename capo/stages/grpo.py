@@ -70,8 +70,6 @@ def contradictions(cfg):
                f"grpo_updates x grad_accum = {cfg.grpo_updates * cfg.grad_accum} equal micro-batches")
     if cfg.ema > 0:
         yield "ema: not supported for objective=grpo"
-    if cfg.dry_run:
-        yield "dry_run: no plan for objective=grpo yet (issue #22, item 4)"
     if getattr(cfg, "report_to", "none") != "none":
         yield "report_to: objective=grpo logs to metrics.jsonl only"
 

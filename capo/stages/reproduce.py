@@ -86,6 +86,7 @@ class ReproduceConfig:
     pilot: str | None = None  # dry run: variance parts of the power table (runs, a tables.csv or a capo power JSON; default: the committed full run's)
     power_target: float = 5.0  # dry run: the win-rate difference (points) the power table plans for
     power_level: float = 0.8  # dry run: the probability of a decided verdict it asks for
+    grpo: bool = False  # dry run: also plan the GRPO cells (issue #22; capo.plan.grpo_cells); not run by reproduce yet
     quiet: bool = False
     report_to: str = "none"  # experiment tracker of every training run (capo.tracking): <base>.<cell>.s<seed>.beta-<beta>
 
@@ -100,7 +101,8 @@ class ReproduceConfig:
     LATER: ClassVar[dict] = {  # capo.config.to_dict: keys added after runs existed
         "train_options": {}, "pickapic": None, "pickapic_limit": None, "launch": None, "gpus": 1, "gpu": "H100",
         "scale": 1.0, "dry_run": False,
-        **dict.fromkeys(("pilot", "power_target", "power_level"), lambda c: True)}  # the dry run's power table only
+        **dict.fromkeys(("pilot", "power_target", "power_level"), lambda c: True),  # the dry run's power table only
+        "grpo": lambda c: True}  # the dry run's GRPO cells only (reproduce does not run them yet)
 
     def contradictions(self):
         if len(self.rewards) != len(self.roles):
@@ -128,6 +130,9 @@ class ReproduceConfig:
             yield "pickapic: only for real base models (the shapes world simulates its human labels)"
         if err := tracking.missing(self.report_to):
             yield err
+        if self.grpo and not self.dry_run:
+            yield ("grpo: the GRPO cells are planned (capo reproduce --dry-run grpo=true) but not yet run by reproduce "
+                   "(issue #22 item 3); train one with capo train objective=grpo")
 
 
 def load_preset(name: str) -> dict:
@@ -230,11 +235,14 @@ def run(cfg: ReproduceConfig) -> dict:
 
         memo: dict = {}  # prompt counts, shared by the plan and the power table's designs
         p = plan.experiment(cfg, memo=memo)
+        g = plan.grpo_cells(cfg, memo=memo) if cfg.grpo else None
         table = power.preset_table(cfg, memo=memo)
         if not cfg.quiet:
             print(plan.render_experiment(p))
+            if g is not None:
+                print(plan.render_grpo_cells(g))
             print(table)
-        return {"dry_run": True, "plan": p, "root": None, "reports": None, "bases": {}, "seconds": 0.0}
+        return {"dry_run": True, "plan": p, "grpo": g, "root": None, "reports": None, "bases": {}, "seconds": 0.0}
     cfg = scaled(cfg)
     t0 = time.time()
     root = Path(out_dir(cfg))

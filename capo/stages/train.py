@@ -413,12 +413,33 @@ def dry_run(cfg: TrainConfig) -> dict:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if cfg.objective == "grpo":  # rollouts, updates and reference passes (capo.plan.grpo_plan)
+        p = plan.grpo_plan(cfg.model, lora_rank=cfg.lora_rank, mixed_precision=cfg.mixed_precision,
+                           optimizer=cfg.optimizer, checkpointing=cfg.gradient_checkpointing, batch_size=cfg.batch_size,
+                           group_size=cfg.group_size, sample_steps=cfg.sample_steps, grpo_steps=cfg.grpo_steps,
+                           grpo_updates=cfg.grpo_updates, grad_accum=cfg.grad_accum, beta=cfg.beta,
+                           reference=cfg.reference is not None, guidance=cfg.guidance, noise_level=cfg.noise_level,
+                           rewards=_grpo_reward_count(cfg), gpus=world, shards=world if fsdp else 1, steps=cfg.steps)
+        if not cfg.quiet:
+            print(plan.render_grpo(p))
+        return {"dry_run": True, "plan": p, "skipped": False}
     p = plan.plan(cfg.model, lora_rank=cfg.lora_rank, mixed_precision=cfg.mixed_precision, optimizer=cfg.optimizer,
                   checkpointing=cfg.gradient_checkpointing, pairs_per_gpu=cfg.batch_size, accum=cfg.grad_accum,
                   gpus=world, shards=world if fsdp else 1, steps=cfg.steps)
     if not cfg.quiet:
         print(plan.render(p))
     return {"dry_run": True, "plan": p, "skipped": False}
+
+
+def _grpo_reward_count(cfg: TrainConfig) -> int | None:
+    """How many rewards a GRPO run scores with: ``rewards=``, else its pairs' manifest (None if
+    it cannot be read here)."""
+    if cfg.rewards:
+        return len(cfg.rewards)
+    try:
+        return len(artifacts.read_json(Path(cfg.pairs) / artifacts.MANIFEST)["rewards"])
+    except Exception:  # noqa: BLE001 - a plan does not need the pairs to exist yet
+        return None
 
 
 def compute_dtype(mixed_precision: str):
@@ -455,6 +476,8 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, fused: boo
 # ----------------------------------------------------------------------------- run
 def run(cfg: TrainConfig) -> dict:
     if cfg.objective == "grpo":  # the online policy-gradient baseline (issue #22) has its own loop
+        if cfg.dry_run:
+            return dry_run(cfg)
         from capo.stages import grpo
 
         return grpo.run(cfg)
