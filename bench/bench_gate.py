@@ -110,7 +110,7 @@ class Sides:
         import torch
 
         from capo.stages.evaluate import geneval_rows
-        from capo.stages.generate import item_seed
+        from capo.samples import item_seed
 
         seeds = [item_seed(seed, r["prompt_id"], k) for r, k in self.items]
         t0 = time.perf_counter()

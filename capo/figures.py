@@ -88,7 +88,7 @@ def qualitative_grid(eval_dir: Path, labels: list[str], path: Path, n_prompts: i
         return
     d = sets[0]
     labels = [lab for lab in labels if (d / lab).is_dir()]
-    from capo.stages.generate import image_folders
+    from capo.samples import image_folders
 
     every = [json.loads(x) for x in (d / labels[0] / "prompts.jsonl").read_text().splitlines()]
     folders = image_folders(every)  # as generate names them (upstream's line numbers where the set has them)

@@ -139,7 +139,7 @@ def _write_samples(df, model, samples: Path, shard_rows: int, batch: int) -> Non
     import torch
     from safetensors.torch import save_file
 
-    from capo.stages.generate import shard_done, write_png
+    from capo.samples import shard_done, write_png
 
     if not (samples / "prompts.jsonl").is_file():
         artifacts.write_text(samples / "prompts.jsonl", "".join(

@@ -60,7 +60,7 @@ def item_draws(seed: int, prompt_id: str, k: int, n_t: int, latent_shape: Sequen
     """``u`` (n_t,) float64 and ``eps`` (n_t, C, H, W) float32 of image ``k`` of ``prompt_id``."""
     import torch
 
-    from capo.stages.generate import item_seed
+    from capo.samples import item_seed
 
     s = int(np.random.SeedSequence([item_seed(seed, prompt_id, k), STREAM]).generate_state(1, np.uint64)[0])
     g = torch.Generator().manual_seed(s)
@@ -112,7 +112,7 @@ def divergence_rows(model, reference, records: Sequence[dict], *, n: int = 2, se
 
     from capo.method.divergence import divergence_factor, divergence_of_predictions
     from capo.method.schedules import add_noise
-    from capo.stages.generate import item_seed
+    from capo.samples import item_seed
 
     if n < 1 or n_t < 1 or batch_size < 1:
         raise ValueError(f"n, n_t and batch_size must be >= 1, got n={n}, n_t={n_t}, batch_size={batch_size}")

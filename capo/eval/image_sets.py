@@ -164,7 +164,7 @@ def _record(known: dict | None, prompt_id: str, prompt: str, problems, extra: di
 
 
 def _read_capo(root: Path, known, problems) -> ImageSet:
-    from capo.stages.score import load_samples
+    from capo.samples import load_samples
 
     _, index = load_samples(root)
     recs = [json.loads(line) for line in (root / "prompts.jsonl").read_text(encoding="utf-8").splitlines() if line]
@@ -374,7 +374,7 @@ def write_layout(samples: str | Path, layout: str, out: str | Path) -> Path:
         by_prompt.setdefault(r["prompt_id"], []).append(r["path"])
     records = [r for r in image_set.records if r["prompt_id"] in by_prompt]
     if layout == "geneval":
-        from capo.stages.generate import image_folders
+        from capo.samples import image_folders
 
         missing = [r["prompt_id"] for r in records if "tag" not in r or "include" not in r]
         if missing:

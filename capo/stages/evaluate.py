@@ -212,7 +212,7 @@ def real_compbench_scorer(detector: str = "auto", device=None, protocols: dict |
 
 
 def load_images_of(samples: Path, index) -> np.ndarray:
-    from capo.stages.score import load_images
+    from capo.samples import load_images
 
     return load_images(samples, index["path"])
 
@@ -501,7 +501,7 @@ def divergence_frames(cfg: EvalConfig, models, prompt_sets, records, samples_of)
 
     from capo.eval.divergence import divergence_rows, param_distance_of
     from capo.models import load_model
-    from capo.stages.train import LatentCache
+    from capo.samples import LatentCache
 
     base = load_model(models[0][1])
     out = {}

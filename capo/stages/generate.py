@@ -22,7 +22,6 @@ atomically, so nothing is duplicated or half-written).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -36,6 +35,7 @@ from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
 from capo.eval.geneval import upstream_metadata
 from capo.progress import progress
+from capo.samples import image_folders, item_seed, shard_done, write_png  # noqa: F401 (re-exported)
 
 
 @stage_config
@@ -59,33 +59,6 @@ class GenerateConfig:
     RULES: ClassVar[dict[str, str]] = {
         "n": ">= 1", "seed": ">= 0", "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1",
         "shard_prompts": ">= 1", "limit": ">= 1", "subset_seed": ">= 0"}
-
-
-def item_seed(seed: int, prompt_id: str, k: int) -> int:
-    """The seed of image ``k`` of prompt ``prompt_id``: 63 bits of sha256("seed/prompt_id/k")."""
-    h = hashlib.sha256(f"{seed}/{prompt_id}/{k}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def image_folders(records: list[dict]) -> list[str]:
-    """Each prompt's image folder, ``<i:05d>`` as upstream GenEval numbers them: ``i`` is the
-    record's line in the upstream file (``index``, which the named sets carry) so a subset keeps
-    upstream's numbers; the position in the list when the records carry no unique indices."""
-    idx = [r.get("index") for r in records]
-    if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx) and len(set(idx)) == len(idx):
-        return [f"{i:05d}" for i in idx]
-    return [f"{p:05d}" for p in range(len(records))]
-
-
-def shard_done(out: Path, s: int) -> bool:
-    return (out / "cache" / f"shard-{s:05d}.json").is_file()
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    with artifacts.atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def run(cfg: GenerateConfig) -> dict:

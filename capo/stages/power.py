@@ -342,7 +342,7 @@ def render(pilot: dict, planned: dict, detail: bool = False, max_rows: int = 14)
                 lines.append(f"| {W.design_name(r)} | " + " | ".join(cells) + f" | {r['power']:.0%} ±{r['mean_half']:.1f} |")
     if "joint" in planned:
         sm = planned["joint"]["smallest"]
-        lines += ["", f"## every base at once", "",
+        lines += ["", "## every base at once", "",
                   (f"Smallest design reaching {level:.0%} at +{target:g} on every base's typical comparison: "
                    f"{W.sentence(sm, level)} (lowest: {sm['worst']}, {sm['power']:.0%})." if sm else
                    f"No design of the grid reaches {level:.0%} at +{target:g} on every base.")]
@@ -466,7 +466,7 @@ def preset_table(cfg, max_rows: int = 12, memo: dict | None = None) -> str:
         for name in splits:
             r = W.smallest_under(rows, level, name)
             by.append(f"{name}: " + (f"{W.design_name(r)} ({W.fmt_cost(r['cost'])})" if r else "none in the grid"))
-        lines.append(f"  smallest design by where u_S really sits (the table takes the worst): " + "; ".join(by))
+        lines.append("  smallest design by where u_S really sits (the table takes the worst): " + "; ".join(by))
     infeasible = [r for r in rows if not r["cost"]["feasible"]]
     if infeasible:
         best = min(infeasible, key=lambda r: r["min_detectable"])

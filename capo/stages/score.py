@@ -21,6 +21,7 @@ from capo import artifacts
 from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
 from capo.progress import progress
+from capo.samples import load_images, load_samples  # noqa: F401 (re-exported)
 
 
 @stage_config
@@ -42,37 +43,6 @@ class ScoreConfig:
             yield f"rewards: {self.rewards} names a reward twice"
         if extra := sorted(set(self.reward_paths) - set(self.rewards)):
             yield f"reward_paths: {', '.join(extra)} not among rewards {self.rewards}"
-
-
-def load_samples(samples) -> tuple[dict, "object"]:
-    """A complete samples directory's manifest and index table (clear errors otherwise)."""
-    d = Path(samples)
-    if not (d / artifacts.MANIFEST).is_file():
-        raise artifacts.ArtifactError(f"{d}: not a samples directory (no {artifacts.MANIFEST}); run `capo generate` first")
-    m = artifacts.read_json(d / artifacts.MANIFEST)
-    if m.get("stage") not in ("generate", "import"):
-        raise artifacts.ArtifactError(f"{d}: holds a {m.get('stage')!r} run, not generated samples")
-    if not m.get("complete"):
-        raise artifacts.ArtifactError(f"{d}: generation is unfinished; re-run the same `capo generate` to resume it")
-    return m, artifacts.read_table(artifacts.verify(d, "index.parquet", "the samples index"))
-
-
-def load_images(root: Path, paths) -> np.ndarray:
-    """uint8 (B, H, W, 3) images; a missing or unreadable file is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    out = []
-    for rel in paths:
-        f = root / rel
-        try:
-            with Image.open(f) as im:
-                out.append(np.asarray(im.convert("RGB")))
-        except FileNotFoundError:
-            raise artifacts.ArtifactError(f"{f}: image file missing (re-run `capo generate` on the same "
-                                          "directory with --overwrite to regenerate it)") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise artifacts.ArtifactError(f"{f}: corrupt image ({type(e).__name__}: {e})") from None
-    return np.stack(out)
 
 
 def run(cfg: ScoreConfig) -> dict:

@@ -186,7 +186,7 @@ def sample_and_score(model, records: list[dict], n: int, seed: int, rewards: lis
     scored by ``rewards``. Returns (DataFrame prompt_id, sample_id, <reward>..., latents)."""
     import pandas as pd
 
-    from capo.stages.generate import item_seed
+    from capo.samples import item_seed
 
     items = [(r, k) for r in records for k in range(n)]
     prompts = [r["prompt"] for r, _ in items]

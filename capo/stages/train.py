@@ -40,6 +40,7 @@ from capo.config import stage_config, to_dict
 from capo.dist import accelerator as make_accelerator
 from capo.dist import prepare_out_dir
 from capo.progress import progress
+from capo.samples import LatentCache  # noqa: F401 (re-exported)
 
 
 GRPO_KEYS = ("prompts", "rewards", "reward_weights", "reward_paths", "group_size", "advantage", "advantage_norm",
@@ -146,64 +147,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- data
-class LatentCache:
-    """Cached latents and text embeddings of a samples directory, read lazily: each shard is
-    memory-mapped (``safetensors.safe_open``) and only the rows a batch needs are read."""
-
-    OPEN_SHARDS = 16  # memory-mapped shard handles kept open per process
-
-    def __init__(self, samples: Path):
-        self.samples = samples
-        self.where: dict[tuple[str, int], tuple[int, int]] = {}  # (prompt_id, sample_id) -> (shard, row)
-        self.prompt_where: dict[str, tuple[int, int]] = {}
-        self.records: dict[int, dict | None] = {}  # shard -> integrity record of its cached tensors
-        for f in sorted((samples / "cache").glob("shard-*.json")):
-            meta = artifacts.read_json(f)
-            s = meta["shard"]
-            self.records[s] = meta.get("file")
-            if not (samples / "cache" / f"shard-{s:05d}.safetensors").is_file():
-                raise artifacts.ArtifactError(f"{samples}: shard {s} has no cached latents; generate with cache=true")
-            for i, r in enumerate(meta["rows"]):
-                self.where[(r["prompt_id"], int(r["sample_id"]))] = (s, i)
-            for r in meta["rows"]:
-                self.prompt_where.setdefault(r["prompt_id"], (s, meta["prompts"].index(r["prompt_idx"])))
-        self._open: dict[int, object] = {}
-        self._checked: set[int] = set()
-
-    def __getstate__(self):  # DataLoader workers open their own handles
-        return {**self.__dict__, "_open": {}}
-
-    def _shard(self, s: int):
-        if s not in self._open:
-            from safetensors import safe_open
-
-            f = self.samples / "cache" / f"shard-{s:05d}.safetensors"
-            if s not in self._checked:  # once per shard and process
-                artifacts.check_file(f, self.records.get(s), f"cached latents of shard {s} of {self.samples}",
-                                     f"rerun the `capo generate` that wrote {self.samples} with --overwrite")
-                self._checked.add(s)
-            if len(self._open) >= self.OPEN_SHARDS:
-                self._open.pop(next(iter(self._open)))
-            self._open[s] = safe_open(str(f), framework="pt")
-        return self._open[s]
-
-    def _rows(self, name: str, where) -> "torch.Tensor":
-        import torch
-
-        return torch.stack([self._shard(s).get_slice(name)[i] for s, i in where])
-
-    def latents(self, keys) -> "torch.Tensor":
-        missing = [k for k in keys if k not in self.where]
-        if missing:
-            k = missing[0]
-            raise artifacts.ArtifactError(f"{self.samples}: no cached latent for prompt_id={k[0]!r}, sample_id={k[1]}")
-        return self._rows("latents", [self.where[k] for k in keys])
-
-    def text(self, prompt_ids) -> tuple["torch.Tensor", "torch.Tensor"]:
-        where = [self.prompt_where[p] for p in prompt_ids]
-        return self._rows("hidden", where), self._rows("pooled", where)
-
-
 class MicroBatches:
     """The micro-batches ``m`` of one process, in order, assembled from the pair source and the
     latent cache: ``(m, x_w, x_l, gap, hidden, pooled)``. Iterated directly, or by a

@@ -86,7 +86,7 @@ def verify(root: Path) -> list[str]:
 def quality(pipe, records: list[dict], n: int, seed: int = 0) -> dict:
     """GenEval-like per-tag accuracy of a base model by the world's evaluator."""
     from capo.eval.geneval import evaluate_image, summarize
-    from capo.stages.generate import item_seed
+    from capo.samples import item_seed
 
     from .evaluator import detect_batch
 
@@ -180,7 +180,7 @@ def show(model: str, out: str, per_tag: int = 4, seed: int = 0) -> Path:
 
     from capo.eval.geneval import evaluate_image
     from capo.models import load_model
-    from capo.stages.generate import item_seed
+    from capo.samples import item_seed
 
     from .evaluator import detect_batch
     from .grammar import prompt_sets

@@ -22,7 +22,7 @@ from capo import artifacts
 def label_pairs(samples: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
     import pandas as pd
 
-    from capo.stages.score import load_images, load_samples
+    from capo.samples import load_images, load_samples
 
     from . import truth
 
