@@ -1,0 +1,120 @@
+"""Imports run down the layers (issue #20): method <- data <- models/rewards <- evaluation <- stages
+<- reporting <- CLI. ARCHITECTURE.md lists the same layers. A new upward import fails here;
+the upward imports that remain from before are listed in KNOWN_CLIMBS, to be removed, never added to."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAYERS = [  # lowest first; a module may import from its own layer or any below it
+    ("method", ["capo/method/"]),
+    ("data", ["capo/artifacts.py", "capo/registry.py", "capo/config.py", "capo/progress.py", "capo/dist.py",
+              "capo/prompts.py", "capo/samples.py", "capo/datasets/", "capo/eval/prompts.py", "capo/openclip.py",
+              "capo/__init__.py"]),
+    ("models", ["capo/models/", "capo/rewards/", "capo/worlds/", "capo/weights.py"]),
+    ("eval", ["capo/eval/"]),
+    ("stages", ["capo/stages/", "capo/plan.py", "capo/export.py", "capo/tracking.py"]),
+    ("report", ["capo/tables.py", "capo/claims.py", "capo/frontier.py", "capo/figures.py", "capo/report.py"]),
+    ("cli", ["cli.py", "capo/__main__.py"]),
+]
+
+# (importer, imported) pairs that climb today; issue #20 removes them
+KNOWN_CLIMBS = {
+    ("capo/datasets/pickapic.py", "capo/models/__init__.py"),
+    ("capo/eval/prompts.py", "capo/eval/geneval.py"),
+    ("capo/eval/prompts.py", "capo/eval/t2i_compbench.py"),
+    ("capo/export.py", "capo/report.py"),
+    ("capo/plan.py", "capo/tables.py"),
+    ("capo/prompts.py", "capo/worlds/shapes/grammar.py"),
+    ("capo/registry.py", "capo/models/__init__.py"),
+    ("capo/registry.py", "capo/rewards/__init__.py"),
+    ("capo/stages/online.py", "capo/figures.py"),
+    ("capo/stages/online.py", "capo/tables.py"),
+    ("capo/stages/power.py", "capo/tables.py"),
+    ("capo/stages/reproduce.py", "capo/figures.py"),
+    ("capo/stages/reproduce.py", "capo/tables.py"),
+    ("capo/worlds/shapes/build.py", "capo/eval/geneval.py"),
+    ("capo/worlds/shapes/evaluator.py", "capo/eval/geneval.py"),
+    ("capo/worlds/shapes/evaluator.py", "capo/eval/t2i_compbench.py"),
+}
+
+
+def layer_of(rel: str) -> int | None:
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if rel == p or (p.endswith("/") and rel.startswith(p)):
+                if best is None or len(p) > best[1]:
+                    best = (i, len(p))
+    return best[0] if best else None
+
+
+def module_file(mod: str) -> str | None:
+    p = ROOT.joinpath(*mod.split("."))
+    if (p / "__init__.py").is_file():
+        return str((p / "__init__.py").relative_to(ROOT))
+    if p.with_suffix(".py").is_file():
+        return str(p.with_suffix(".py").relative_to(ROOT))
+    return None
+
+
+def internal_imports(source: str) -> set[str]:
+    """Files of capo (and cli) that ``source`` imports, at module top or inside functions."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        mods = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.split(".")[0] in ("capo", "cli"):
+            mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            mods = [a.name for a in node.names if a.name.split(".")[0] == "capo"]
+        for m in mods:
+            f = module_file(m)
+            if f:
+                out.add(f)
+    return out
+
+
+def climbs(extra: dict[str, str] | None = None) -> set[tuple[str, str]]:
+    """(importer, imported) pairs whose imported file sits in a higher layer; ``extra`` adds
+    files (path -> source) that are not on disk."""
+    sources = {str(f.relative_to(ROOT)): f.read_text(encoding="utf-8")
+               for f in [ROOT / "cli.py", *sorted((ROOT / "capo").rglob("*.py"))] if "/artifacts/" not in str(f)}
+    sources.update(extra or {})
+    found = set()
+    for rel, source in sources.items():
+        lf = layer_of(rel)
+        assert lf is not None, f"{rel} is in no layer: add it to LAYERS (and ARCHITECTURE.md)"
+        for t in internal_imports(source) - {rel}:
+            lt = layer_of(t)
+            if lt is not None and lt > lf:
+                found.add((rel, t))
+    return found
+
+
+def test_no_new_upward_import():
+    new = climbs() - KNOWN_CLIMBS
+    assert not new, ("imports that climb a layer (see ARCHITECTURE.md): "
+                     + "; ".join(f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+                                 for a, b in sorted(new)))
+
+
+def test_known_climbs_are_still_there():
+    """A climb removed must leave KNOWN_CLIMBS too (the list only shrinks)."""
+    gone = KNOWN_CLIMBS - climbs()
+    assert not gone, f"no longer climbing, remove from KNOWN_CLIMBS: {sorted(gone)}"
+
+
+def test_a_planted_upward_import_is_caught():
+    planted = {"capo/method/planted.py": "def f():\n    from capo.stages.train import run\n",
+               "capo/eval/planted.py": "import capo.tables\n"}
+    assert climbs(planted) - KNOWN_CLIMBS == {("capo/method/planted.py", "capo/stages/train.py"),
+                                              ("capo/eval/planted.py", "capo/tables.py")}
+
+
+def test_architecture_md_names_the_layers():
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for name, prefixes in LAYERS:
+        assert f"**{name}**" in text, f"ARCHITECTURE.md does not describe layer {name!r}"
+        for p in prefixes:
+            assert f"`{p}`" in text, f"ARCHITECTURE.md does not place {p} in layer {name!r}"
