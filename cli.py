@@ -144,7 +144,7 @@ def ls_(kind):
 STAGES = {  # command -> (module, config class, one-line help)
     "generate": ("capo.stages.generate", "GenerateConfig", "Sample N images per prompt from a base model (per-item seeds)."),
     "score": ("capo.stages.score", "ScoreConfig", "Score a samples directory with reward models, one table each."),
-    "train": ("capo.stages.train", "TrainConfig", "Preference fine-tuning: DPO / IPO / CaPO, full or LoRA."),
+    "train": ("capo.stages.train", "TrainConfig", "Preference fine-tuning: DPO / IPO / CaPO on pairs, or online GRPO (objective=grpo); full or LoRA."),
     "merge": ("capo.stages.merge", "MergeConfig", "SOUP: merge fine-tuned checkpoints (slerp or linear)."),
     "sweep": ("capo.stages.sweep", "SweepConfig",
               "Choose beta on validation prompts: train a grid, score it, select by a declared criterion."),
