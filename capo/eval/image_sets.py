@@ -128,21 +128,15 @@ def read_image_set(path: str | Path, *, prompts: list[dict] | None = None, n: in
         for r in prompts:
             known[str(r.get("prompt_id", r.get("id", r["prompt"])))] = r
     image_set = reader(root, known, problems)
-    if known is not None:
-        by_prompt: dict[str, int] = {}
-        for row in image_set.rows:
-            by_prompt[row["prompt_id"]] = by_prompt.get(row["prompt_id"], 0) + 1
-        for r in image_set.records:
-            got = by_prompt.get(r["prompt_id"], 0)
-            if n is not None and got != n:
-                problems["missing images" if got < n else "extra files"].append(
-                    f"{r['prompt']!r} has {got} image(s), expected {n}")
-    elif n is not None:
+    if n is not None:
         counts: dict[str, int] = {}
         for row in image_set.rows:
             counts[row["prompt_id"]] = counts.get(row["prompt_id"], 0) + 1
-        problems["missing images"] += [f"prompt {p} has {c} image(s), expected {n}" for p, c in counts.items() if c < n]
-        problems["extra files"] += [f"prompt {p} has {c} image(s), expected {n}" for p, c in counts.items() if c > n]
+        for r in image_set.records:
+            got = counts.get(r["prompt_id"], 0)
+            if got != n:
+                problems["missing images" if got < n else "extra files"].append(
+                    f"{r['prompt']!r} has {got} image(s), expected {n}")
     if check_images and image_set.layout != "capo":
         problems["unreadable images"] += _unreadable([Path(r["path"]) for r in image_set.rows])
     _raise_if(root, layout, problems)

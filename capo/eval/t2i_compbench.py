@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from capo.eval.detectors import UNIDET_SCORE_THRESHOLD, run_detector, unidet_input_size
+from capo.eval.geneval import _to_pil_rgb
 
 CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex", "numeracy", "3d_spatial")
 METRIC_OF_CATEGORY = {"color": "blip_vqa", "shape": "blip_vqa", "texture": "blip_vqa",
@@ -885,12 +886,6 @@ def parsed_with(fn, nlp, attr: str):
         return fn, "custom"
     parser = get_parser(nlp)
     return getattr(parser, attr), parser.name
-
-
-def _to_pil_rgb(image):
-    from capo.eval.geneval import _to_pil_rgb as f
-
-    return f(image)
 
 
 def _device(device):

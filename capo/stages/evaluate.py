@@ -251,8 +251,9 @@ def run(cfg: EvalConfig) -> dict:
         from capo.eval.dpg_bench import load_questions
 
         questions = load_questions(cfg.dpg_questions)  # a missing question file fails before any work
+    all_sets = prompt_sets_of(sets)
     records = {ps: load_prompts(ps, limit=None if image_mode else cfg.limit, stratify=True, subset_seed=cfg.subset_seed)
-               for ps in sorted({p for v in sets.values() for p in v}) if ps != IMAGES}
+               for ps in all_sets if ps != IMAGES}
     image_sets = read_image_folders(models, sets, records) if image_mode else {}
     rewards = cfg.rewards if cfg.rewards is not None else (SHAPES_REWARDS if shapes else REAL_REWARDS)
     detector_name = ("shapes" if shapes else "mask2former") if cfg.detector == "auto" else cfg.detector
@@ -338,8 +339,8 @@ def run(cfg: EvalConfig) -> dict:
             detector = get_detector(detector_name)
             color_fn = lazy_color_fn()
     results: dict = {"base": models[0][0], "models": dict(models), "prompt_sets": sets,
-                     "n_prompts": {ps: len(records_of(ps, models[0][0])) for ps in sorted({p for v in sets.values() for p in v})},
-                     "strata": {ps: strata_of(records_of(ps, models[0][0])) for ps in sorted({p for v in sets.values() for p in v})},
+                     "n_prompts": {ps: len(records_of(ps, models[0][0])) for ps in all_sets},
+                     "strata": {ps: strata_of(records_of(ps, models[0][0])) for ps in all_sets},
                      "n_per_prompt": per_prompt_of(image_sets[next(iter(image_sets))]) if image_mode else cfg.n,
                      "images": {label: str(spec) for label, spec in models} if image_mode else None,
                      "seed": cfg.seed, "rewards": list(rewards), "detector": detector_name,
@@ -416,13 +417,18 @@ def run(cfg: EvalConfig) -> dict:
 IMAGES = "images"  # the prompt set of an image folder: the prompts its own layout names
 
 
+def prompt_sets_of(sets: dict[str, list[str]]) -> list[str]:
+    """Every prompt set the benchmarks use, once, sorted."""
+    return sorted({p for v in sets.values() for p in v})
+
+
 def read_image_folders(entries, sets, records) -> dict:
     """``{(prompt set, label): ImageSet}`` for ``images=`` folders, read and checked before any
     model loads; the folders of one prompt set must hold the same (prompt, image) items."""
     from capo.eval.image_sets import ImageSetError, read_image_set
 
     out = {}
-    for ps in sorted({p for v in sets.values() for p in v}):
+    for ps in prompt_sets_of(sets):
         for label, path in entries:
             out[(ps, label)] = read_image_set(path, prompts=None if ps == IMAGES else records[ps])
         base = entries[0][0]
@@ -449,7 +455,7 @@ def protocol_card(cfg, sets, records_of, models, detector_name, shapes, rewards,
             "seed": None if cfg.images else cfg.seed, "source": "images" if cfg.images else "models",
             "images_per_prompt": per_prompt_of(image_sets[next(iter(image_sets))]) if image_sets else cfg.n,
             "prompt_sets": {}}
-    for ps in sorted({p for v in sets.values() for p in v}):
+    for ps in prompt_sets_of(sets):
         recs = records_of(ps, base)
         card["prompt_sets"][ps] = P.prompt_set_part(ps, recs, records_fingerprint(recs),
                                                     None if cfg.images else cfg.limit, cfg.subset_seed)
