@@ -152,24 +152,27 @@ def _draw_path(ax, x, y, rows, color, ls, lab, yerr=None) -> None:
 
 
 def frontier_plot(sweeps: dict[str, dict], rewards: list[str], names: dict[str, str], path: Path,
-                  title: str = "") -> bool:
+                  title: str = "", cells: list[tuple] | None = None) -> bool:
     """One panel per reward in ``rewards`` (``capo.frontier.MEAN`` allowed): x = validation
-    divergence from the base, y = validation win-rate over the base (%), one curve per
-    ``<objective>-frs`` (solid) and ``<objective>-sum`` (dashed) cell of ``sweeps``, ordered
-    by divergence, with the win-rate CIs as faint error bars and the selected ``beta``
-    filled. False (nothing written) when there is no such cell or no reward."""
+    divergence from the base, y = validation win-rate over the base (%), one curve per cell,
+    ordered by divergence, with the win-rate CIs as faint error bars and the selected ``beta``
+    filled. ``cells``: (sweep key, legend, colour, line style) each; default every
+    ``<objective>-frs`` (solid) and ``<objective>-sum`` (dashed) cell of ``sweeps``. False
+    (nothing written) when there is no such cell or no reward."""
     from capo import frontier
 
     plt = _plt()
-    cells = [(o, sel, ls) for o in OBJECTIVES for sel, ls in (("frs", "-"), ("sum", "--"))
-             if label(o, sel) in sweeps]
+    if cells is None:
+        cells = [(label(o, sel), f"{_objective_name(o)}-{sel.upper()}", COLORS[o], ls) for o in OBJECTIVES
+                 for sel, ls in (("frs", "-"), ("sum", "--")) if label(o, sel) in sweeps]
+    cells = [c for c in cells if c[0] in sweeps]
     if not cells or not rewards:
         return False
     fig, axes = plt.subplots(1, len(rewards), figsize=(max(4.5, 3.3 * len(rewards)), 3.3), squeeze=False)
     for ax, r in zip(axes[0], rewards):
         xs = []
-        for o, sel, ls in cells:
-            sw = sweeps[label(o, sel)]
+        for key, legend, color, ls in cells:
+            sw = sweeps[key]
             try:
                 rows = frontier.points(sw, r)
             except KeyError:
@@ -181,7 +184,7 @@ def frontier_plot(sweeps: dict[str, dict], rewards: list[str], names: dict[str, 
             x = np.array([p["divergence"] for p in rows])
             y = np.array([p["win_rate"] for p in rows])
             err = np.array([[p["win_rate"] - p["ci_low"] for p in rows], [p["ci_high"] - p["win_rate"] for p in rows]])
-            _draw_path(ax, x, y, rows, COLORS[o], ls, f"{_objective_name(o)}-{sel.upper()}", err)
+            _draw_path(ax, x, y, rows, color, ls, legend, err)
             xs += list(x)
         ax.axhline(50, color="k", lw=0.8, ls=":")
         _log_x(ax, xs)

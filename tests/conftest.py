@@ -31,6 +31,7 @@ def _register_toy_rewards():
         "toy-bright": (lambda x: x.reshape(len(x), -1).mean(1) / 25.5, "temperature:10"),
         "toy-red": (lambda x: (x[..., 0] - x[..., 2]).reshape(len(x), -1).mean(1) / 50, "identity"),
         "toy-nan": (lambda x: np.full(len(x), np.nan), "identity"),
+        "toy-gold": (lambda x: x[..., 1].reshape(len(x), -1).mean(1) / 25.5, "identity"),  # a hidden truth (green)
     }
     for name, (fn, bt) in toys.items():
         if name not in REWARDS:

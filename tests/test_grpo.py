@@ -448,3 +448,31 @@ def test_iterate_rounds_of_grpo(tiny_chain, tmp_path):
     assert tm["config"]["objective"] == "grpo" and tm["config"]["model"] == r1["checkpoint"]
     assert tm["inputs"]["reference"]["path"] == str(tiny_chain / "base")
     assert tm["budget"]["rollout_images"] == 2 * 8  # one step of 2 prompts x group_size 8
+
+
+def test_monitor_rewards_are_logged_never_trained(tmp_path):
+    """A monitor reward (the shapes world's gold in capo online's GRPO cells) is scored on every
+    rollout and logged as monitor_<name>: its value is the reward a run training on it logs for
+    the same (base-policy) rollout, and the trained weights are those of the run without it."""
+    from conftest import PROMPTS, build_tiny
+
+    build_tiny(tmp_path / "base")
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+
+    def run(out, rewards, monitor=()):
+        train.run(train.TrainConfig(model=str(tmp_path / "base"), prompts=str(tmp_path / "p.txt"), rewards=rewards,
+                                    monitor_rewards=list(monitor), out=str(tmp_path / out), objective="grpo",
+                                    beta=0.1, steps=1, batch_size=2, group_size=2, grpo_steps=1, lr=1e-3,
+                                    log_every=1, quiet=True))
+        return json.loads((tmp_path / out / "metrics.jsonl").read_text().splitlines()[0])
+
+    both = run("both", ["toy-bright", "toy-red"])
+    mon = run("mon", ["toy-bright"], ["toy-red"])
+    plain = run("plain", ["toy-bright"])
+    assert mon["monitor_toy-red"] == pytest.approx(both["reward_toy-red"], abs=1e-6)
+    assert "reward_toy-red" not in mon and "monitor_toy-red" not in plain
+    f = "final/denoiser.safetensors"
+    assert (tmp_path / "mon" / f).read_bytes() == (tmp_path / "plain" / f).read_bytes()
+    with pytest.raises(ConfigError, match="monitor_rewards: toy-red also trained on"):
+        train.TrainConfig(model="m", prompts="p", out="o", objective="grpo", rewards=["toy-red"],
+                          monitor_rewards=["toy-red"])

@@ -26,7 +26,8 @@ boundaries, so a resumed run continues exactly. Inputs: a ``capo pairs`` output 
 prompts, its rewards, their BT transforms and its weights: the prompts and rewards a DPO /
 CaPO cell on the same pairs trains on) or ``prompts=`` with ``rewards=``. Outputs as ``capo
 train``: ``metrics.jsonl`` (per logged step: losses, ratio, clip fraction, KL, each reward's
-rollout mean, the budget so far), ``checkpoints/``, ``final/`` and a manifest whose
+rollout mean, each ``monitor_rewards`` reward's rollout mean as ``monitor_<name>``, the budget
+so far), ``checkpoints/``, ``final/`` and a manifest whose
 ``budget`` counts generated images and denoiser passes (one image through the denoiser once;
 a guided call counts two).
 """
@@ -68,6 +69,10 @@ def contradictions(cfg):
     if (cfg.batch_size * cfg.group_size) % (cfg.grpo_updates * cfg.grad_accum):
         yield (f"batch_size x group_size = {cfg.batch_size * cfg.group_size} images per rollout cannot be split into "
                f"grpo_updates x grad_accum = {cfg.grpo_updates * cfg.grad_accum} equal micro-batches")
+    if cfg.rewards and (both := sorted(set(cfg.rewards) & set(cfg.monitor_rewards))):
+        yield f"monitor_rewards: {', '.join(both)} also trained on (a monitor is never trained on)"
+    if len(set(cfg.monitor_rewards)) != len(cfg.monitor_rewards):
+        yield f"monitor_rewards: {cfg.monitor_rewards} names a reward twice"
     if cfg.ema > 0:
         yield "ema: not supported for objective=grpo"
     if getattr(cfg, "report_to", "none") != "none":
@@ -237,6 +242,9 @@ def run(cfg) -> dict:
     rewards = [load_reward(r, device=accelerator.device, **({"path": cfg.reward_paths[r]} if r in cfg.reward_paths else {}))
                for r in src["rewards"]]
     transforms = [(src["transforms"] or {}).get(r.name, r.bt_transform) for r in rewards]
+    if both := sorted(set(src["rewards"]) & set(cfg.monitor_rewards)):
+        raise ValueError(f"monitor_rewards: {', '.join(both)} also trained on (the pairs' rewards); a monitor is never trained on")
+    monitors = [load_reward(r, device=accelerator.device) for r in cfg.monitor_rewards]
     ref_net = reference_denoiser(cfg.reference, model.denoiser) if cfg.reference else None
     chain = Chain(model, cfg.sample_steps or model.default_steps, cfg.noise_level)
     if not chain.stochastic:
@@ -354,12 +362,14 @@ def run(cfg) -> dict:
             lat.append(z)
             old_lp.append(lp)
         lat, old_lp = torch.cat(lat), torch.cat(old_lp)
-        raw = np.zeros((n_img, len(rewards)))
+        raw, mon = np.zeros((n_img, len(rewards))), np.zeros((n_img, len(monitors)))
         for s in range(0, n_img, micro):
             images = model.decode_latents(lat[s:s + micro, -1])
             prompts = [texts[idx[int(o)]] for o in owner[s:s + micro]]
             for j, rw in enumerate(rewards):
                 raw[s:s + micro, j] = np.asarray(rw(images, prompts), dtype=np.float64)
+            for j, rw in enumerate(monitors):  # logged only: never in the scores or advantages
+                mon[s:s + micro, j] = np.asarray(rw(images, prompts), dtype=np.float64)
         if not np.isfinite(raw).all():
             raise ValueError(f"a reward returned NaN/inf in rollout {r}: rewards {names}")
         scores = group_scores(raw.reshape(B, G, -1), cfg.advantage, transforms, src["weights"])
@@ -368,6 +378,7 @@ def run(cfg) -> dict:
         budget["rollout_images"] += n_img * world
         budget["rollout_passes"] += n_img * world * chain.N * cfg_mult
         roll = {**{f"reward_{n}": float(raw[:, j].mean()) for j, n in enumerate(names)},
+                **{f"monitor_{rw.name}": float(np.nanmean(mon[:, j])) for j, rw in enumerate(monitors)},
                 "score": float(scores.mean()), "adv_abs": float(np.abs(adv_np).mean()),
                 "zero_std_groups": float((scores.std(1) <= 1e-12).mean()), "rollout_s": round(time.time() - t0, 3)}
         order = np.random.default_rng([cfg.seed, 23, r]).permutation(n_img)

@@ -72,13 +72,20 @@ class OnlineConfig:
     lr: float = 1e-5  # AdamW learning rate
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds; the sweep trains on seeds[0]
     seed: int = 0  # data seed: training samples, pair draws, evaluation images
+    grpo: list[str] = field(default_factory=list)  # GRPO cells: ADVANTAGE (the rewards' mix) or ADVANTAGE:REWARD; writes grpo.md (capo.stages.online_grpo)
+    grpo_betas: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1])  # GRPO's KL coefficient grid
+    group_size: int = 4  # GRPO images per prompt per rollout (G); prompts per rollout follow from the equal budget
+    grpo_options: dict = field(default_factory=dict)  # further capo train keys of the GRPO runs (sample_steps, grpo_steps, ...)
     quiet: bool = False
 
     RULES: ClassVar[dict[str, str]] = {
         "rewards": "@rewards", "gold": "@rewards", "objectives": "@objectives", "rounds": ">= 1",
         "calibration": "reference | self", "reference": "base | previous", "train_limit": ">= 1", "n": ">= 2",
         "val_limit": ">= 1", "val_n": ">= 1", "eval_limit": ">= 1", "eval_n": ">= 1", "n_t": ">= 1", "betas": "> 0",
-        "widen": ">= 0", "steps": ">= 1", "batch_size": ">= 1", "lr": "> 0", "seeds": ">= 0", "seed": ">= 0"}
+        "widen": ">= 0", "steps": ">= 1", "batch_size": ">= 1", "lr": "> 0", "seeds": ">= 0", "seed": ">= 0",
+        "grpo_betas": "> 0", "group_size": ">= 2"}
+    LATER: ClassVar[dict] = {"grpo": [], "grpo_betas": lambda c: not c.grpo, "group_size": lambda c: not c.grpo,
+                             "grpo_options": lambda c: not c.grpo}  # GRPO keys only in comparisons that have GRPO cells
 
     def contradictions(self):
         if len(self.rewards) != len(self.roles):
@@ -97,6 +104,10 @@ class OnlineConfig:
             yield f"gold: {self.gold} is also a training reward (the gold is never trained on)"
         if self.val_prompts == self.eval_prompts:
             yield f"val_prompts: the same set as eval_prompts ({self.val_prompts}); use SET@val / SET@test"
+        if self.grpo:
+            from capo.stages.online_grpo import contradictions
+
+            yield from contradictions(self)
 
 
 def run_label(objective: str, R: int, r: int | None = None) -> str:
@@ -115,25 +126,28 @@ def round_checkpoints(checkpoint: str, R: int) -> list[str]:
 
 
 def run(cfg: OnlineConfig) -> dict:
-    from capo.stages import evaluate, generate, iterate, pairs, score, sweep
+    from capo.stages import evaluate, generate, iterate, online_grpo, pairs, score, sweep
+    from capo.stages.reproduce import _slug
 
     t0 = time.time()
     root, reports = Path(cfg.out), Path(cfg.reports)
     root.mkdir(parents=True, exist_ok=True)
-    artifacts.lock(root)  # one online comparison per experiment directory
     artifacts.remove_stale_temps(root)
     q = cfg.quiet
     log = (lambda m: None) if q else (lambda m: print(f"online [{time.time() - t0:6.0f}s] {m}", flush=True))
     gold = [cfg.gold] if cfg.gold else []
     summary = {}
     for base in cfg.bases:
-        from capo.stages.reproduce import _slug
-
+        t_base = time.time()
         b = root / _slug(base)
+        b.mkdir(parents=True, exist_ok=True)
+        artifacts.lock(b)  # one process per base: two processes may run the two bases of one comparison
         log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {cfg.n}")
         generate.run(generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"), n=cfg.n,
                                              limit=cfg.train_limit, seed=cfg.seed, quiet=q))
-        score.run(score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q))
+        # GRPO's over-optimisation figure measures the gold in units of the base samples' spread
+        score.run(score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards) + (gold if cfg.grpo else []),
+                                    quiet=q))
         tables = [str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards]
         models: dict[str, str] = {}
         selected: dict[str, dict] = {}
@@ -163,15 +177,19 @@ def run(cfg: OnlineConfig) -> dict:
                 for s, ck in finals.items():
                     for r, rck in enumerate(round_checkpoints(ck, R), start=1):
                         models[seed_label(run_label(o, R, r), s)] = rck
+        if cfg.grpo:
+            online_grpo.run_cells(cfg, base, b, models, selected, log)
         artifacts.write_json(b / "selected.json", selected)
         log(f"{base}: eval {len(models)} checkpoints on {cfg.eval_prompts}")
         evaluate.run(evaluate.EvalConfig(
             models=[f"base={base}"] + [f"{lab}={ck}" for lab, ck in models.items()], out=str(b / "eval"),
             benchmarks=["winrate", "divergence"], prompts=cfg.eval_prompts, rewards=list(cfg.rewards) + gold,
             n=cfg.eval_n, n_t=cfg.n_t, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
+        wall = artifacts.read_json(b / "wall.json")["seconds"] if (b / "wall.json").is_file() else 0.0
+        artifacts.write_json(b / "wall.json", {"seconds": round(wall + time.time() - t_base, 1)})  # over resumptions
+        artifacts.unlock(b)
         summary[base] = {"models": len(models), "selected": {k2: v["beta"] for k2, v in selected.items()}}
-    paths = write_report(root, reports, cfg)
-    artifacts.unlock(root)
+    paths = (online_grpo.write_report if cfg.grpo else write_report)(root, reports, cfg)
     log(f"done: {', '.join(map(str, paths))}")
     return {"root": str(root), "reports": [str(p) for p in paths], "bases": summary,
             "seconds": round(time.time() - t0, 1)}
@@ -214,15 +232,18 @@ def comparisons(cfg: OnlineConfig, ev) -> list[dict]:
     return [c for c in out if ev.has(c["a"]) and ev.has(c["b"])]
 
 
-def base_markdown(cfg: OnlineConfig, b: Path, base: str) -> str:
+def base_markdown(cfg: OnlineConfig, b: Path, base: str, rows: list[tuple[str, str]] | None = None,
+                  comps=comparisons, title: str = "") -> str:
+    """One base's section: the win-rate / divergence table of ``rows`` ((name, cell); default
+    the (objective, R) runs) and the head-to-head of ``comps(cfg, evidence)``."""
     from capo.tables import Evidence, _eval_columns, _win_table, cell, head_to_head, to_markdown
 
     ev = Evidence(b / "eval")
     roles = dict(zip(cfg.rewards, cfg.roles))
     cols, names = _eval_columns(ev, roles)
-    rows = [(f"{o.upper() if o != 'capo' else 'CaPO'} " + ("offline" if R == 1 else f"online, R = {R}"),
-             run_label(o, R)) for o in cfg.objectives for R in sorted(cfg.rounds)]
-    t = _win_table("online", base, "", ev, rows, [(names[r], ("win", r)) for r in cols])
+    rows = rows or [(f"{o.upper() if o != 'capo' else 'CaPO'} " + ("offline" if R == 1 else f"online, R = {R}"),
+                     run_label(o, R)) for o in cfg.objectives for R in sorted(cfg.rounds)]
+    t = _win_table("online", base, title, ev, rows, [(names[r], ("win", r)) for r in cols])
     present = [c for _, c in rows if ev.has(c)]
     div = divergence_stats(ev, present)
     t.columns.append("divergence from base")
@@ -242,14 +263,15 @@ def base_markdown(cfg: OnlineConfig, b: Path, base: str) -> str:
              "CI; divergence: the reverse-process KL term from the base (capo.eval.divergence) on the same images; "
              "‖θ − θ_base‖: parameter distance, mean over seeds; (edge): the selected beta is at the grid's edge.", "",
              to_markdown(t), ""]
-    h2h = ["| A vs B | metric | Δ win-rate (pp) [95% CI] | verdict (A > B) |", "|---|---|---|---|"]
-    for comp in comparisons(cfg, ev):
+    h2h = []
+    for comp in comps(cfg, ev):
         for r in head_to_head(ev, comp):
             d = r["delta"]
             h2h.append(f"| {comp['a']} vs {comp['b']} | {r['metric']} | {d['delta']:+.1f} [{d['ci_low']:+.1f}, "
                        f"{d['ci_high']:+.1f}] | {r['verdict']} |")
     lines += ["Head-to-head (paired on prompts, image seeds and training seeds; *reproduced* = A beats B beyond the "
-              "CI, *contradicted* = B beats A beyond it):", "", *h2h, ""]
+              "CI, *contradicted* = B beats A beyond it):", "",
+              "| A vs B | metric | Δ win-rate (pp) [95% CI] | verdict (A > B) |", "|---|---|---|---|", *h2h, ""]
     return "\n".join(lines)
 
 

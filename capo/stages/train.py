@@ -45,7 +45,7 @@ from capo.samples import LatentCache  # noqa: F401 (re-exported)
 
 GRPO_KEYS = ("prompts", "rewards", "reward_weights", "reward_paths", "group_size", "advantage", "advantage_norm",
              "advantage_eps", "advantage_clip", "clip_range", "sample_steps", "noise_level", "guidance", "grpo_steps",
-             "grpo_sde", "grpo_updates")  # TrainConfig keys of objective=grpo alone (capo.stages.grpo)
+             "grpo_sde", "grpo_updates", "monitor_rewards")  # TrainConfig keys of objective=grpo alone (capo.stages.grpo)
 
 
 @stage_config
@@ -66,6 +66,7 @@ class TrainConfig:
     rewards: list[str] | None = None  # grpo with prompts: the reward models (with pairs: the pairs' rewards)
     reward_weights: list[float] | None = None  # grpo: weights of the rewards, normalised (default uniform)
     reward_paths: dict[str, str] = dataclasses.field(default_factory=dict)  # grpo: reward -> local weights dir
+    monitor_rewards: list[str] = dataclasses.field(default_factory=list)  # grpo: scored on every rollout and logged, never trained on (e.g. a gold)
     group_size: int = 8  # grpo: images per prompt (G)
     advantage: str = "sum"  # grpo: per-image score: weighted raw rewards, calibrated win-rates, Pareto front
     advantage_norm: str = "std"  # grpo: (s - mean) / (std + advantage_eps) within the group, or s - mean
@@ -114,7 +115,7 @@ class TrainConfig:
         "optimizer": "adamw | adamw-8bit", "compile": "off | inductor | eager", "data_workers": ">= 0",
         "ema": "[0, 1)", "checkpoint_every": ">= 1",
         "keep_checkpoints": ">= 0", "log_every": ">= 1", "seed": ">= 0", "stop_after": ">= 0",
-        "report_to": tracking.RULE, "rewards": "@rewards", "reward_weights": ">= 0", "group_size": ">= 2",
+        "report_to": tracking.RULE, "rewards": "@rewards", "monitor_rewards": "@rewards", "reward_weights": ">= 0", "group_size": ">= 2",
         "advantage": "sum | calibrated | pareto", "advantage_norm": "std | none", "advantage_eps": "> 0",
         "advantage_clip": "> 0", "clip_range": "> 0", "sample_steps": ">= 1", "noise_level": "> 0", "guidance": ">= 0",
         "grpo_steps": ">= 0", "grpo_sde": "all | window", "grpo_updates": ">= 1"}
