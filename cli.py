@@ -150,8 +150,8 @@ STAGES = {  # command -> (module, config class, one-line help)
               "Choose beta on validation prompts: train a grid, score it, select by a declared criterion."),
     "iterate": ("capo.stages.iterate", "IterateConfig",
                 "Online training: rounds of sampling the policy, calibrating against the base, training on."),
-    "online": ("capo.stages.online", "OnlineConfig",
-               "Offline vs online (R rounds) at an equal budget, beta selected per run; writes reports/online.md."),
+    "online": ("capo.experiments.online", "OnlineConfig",
+               "Offline vs online (R rounds) at an equal budget, beta selected per run; writes reports/online.md (with grpo=[...]: GRPO vs CaPO, reports/grpo.md)."),
     "eval": ("capo.stages.evaluate", "EvalConfig",
              "Evaluate models against the first (base): reward win-rates, GenEval, T2I-CompBench."),
 }
@@ -338,7 +338,7 @@ def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates
     from capo.artifacts import ArtifactError
     from capo.models import ModelLoadError
     from capo.registry import UnknownNameError
-    from capo.report import check_gate_names, check_gates, compare_metrics, compare_table
+    from capo.report.compare import check_gate_names, check_gates, compare_metrics, compare_table
     from capo.stages import evaluate
 
     try:
@@ -429,7 +429,7 @@ def world_verify():
 @click.option("--gold", default="shapes-gold", show_default=True, help="Hidden-truth reward for the matched-divergence table.")
 def tables(root, out, with_paper, rewards, roles, gold):
     """Render the paper's Tables 1-5, head-to-head tests, the beta sweep and the claims report."""
-    from capo import tables as T
+    from capo.report import tables as T
 
     rw, rl = _csv(rewards), _csv(roles)
     try:
@@ -454,7 +454,8 @@ def replicate(runs, out, rewards, roles):
 
     Exits 1 when a claim or comparison is reproduced in one run and contradicted in another.
     """
-    from capo import artifacts, claims
+    from capo import artifacts
+    from capo.report import replication
 
     rw, rl = _csv(rewards), _csv(roles)
     named = {}
@@ -462,7 +463,7 @@ def replicate(runs, out, rewards, roles):
         name, sep, root = r.partition("=")
         named[name if sep else Path(r).name] = root if sep else r
     try:
-        md, conflicts = claims.replication(named, dict(zip(rw, rl)), pref=rw[0])
+        md, conflicts = replication.render(named, dict(zip(rw, rl)), pref=rw[0])
     except (FileNotFoundError, KeyError, ValueError) as e:
         _fail(str(e))
     if out:
@@ -497,8 +498,8 @@ def power_(runs, target, level, metric, seeds, prompts, images, preset, design, 
     """Power planning: the variance parts of every head-to-head comparison of a pilot (RUN...: reproduce
     or eval runs with per-image results, a tables.csv, or a `capo power --json` file) and, for a target
     difference, the half-width and probability of a decided verdict per design (seeds x prompts x images
-    per prompt), and the smallest design reaching --power (capo.eval.power; capo.stages.power)."""
-    from capo.stages import power as PW
+    per prompt), and the smallest design reaching --power (capo.eval.power; capo.experiments.power)."""
+    from capo.experiments import power as PW
 
     def ints(v, name):
         try:
@@ -540,7 +541,7 @@ def reproduce(preset, dry_run, scale, args):
     from capo.config import ConfigError, build
     from capo.models import ModelLoadError
     from capo.rewards import RewardLoadError
-    from capo.stages import reproduce as R
+    from capo.experiments import reproduce as R
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _fail("reproduce runs in one process (it drives the other stages); run it plainly and give "
@@ -564,7 +565,7 @@ def reproduce(preset, dry_run, scale, args):
     click.echo(f"reproduce: {res['bases']} in {res['seconds']:.0f}s -> {res['reports']}/tables.md")
 
 
-reproduce.help += "\n\n" + _fields_help("capo.stages.reproduce", "ReproduceConfig")
+reproduce.help += "\n\n" + _fields_help("capo.experiments.reproduce", "ReproduceConfig")
 
 
 if __name__ == "__main__":

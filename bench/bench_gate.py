@@ -44,7 +44,7 @@ Each side's images are generated once (``R + 1`` base sides, ``R`` worse sides) 
 once (GenEval correctness by ``capo.stages.evaluate.geneval_rows`` with the shapes
 detector; the ``shapes-gold`` reward); deltas and win-rates come from
 ``capo.stages.evaluate._geneval_deltas`` (the eval stage's per-image tag weights) and
-``capo.eval.winrate``; the gates from ``capo.report.check_gates``.
+``capo.eval.winrate``; the gates from ``capo.report.compare.check_gates``.
 
     python bench/bench_gate.py [--reps 40] [--noise 0.1] [--limit 32] [--n 4] [--cache sides.npz]
     python bench/bench_gate.py --calibrate 0.05,0.1,0.2     # GenEval drop per noise scale
@@ -147,7 +147,7 @@ def overall(tags, side: dict) -> float:
 
 
 def fires(m: dict) -> dict:
-    from capo.report import check_gates
+    from capo.report.compare import check_gates
 
     return {key: bool(check_gates(m, [expr])) for key, expr in GATES.items()}
 

@@ -342,7 +342,7 @@ def results_label(results: dict, manifest: dict | None, ckpt, meta: dict, label:
 
 
 def evaluation_section(results: dict, label: str, source: Path) -> list[str]:
-    from capo.report import compare_table
+    from capo.report.compare import compare_table
 
     lines = [f"Evaluated by `capo eval` ({source.name}) as **{label}** against the base model "
              f"**{results['base']}** on the same prompts and per-item seeds. Win-rates are the share of prompts x "

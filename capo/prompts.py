@@ -50,6 +50,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from capo.registry import WORLD_PROMPTS
+
 MAX_WORDS = 200  # longer lines are almost always a malformed file (a paragraph, a binary blob)
 
 
@@ -86,14 +88,9 @@ def _named(spec: str) -> list[dict]:
         from capo.datasets import diffusiondb
 
         return diffusiondb.load(spec.partition(":")[2] or None)
-    if spec.startswith("shapes:"):
-        from capo.worlds.shapes.grammar import prompt_sets
-
-        sets = prompt_sets(distinct=True)  # each prompt once (the sets repeat prompts to fill tags)
-        name = spec.split(":", 1)[1]
-        if name not in sets:
-            raise PromptError(f"unknown shapes prompt set {name!r}; known: {', '.join('shapes:' + k for k in sets)}")
-        return [dict(r) for r in sets[name]]
+    family, _, name = spec.partition(":")
+    if name and family in WORLD_PROMPTS:  # a world's own sets (capo.registry: imported only when named)
+        return [dict(r) for r in WORLD_PROMPTS.get(family)(name)]
     from capo.eval.prompts import load_prompt_set
 
     return [dict(r) for r in load_prompt_set(spec)]

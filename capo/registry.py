@@ -11,6 +11,8 @@ import difflib
 import importlib
 from typing import Any
 
+from capo import vocabulary
+
 
 class UnknownNameError(KeyError, ValueError):
     """An unknown registry name; the message lists the known names and the nearest ones."""
@@ -61,16 +63,13 @@ class Registry:
 
 
 SELECTORS = Registry("selector")
-SELECTORS.register("best-worst", "capo.method.selection:best_worst", "best-of-N vs worst-of-N on one reward (Sec. 4.3)")
-SELECTORS.register("sum", "capo.method.selection:best_worst", "best/worst of the weighted sum of calibrated rewards")
-SELECTORS.register("frs", "capo.method.selection:frs", "frontier-based rejection sampling on Pareto sets (Sec. 4.3)")
+for _name, _doc in vocabulary.PAIR_SELECTORS.items():  # sum: best-worst on the weighted sum of calibrated rewards
+    SELECTORS.register(_name, "capo.method.selection:" + ("frs" if _name == "frs" else "best_worst"), _doc)
 
 OBJECTIVES = Registry("objective")
-OBJECTIVES.register("dpo", "capo.method.objectives:dpo_loss", "DPO, g(u) = -log sigmoid(u) (Eq. 4)")
-OBJECTIVES.register("ipo", "capo.method.objectives:ipo_loss", "IPO, g(u) = (1 - u)^2 (Eq. 4)")
-OBJECTIVES.register("capo", "capo.method.objectives:capo_loss", "CaPO, (gap R_ca - u)^2 (Eq. 8)")
-OBJECTIVES.register("grpo", "capo.method.grpo:grpo_loss",
-                   "GRPO baseline: online rollouts, clipped ratio on group-relative advantages + beta KL (capo.stages.grpo)")
+for _name, _doc in vocabulary.OBJECTIVES.items():
+    OBJECTIVES.register(_name, f"capo.method.objectives:{_name}_loss", _doc)
+OBJECTIVES.register("grpo", "capo.method.grpo:grpo_loss", vocabulary.BASELINES["grpo"])
 
 TRANSFORMS = Registry("BT transform")
 TRANSFORMS.register("identity", "capo.method.calibration:bt_transform", "BT-trained logit rewards")
@@ -80,9 +79,48 @@ TRANSFORMS.register("temperature:T", "capo.method.calibration:bt_transform", "bo
 ALL = {"selectors": SELECTORS, "objectives": OBJECTIVES, "transforms": TRANSFORMS}
 
 
-def all_registries() -> dict[str, Registry]:
-    """Every registry, the model and reward ones included (imported here to avoid cycles)."""
-    from capo.models import MODELS
-    from capo.rewards import REWARDS
+# Base models (capo.models): factories imported only when a model is loaded.
+MODELS = Registry("model")
+MODELS.register("shapes-sdxl", "capo.worlds.shapes.zoo:load_sdxl_like",
+                "shapes world, SDXL-like: UNet2DConditionModel, DDPM eps, DDIM + CFG")
+MODELS.register("shapes-sd3", "capo.worlds.shapes.zoo:load_sd3_like",
+                "shapes world, SD3-like: SD3Transformer2DModel, rectified flow, Euler + CFG")
+# Real base models (capo.models.diffusers_backends): a hub id from the local HF cache, or path=DIR.
+MODELS.register("sdxl", "capo.models.diffusers_backends:load_sdxl",
+                "SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0): DDPM eps, DDIM, guidance 7.5, 50 steps")
+MODELS.register("sd3-medium", "capo.models.diffusers_backends:load_sd3_medium",
+                "SD3 medium (stabilityai/stable-diffusion-3-medium-diffusers): rectified flow, flow DPM-solver, "
+                "guidance 5.0, 50 steps")
 
-    return {**ALL, "models": MODELS, "rewards": REWARDS}
+
+# Reward models (capo.rewards): factories imported only when a reward is loaded.
+REWARDS = Registry("reward model")
+# The paper's reward models, real implementations (capo.rewards.real).
+REWARDS.register("pickscore", "capo.rewards.real:pickscore", "PickScore v1 (yuvalkirstain/PickScore_v1): logit_scale * cos")
+REWARDS.register("hps", "capo.rewards.real:hps", "HPSv2.1 (xswu/HPSv2, OpenCLIP ViT-H-14): cos(image, text)")
+REWARDS.register("imagereward", "capo.rewards.real:imagereward", "ImageReward v1.0 (THUDM/ImageReward; pip image-reward)")
+REWARDS.register("aesthetic", "capo.rewards.real:aesthetic", "LAION improved aesthetic predictor on CLIP ViT-L/14, ~1-10")
+REWARDS.register("clipscore", "capo.rewards.real:clipscore", "CLIPScore 2.5 * max(cos, 0), CLIP ViT-B/32 (Hessel et al.)")
+REWARDS.register("vqascore", "capo.rewards.vqascore:vqascore_t5", "VQAScore P('Yes' | image, question) over CLIP-FlanT5-XXL (zhiqiulin/clip-flant5-xxl), the paper's")
+REWARDS.register("vqascore-xl", "capo.rewards.vqascore:vqascore_xl", "VQAScore over CLIP-FlanT5-XL (zhiqiulin/clip-flant5-xl), for smaller GPUs")
+REWARDS.register("vqascore-blip", "capo.rewards.real:vqascore_blip", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base): not the paper's numbers")
+REWARDS.register("vila", "capo.rewards.vila:vila", "VILA-R aesthetic (Google, TensorFlow SavedModel) in a worker process; extra capo[vila]")
+REWARDS.register("mps", "capo.rewards.mps:mps", "MPS overall preference (Kwai-Kolors/MPS; CLIP-H + cross-attention head, RE-N-Y/mpsv1)")
+
+# The shapes world's reward models (capo.worlds.shapes.rewards): learned proxies trained
+# from scratch against the world's hidden truth, plus that truth itself for evaluation.
+REWARDS.register("shapes-pref", "capo.worlds.shapes.rewards:load_pref", "shapes world, MPS/PickScore analogue: tiny CLIP, BT-trained logit_scale * cos")
+REWARDS.register("shapes-vqa", "capo.worlds.shapes.rewards:load_vqa", "shapes world, VQAScore analogue: tiny BLIP image-text matching P(yes)")
+REWARDS.register("shapes-aesthetic", "capo.worlds.shapes.rewards:load_aesthetic", "shapes world, VILA analogue: image-only ViT regressor, ~1-10")
+REWARDS.register("shapes-gold", "capo.worlds.shapes.rewards:load_gold", "shapes world hidden truth (truth.utility): evaluation only, not learned")
+
+
+# Prompt sets a world generates itself, named FAMILY:NAME (capo.prompts); each entry maps NAME to records.
+WORLD_PROMPTS = Registry("world prompt family")
+WORLD_PROMPTS.register("shapes", "capo.worlds.shapes.grammar:named_prompt_set",
+                       "the shapes world's sets: shapes:train, shapes:geneval, shapes:compbench:<category> (@val/@test halves)")
+
+
+def all_registries() -> dict[str, Registry]:
+    """Every registry, by the name ``capo ls`` and config rules (``@rewards``) use."""
+    return {**ALL, "models": MODELS, "rewards": REWARDS, "world-prompts": WORLD_PROMPTS}

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capo import claims
-from capo.tables import Evidence, table2, to_csv_rows, to_latex, to_markdown
+from capo.report import claims
+from capo.report.evidence import Evidence
+from capo.report.render import to_csv_rows, to_latex, to_markdown
+from capo.report.tables import table2
 
 REWARDS = ["ra", "rb"]
 ROLES = {"ra": "MPS", "rb": "VQA"}
@@ -105,7 +107,7 @@ def test_evidence_refuses_misaligned_images(tmp_path):
 
 
 def test_replication_conflict_is_reproduced_against_contradicted_only():
-    from capo.claims import conflict
+    from capo.report.replication import conflict
 
     assert conflict({"seeds-0": "reproduced", "seeds-1": "contradicted"})
     assert conflict({"a": "contradicted", "b": "inconclusive", "c": "reproduced"})
@@ -115,7 +117,7 @@ def test_replication_conflict_is_reproduced_against_contradicted_only():
 
 
 def test_a_contradicted_claim_shows_a_contradicting_comparison():
-    from capo.claims import weakest
+    from capo.report.claims import weakest
 
     comps = [{"a": "x", "ci_low": -31.7, "ci_high": 3.7, "verdict": "inconclusive"},
              {"a": "y", "ci_low": -20.0, "ci_high": -2.0, "verdict": "contradicted"},

@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"generate": "capo.stages.generate:GenerateConfig", "score": "capo.stages.score:ScoreConfig",
           "train": "capo.stages.train:TrainConfig", "merge": "capo.stages.merge:MergeConfig",
           "eval": "capo.stages.evaluate:EvalConfig", "sweep": "capo.stages.sweep:SweepConfig",
-          "reproduce": "capo.stages.reproduce:ReproduceConfig", "iterate": "capo.stages.iterate:IterateConfig",
-          "online": "capo.stages.online:OnlineConfig"}
+          "reproduce": "capo.experiments.reproduce:ReproduceConfig", "iterate": "capo.stages.iterate:IterateConfig",
+          "online": "capo.experiments.online:OnlineConfig"}
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from capo.report import check_gates, compare_metrics, parse_gate
+from capo.report.compare import check_gates, compare_metrics, parse_gate
 from capo.stages import evaluate, train
 from cli import main
 

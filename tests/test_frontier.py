@@ -1,11 +1,11 @@
-"""capo.frontier (win-rate at matched divergence along a beta sweep) and the frontier figures."""
+"""capo.report.frontier (win-rate at matched divergence along a beta sweep) and the frontier figures."""
 
 import json
 
 import numpy as np
 import pytest
 
-from capo import figures, frontier
+from capo.report import figures, frontier
 
 REWARDS = ["r-a", "r-b"]
 GOLD = "gold"

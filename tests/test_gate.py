@@ -2,7 +2,7 @@
 
 import pytest
 
-from capo.report import FIELDS, Gate, check_gates, compare_table, parse_gate
+from capo.report.compare import FIELDS, Gate, check_gates, compare_table, parse_gate
 
 METRICS = {
     "geneval.overall": {"value": -0.03, "ci_low": -0.07, "ci_high": 0.01, "kind": "delta"},

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from capo.eval import geneval as G
+from capo.eval.prompts import load_metadata
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 needs_bench = pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark copies not at {BENCH}")
@@ -269,7 +270,7 @@ def test_summary_prompt_accuracy_any_image():
 
 @needs_bench
 def test_load_metadata_real_file_and_object_names():
-    recs = G.load_metadata(BENCH / "geneval" / "evaluation_metadata.jsonl")
+    recs = load_metadata(BENCH / "geneval" / "evaluation_metadata.jsonl")
     assert len(recs) == 553
     assert {r["tag"] for r in recs} == set(G.TAGS)
     names = (BENCH / "geneval" / "object_names.txt").read_text().splitlines()
@@ -292,7 +293,7 @@ def test_load_metadata_malformed_line_is_named(tmp_path, line, match):
     path = tmp_path / "meta.jsonl"
     path.write_text(f"{good}\n{good}\n{line}\n{good}\n")
     with pytest.raises(ValueError, match=match) as e:
-        G.load_metadata(path)
+        load_metadata(path)
     assert f"{path}:3" in str(e.value)
 
 

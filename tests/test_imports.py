@@ -1,5 +1,5 @@
-"""Imports run down the layers (issue #20): method <- data <- models/rewards <- evaluation <- stages
-<- reporting <- CLI. ARCHITECTURE.md lists the same layers. A new upward import fails here;
+"""Imports run down the layers (issue #20): vocabulary <- method <- data <- models/rewards <- evaluation
+<- stages <- reporting <- experiments <- CLI. ARCHITECTURE.md lists the same layers. A new upward import fails here;
 the upward imports that remain from before are listed in KNOWN_CLIMBS, to be removed, never added to."""
 
 import ast
@@ -8,36 +8,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = [  # lowest first; a module may import from its own layer or any below it
+    ("vocabulary", ["capo/vocabulary.py", "capo/__init__.py"]),
     ("method", ["capo/method/"]),
     ("data", ["capo/artifacts.py", "capo/registry.py", "capo/config.py", "capo/progress.py", "capo/dist.py",
-              "capo/prompts.py", "capo/samples.py", "capo/datasets/", "capo/eval/prompts.py", "capo/openclip.py",
-              "capo/__init__.py"]),
+              "capo/prompts.py", "capo/samples.py", "capo/datasets/", "capo/eval/prompts.py", "capo/openclip.py"]),
     ("models", ["capo/models/", "capo/rewards/", "capo/worlds/", "capo/weights.py"]),
     ("eval", ["capo/eval/"]),
-    ("stages", ["capo/stages/", "capo/plan.py", "capo/export.py", "capo/tracking.py"]),
-    ("report", ["capo/tables.py", "capo/claims.py", "capo/frontier.py", "capo/figures.py", "capo/report.py"]),
+    ("stages", ["capo/stages/", "capo/plan.py", "capo/tracking.py", "capo/worlds/shapes/build.py",
+                "capo/datasets/pickapic.py"]),
+    ("report", ["capo/report/"]),
+    ("experiments", ["capo/experiments/", "capo/export.py"]),
     ("cli", ["cli.py", "capo/__main__.py"]),
 ]
 
-# (importer, imported) pairs that climb today; issue #20 removes them
-KNOWN_CLIMBS = {
-    ("capo/datasets/pickapic.py", "capo/models/__init__.py"),
-    ("capo/eval/prompts.py", "capo/eval/geneval.py"),
-    ("capo/eval/prompts.py", "capo/eval/t2i_compbench.py"),
-    ("capo/export.py", "capo/report.py"),
-    ("capo/plan.py", "capo/tables.py"),
-    ("capo/prompts.py", "capo/worlds/shapes/grammar.py"),
-    ("capo/registry.py", "capo/models/__init__.py"),
-    ("capo/registry.py", "capo/rewards/__init__.py"),
-    ("capo/stages/online.py", "capo/figures.py"),
-    ("capo/stages/online.py", "capo/tables.py"),
-    ("capo/stages/power.py", "capo/tables.py"),
-    ("capo/stages/reproduce.py", "capo/figures.py"),
-    ("capo/stages/reproduce.py", "capo/tables.py"),
-    ("capo/worlds/shapes/build.py", "capo/eval/geneval.py"),
-    ("capo/worlds/shapes/evaluator.py", "capo/eval/geneval.py"),
-    ("capo/worlds/shapes/evaluator.py", "capo/eval/t2i_compbench.py"),
-}
+# (importer, imported) pairs that climb today; issue #20 removed the last of them: keep it empty
+KNOWN_CLIMBS: set[tuple[str, str]] = set()
 
 
 def layer_of(rel: str) -> int | None:
@@ -99,6 +84,66 @@ def test_no_new_upward_import():
                                  for a, b in sorted(new)))
 
 
+def graph() -> dict[str, set[str]]:
+    """File -> the capo files it imports (at module top or inside functions)."""
+    sources = {str(f.relative_to(ROOT)): f.read_text(encoding="utf-8")
+               for f in [ROOT / "cli.py", *sorted((ROOT / "capo").rglob("*.py"))]}
+    return {rel: internal_imports(src) - {rel} for rel, src in sources.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of ``g``: its strongly connected components of more than one file
+    (Tarjan's algorithm, iterative)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in g:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(g.get(root, ()))))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(g.get(w, ())))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_no_import_circle():
+    assert not cycles(graph()), f"import circles: {cycles(graph())}"
+
+
+def test_a_planted_circle_is_caught():
+    """Two files importing each other (one of them inside a function) form a circle."""
+    g = graph()
+    g["capo/stages/planted_a.py"] = internal_imports("from capo.stages.planted_b import f\n") | {"capo/stages/planted_b.py"}
+    g["capo/stages/planted_b.py"] = {"capo/stages/planted_a.py", "capo/stages/train.py"}
+    assert cycles(g) == [["capo/stages/planted_a.py", "capo/stages/planted_b.py"]]
+
+
 def test_known_climbs_are_still_there():
     """A climb removed must leave KNOWN_CLIMBS too (the list only shrinks)."""
     gone = KNOWN_CLIMBS - climbs()
@@ -107,9 +152,9 @@ def test_known_climbs_are_still_there():
 
 def test_a_planted_upward_import_is_caught():
     planted = {"capo/method/planted.py": "def f():\n    from capo.stages.train import run\n",
-               "capo/eval/planted.py": "import capo.tables\n"}
+               "capo/eval/planted.py": "import capo.report.tables\n"}
     assert climbs(planted) - KNOWN_CLIMBS == {("capo/method/planted.py", "capo/stages/train.py"),
-                                              ("capo/eval/planted.py", "capo/tables.py")}
+                                              ("capo/eval/planted.py", "capo/report/tables.py")}
 
 
 def test_architecture_md_names_the_layers():

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from capo import artifacts
-from capo.stages import online
+from capo.experiments import online
 
 
 def test_labels_and_round_checkpoints(tmp_path):
@@ -33,7 +33,7 @@ def test_config_refuses_budgets_that_do_not_split():
 
 @pytest.mark.slow
 def test_online_end_to_end_equal_budget_and_report(tiny_chain, tmp_path):
-    from capo.tables import Evidence
+    from capo.report.evidence import Evidence
 
     cfg = online.OnlineConfig(
         out=str(tmp_path / "run"), reports=str(tmp_path / "reports"), bases=[str(tiny_chain / "base")],
@@ -97,8 +97,8 @@ def test_grpo_cells_equal_budget_and_report(tiny_chain, tmp_path):
     """GRPO cells beside CaPO offline: same generated images, optimizer steps and denoiser passes
     (from the runs' own manifests), the gold logged on every rollout and never trained on, the
     report's head-to-head verdicts those of their intervals."""
-    from capo.stages import online_grpo
-    from capo.tables import Evidence
+    from capo.experiments import online_grpo
+    from capo.report.evidence import Evidence
 
     cfg = online.OnlineConfig(
         out=str(tmp_path / "run"), reports=str(tmp_path / "reports"), bases=[str(tiny_chain / "base")],

@@ -22,7 +22,8 @@ import pytest
 
 from conftest import ROOT, SHARED
 from capo import plan
-from capo.stages import reproduce as R
+from capo.experiments import budget
+from capo.experiments import reproduce as R
 
 CAPO = [sys.executable, "-m", "capo"]
 
@@ -53,7 +54,7 @@ def test_experiment_plan_by_hand(tmp_path):
                     eval_prompts="shapes:geneval@test", eval_limit=20, benchmarks=False, steps=100, batch_size=4,
                     train_options={"grad_accum": 2, "mixed_precision": "bf16"}, gpus=8, biases=[1.5], seeds=[0, 1],
                     pickapic=str(tmp_path / "*.parquet"))
-    p = plan.experiment(cfg)
+    p = budget.experiment(cfg)
     b = p["bases"]["sdxl"]
     # cells: 3 objectives x (3 single + SUM + FRS) + capo-frs-constant (Table 5's other weighting) + dpo-human
     assert b["cells"] == 17 and b["runs_sweep"] == 17 * 3 and b["runs_seeds"] == 17 and b["soups"] == 6
@@ -70,7 +71,7 @@ def test_experiment_plan_by_hand(tmp_path):
     assert b["peak_gib_per_gpu"] == pytest.approx(plan.plan("sdxl", mixed_precision="bf16", pairs_per_gpu=4,
                                                             accum=2, gpus=8)["peak_gib_per_gpu"])
     assert p["exact_counts"]  # the shapes sets are built in: counted, not estimated
-    text = plan.render_experiment(p)
+    text = budget.render_experiment(p)
     assert "17,340" in text and "GPU-hours" in text
     # scale: every prompt count and the steps shrink, nothing else
     s = R.scaled(paper_cfg(scale=0.001))

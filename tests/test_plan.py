@@ -257,7 +257,7 @@ def test_reproduce_dry_run_prints_the_grpo_cells(tmp_path, monkeypatch):
     each a 3-point beta sweep + 1 more seed = 32 runs of 500 steps of 4 prompts x 8 images on 8 GPUs,
     SDXL's 50 DDIM steps all trained with CFG; GPU-hours by hand from the anchors."""
     from capo.config import to_dict
-    from capo.stages import reproduce as R
+    from capo.experiments import reproduce as R
 
     r = _reproduce(monkeypatch, tmp_path, "--dry-run", "grpo=true")
     assert r.exit_code == 0, r.output
@@ -283,7 +283,7 @@ def test_reproduce_dry_run_prints_the_grpo_cells(tmp_path, monkeypatch):
 
 def test_reproduce_grpo_without_dry_run_is_an_error(tmp_path, monkeypatch):
     from capo.config import ConfigError
-    from capo.stages import reproduce as R
+    from capo.experiments import reproduce as R
 
     r = _reproduce(monkeypatch, tmp_path, "grpo=true")
     assert r.exit_code != 0 and "the GRPO cells are planned" in r.output and "not yet run by reproduce" in r.output

@@ -1,4 +1,4 @@
-"""Power planning (capo.eval.power, capo.stages.power): variance parts by the method of moments,
+"""Power planning (capo.eval.power, capo.experiments.power): variance parts by the method of moments,
 the interval stats.py reports for a design, the power formula against a closed form, and the
 planner's recommended designs checked by simulation with capo's own interval code."""
 
@@ -138,7 +138,7 @@ def test_t_quantiles_match_scipy():
 
 def _simulated_power(rng, make, S, P, K, reps, n_boot):
     """The share of simulated tables whose paired difference new - old has a CI excluding 0,
-    through bootstrap_contrasts(...).difference: the code capo.tables uses."""
+    through bootstrap_contrasts(...).difference: the code capo.report.tables uses."""
     seed, prompt = _ids(S, P, K)
     hits = 0
     for r in range(reps):
@@ -214,8 +214,8 @@ def test_planning_from_a_win_pilot_holds_in_simulation():
 
 def test_committed_defaults_are_the_committed_reports():
     """COMMITTED_FULL is what reports/tables.csv says (refresh it when the reports change:
-    capo.stages.power.summary_pilot('reports/tables.csv'))."""
-    from capo.stages import power as PW
+    capo.experiments.power.summary_pilot('reports/tables.csv'))."""
+    from capo.experiments import power as PW
 
     from conftest import ROOT
 
@@ -263,7 +263,7 @@ def _write_eval(root, S=3, P=12, K=2, seed=0):
 
 
 def test_capo_power_on_per_image_runs_and_its_json(tmp_path):
-    from capo.stages import power as PW
+    from capo.experiments import power as PW
     from cli import main
 
     labels = _write_eval(tmp_path / "run")
@@ -291,7 +291,7 @@ def test_capo_power_on_per_image_runs_and_its_json(tmp_path):
 
 def test_two_one_seed_runs_stack_as_seeds(tmp_path):
     """Runs holding the same prompts and images add their seeds (e.g. two one-seed quick runs)."""
-    from capo.stages import power as PW
+    from capo.experiments import power as PW
 
     for j in range(2):
         _write_eval(tmp_path / f"run{j}", S=1, seed=j)

@@ -27,7 +27,7 @@ def test_differences_name_what_differs():
 
 
 def test_eval_results_carry_the_card_and_compare_prints_it(tiny_chain, tmp_path):
-    from capo.report import compare_table
+    from capo.report.compare import compare_table
     from capo.stages import evaluate
 
     base = str(tiny_chain / "base")
@@ -45,7 +45,7 @@ def test_eval_results_carry_the_card_and_compare_prints_it(tiny_chain, tmp_path)
 def test_tables_print_cards_and_say_when_bases_differ(tmp_path):
     import json
 
-    from capo.tables import protocol_markdown
+    from capo.report.tables import protocol_markdown
 
     card = {"seed": 0, "images_per_prompt": 4, "prompt_sets": {}, "geneval": P.geneval_part("shapes")}
     for b, n in (("sdxl", 4), ("sd3", 2)):

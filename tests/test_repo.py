@@ -29,7 +29,7 @@ def test_readme_main_job_is_a_valid_reproduce_preset():
     """The main job is `capo reproduce --preset P`; P must resolve and build a valid config
     (its execution path is tested end to end on tiny models in test_reproduce.py)."""
     from capo.config import build
-    from capo.stages import reproduce
+    from capo.experiments import reproduce
 
     install_and_run, _ = readme_commands()
     job = shlex.split(install_and_run.split(" && ")[-1])

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from capo import artifacts
-from capo.stages import reproduce
-from capo.tables import PAPER, paper_table
+from capo.experiments import reproduce
+from capo.report.paper import PAPER, paper_table
 from cli import main
 
 
@@ -99,7 +99,8 @@ def test_table3_rows_name_the_base_model_and_bold_the_better(tmp_path):
     and bold only for the model that is better beyond that CI."""
     import pandas as pd
 
-    from capo.tables import table3, to_markdown
+    from capo.report.render import to_markdown
+    from capo.report.tables import table3
 
     pids = [f"p{i}" for i in range(20)]
     tags = ["counting"] * 10 + ["colors"] * 10

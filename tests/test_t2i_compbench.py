@@ -13,6 +13,7 @@ import pytest
 
 from capo.eval import detectors as D
 from capo.eval import t2i_compbench as T
+from capo.eval.prompts import complex_kind
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 needs_bench = pytest.mark.skipif(not BENCH.is_dir(), reason=f"benchmark copies not at {BENCH}")
@@ -186,9 +187,9 @@ def test_three_in_one():
         T.three_in_one_score(0, 0, 0, "other")
     spatial = ["The red hat was on top of the brown coat rack.\n"]
     action = ["The black phone was resting on the brown charger."]
-    assert T.complex_kind("the red hat was on top of the brown coat rack", spatial, action) == "spatial"
-    assert T.complex_kind("The black phone was resting on the brown charger.", spatial, action) == "action"
-    assert T.complex_kind("A cat sat next to a dog and ate.", spatial, action) == "all"
+    assert complex_kind("the red hat was on top of the brown coat rack", spatial, action) == "spatial"
+    assert complex_kind("The black phone was resting on the brown charger.", spatial, action) == "action"
+    assert complex_kind("A cat sat next to a dog and ate.", spatial, action) == "all"
 
 
 def test_summarize_per_category():

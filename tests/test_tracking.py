@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from capo import artifacts, tracking
 from capo.config import ConfigError
-from capo.stages import iterate, reproduce, sweep, train
+from capo.experiments import reproduce
+from capo.stages import iterate, sweep, train
 
 
 def train_cfg(root: Path, out: Path, **kw) -> train.TrainConfig:

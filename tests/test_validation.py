@@ -22,7 +22,7 @@ STAGES = {  # command -> config class (pairs has its own click options, tested b
     "generate": "capo.stages.generate:GenerateConfig", "score": "capo.stages.score:ScoreConfig",
     "train": "capo.stages.train:TrainConfig", "merge": "capo.stages.merge:MergeConfig",
     "sweep": "capo.stages.sweep:SweepConfig", "eval": "capo.stages.evaluate:EvalConfig",
-    "reproduce": "capo.stages.reproduce:ReproduceConfig", "world build": "capo.worlds.shapes.build:WorldConfig",
+    "reproduce": "capo.experiments.reproduce:ReproduceConfig", "world build": "capo.worlds.shapes.build:WorldConfig",
 }
 VALID = {  # a valid value of every required key (nothing is read: validation comes first)
     "model": "shapes-sdxl", "prompts": "shapes:train", "samples": "SAMPLES", "rewards": "shapes-pref",

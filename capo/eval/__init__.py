@@ -22,11 +22,10 @@ from capo.eval.geneval import (
     clip_color_classifier,
     evaluate_image,
     get_detector,
-    load_metadata,
     register_detector,
 )
 from capo.eval.geneval import summarize as summarize_geneval
-from capo.eval.prompts import PROMPT_SETS, get_prompt_set, list_prompt_sets, load_prompt_set
+from capo.eval.prompts import PROMPT_SETS, get_prompt_set, list_prompt_sets, load_metadata, load_prompt_set
 from capo.eval.t2i_compbench import summarize as summarize_t2i_compbench
 from capo.eval.stats import best_beyond_ci, bootstrap_contrasts, two_level_bootstrap, verdict
 from capo.eval.winrate import bootstrap_delta, bootstrap_mean, win_rate

@@ -47,14 +47,14 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from capo.method.positions import POSITION_THRESHOLD, relative_position
+
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
 NMS_THRESHOLD = 1.0
-POSITION_THRESHOLD = 0.1
 
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
-RELATIONS = ("left of", "right of", "above", "below")
 
 # evaluate_images.py: COLORS, and the three zero-shot templates of color_classification()
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -115,37 +115,6 @@ def compute_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
                   min(box_a[2], box_b[2]), min(box_a[3], box_b[3])])
     union = area(box_a) + area(box_b) - inter
     return inter / union if union else 0
-
-
-def relative_position(box_a: Sequence[float], box_b: Sequence[float],
-                      position_threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """Relations of box A to box B; upstream ``relative_position``.
-
-    ``offset = centre_a - centre_b``; each axis is shrunk towards 0 by the margin
-    ``position_threshold * (size_a + size_b)`` on that axis (widths for x, heights for y),
-    clipped at 0. If both shrunk components are below 1e-3 in magnitude: no relation.
-    Otherwise ``(dx, dy) = shrunk / |offset|`` (the norm of the *unshrunk* offset), and
-    ``dx < -0.5`` -> "left of", ``dx > 0.5`` -> "right of", ``dy < -0.5`` -> "above",
-    ``dy > 0.5`` -> "below" (image y grows downwards).
-    """
-    boxes = np.array([list(box_a)[:4], list(box_b)[:4]], dtype=np.float64).reshape(2, 2, 2)
-    center_a, center_b = boxes.mean(axis=-2)
-    dim_a, dim_b = np.abs(np.diff(boxes, axis=-2))[..., 0, :]
-    offset = center_a - center_b
-    revised = np.maximum(np.abs(offset) - position_threshold * (dim_a + dim_b), 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    relations = set()
-    if dx < -0.5:
-        relations.add("left of")
-    if dx > 0.5:
-        relations.add("right of")
-    if dy < -0.5:
-        relations.add("above")
-    if dy > 0.5:
-        relations.add("below")
-    return relations
 
 
 # --------------------------------------------------------------------------- rules
@@ -362,66 +331,6 @@ def write_results_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any
     path = Path(path)
     artifacts.write_text(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
     return path
-
-
-def load_metadata(path: str | os.PathLike) -> list[dict]:
-    """Read GenEval's ``evaluation_metadata.jsonl``: one JSON object a line.
-
-    Each record needs ``tag`` and ``prompt`` (strings) and ``include`` (a non-empty list of
-    ``{"class": str, "count": int >= 1, optional "color": str, optional "position":
-    [relation, index of an earlier include clause]}``); ``exclude`` is optional
-    (``{"class", "count"}``). Errors name the file and the line.
-    """
-    path = Path(path)
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                raise ValueError(f"{where}: blank line in GenEval metadata")
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            _validate_record(rec, where)
-            records.append(rec)
-    if not records:
-        raise ValueError(f"{path}: no GenEval records")
-    return records
-
-
-def _validate_record(rec: Any, where: str) -> None:
-    if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-    for key in ("tag", "prompt"):
-        if not isinstance(rec.get(key), str):
-            raise ValueError(f"{where}: '{key}' must be a string")
-    include = rec.get("include")
-    if not isinstance(include, list) or not include:
-        raise ValueError(f"{where}: 'include' must be a non-empty list")
-    for j, req in enumerate(include):
-        _validate_clause(req, f"{where}: include[{j}]")
-        if "position" in req:
-            pos = req["position"]
-            if (not isinstance(pos, list) or len(pos) != 2 or pos[0] not in RELATIONS
-                    or not isinstance(pos[1], int) or not 0 <= pos[1] < j):
-                raise ValueError(f"{where}: include[{j}].position must be [one of {list(RELATIONS)}, "
-                                 f"index of an earlier clause], got {pos!r}")
-        if "color" in req and not isinstance(req["color"], str):
-            raise ValueError(f"{where}: include[{j}].color must be a string")
-    exclude = rec.get("exclude", [])
-    if not isinstance(exclude, list):
-        raise ValueError(f"{where}: 'exclude' must be a list")
-    for j, req in enumerate(exclude):
-        _validate_clause(req, f"{where}: exclude[{j}]")
-
-
-def _validate_clause(req: Any, where: str) -> None:
-    if not isinstance(req, dict) or not isinstance(req.get("class"), str):
-        raise ValueError(f"{where} must be an object with a string 'class'")
-    count = req.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError(f"{where}.count must be an integer >= 1, got {count!r}")
 
 
 # --------------------------------------------------------------------------- class names

@@ -1,6 +1,6 @@
 """Power planning for capo's head-to-head comparisons: how many training seeds, prompts and
 images per prompt a comparison needs before the 95% CI that ``capo.eval.stats`` reports can
-decide a given difference. Arrays in, numbers out (the runs are read by ``capo.stages.power``).
+decide a given difference. Arrays in, numbers out (the runs are read by ``capo.experiments.power``).
 
 Design and model: those of ``capo.eval.stats``. A comparison A - B is evaluated with ``S``
 training seeds per arm (seed i of A paired with seed i of B), ``P`` prompts and ``K`` images
@@ -338,7 +338,7 @@ def parts_from_half_width(half: float, S: int, P: int, K: int, ci: float = CI) -
 # (reports/tables.csv, 2026-12-02; 3 training seeds x 50 test prompts x 2 images). Its per-image
 # results are not committed, so the parts come from its intervals (4. above): per base, the mean
 # over the 16 head-to-head comparisons of u_S = (half-width of the gold win-rate difference /
-# t_2)^2, in pp^2. `capo.stages.power.summary_pilot("reports/tables.csv")` recomputes them
+# t_2)^2, in pp^2. `capo.experiments.power.summary_pilot("reports/tables.csv")` recomputes them
 # (tests/test_power.py checks that it gives these numbers).
 COMMITTED_FULL = {
     "source": "reports/tables.csv (capo reproduce --preset full, 2026-12-02): gold win-rate differences of the "
@@ -446,7 +446,7 @@ CPU_RATES = {
 
 
 def cpu_seconds(base_plan: Mapping) -> float:
-    """Predicted 2-core CPU wall time of one shapes base of a ``capo.plan.experiment`` plan."""
+    """Predicted 2-core CPU wall time of one shapes base of a ``capo.experiments.budget.experiment`` plan."""
     im = base_plan["images"]
     return (CPU_RATES["train_sample_s"] * im["training samples"]
             + CPU_RATES["training_run_s"] * base_plan["training_runs"]

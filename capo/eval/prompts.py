@@ -40,7 +40,7 @@ import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 
@@ -120,8 +120,6 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _parse_geneval(paths: Mapping[str, Path]) -> list[dict]:
-    from capo.eval.geneval import load_metadata
-
     records = load_metadata(paths["geneval/evaluation_metadata.jsonl"])
     # ids follow upstream's image folders (generation/diffusers_generate.py: f"{index:0>5}")
     return [{"id": f"{i:05d}", "index": i, **rec} for i, rec in enumerate(records)]
@@ -133,8 +131,6 @@ def _parse_compbench(category: str):
         records = [{"id": f"{i:04d}", "index": i, "prompt": line.strip(), "category": category}
                    for i, line in enumerate(lines)]
         if category == "complex":
-            from capo.eval.t2i_compbench import complex_kind
-
             spatial = _read_lines(paths["t2i-compbench/complex_val_spatial.txt"])
             action = _read_lines(paths["t2i-compbench/complex_val_action.txt"])
             for rec, line in zip(records, lines):
@@ -390,3 +386,85 @@ def load_prompt_set(name: str, cache_dir: str | os.PathLike | None = None,
             raise ValueError(f"limit must be >= 0, got {limit}")
         records = records[:limit]
     return records
+
+
+# ----------------------------------------------------------------------------- benchmark file formats
+# GenEval's metadata lines and T2I-CompBench's complex-prompt kinds are parsed here, where the
+# files are read; capo.eval.geneval and capo.eval.t2i_compbench import them.
+RELATIONS = ("left of", "right of", "above", "below")
+
+
+def load_metadata(path: str | os.PathLike) -> list[dict]:
+    """Read GenEval's ``evaluation_metadata.jsonl``: one JSON object a line.
+
+    Each record needs ``tag`` and ``prompt`` (strings) and ``include`` (a non-empty list of
+    ``{"class": str, "count": int >= 1, optional "color": str, optional "position":
+    [relation, index of an earlier include clause]}``); ``exclude`` is optional
+    (``{"class", "count"}``). Errors name the file and the line.
+    """
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            if not line.strip():
+                raise ValueError(f"{where}: blank line in GenEval metadata")
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            _validate_record(rec, where)
+            records.append(rec)
+    if not records:
+        raise ValueError(f"{path}: no GenEval records")
+    return records
+
+
+def _validate_record(rec: Any, where: str) -> None:
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for key in ("tag", "prompt"):
+        if not isinstance(rec.get(key), str):
+            raise ValueError(f"{where}: '{key}' must be a string")
+    include = rec.get("include")
+    if not isinstance(include, list) or not include:
+        raise ValueError(f"{where}: 'include' must be a non-empty list")
+    for j, req in enumerate(include):
+        _validate_clause(req, f"{where}: include[{j}]")
+        if "position" in req:
+            pos = req["position"]
+            if (not isinstance(pos, list) or len(pos) != 2 or pos[0] not in RELATIONS
+                    or not isinstance(pos[1], int) or not 0 <= pos[1] < j):
+                raise ValueError(f"{where}: include[{j}].position must be [one of {list(RELATIONS)}, "
+                                 f"index of an earlier clause], got {pos!r}")
+        if "color" in req and not isinstance(req["color"], str):
+            raise ValueError(f"{where}: include[{j}].color must be a string")
+    exclude = rec.get("exclude", [])
+    if not isinstance(exclude, list):
+        raise ValueError(f"{where}: 'exclude' must be a list")
+    for j, req in enumerate(exclude):
+        _validate_clause(req, f"{where}: exclude[{j}]")
+
+
+def _validate_clause(req: Any, where: str) -> None:
+    if not isinstance(req, dict) or not isinstance(req.get("class"), str):
+        raise ValueError(f"{where} must be an object with a string 'class'")
+    count = req.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"{where}.count must be an integer >= 1, got {count!r}")
+
+
+def complex_key(prompt: str) -> str:
+    """How ``3_in_1.py`` matches prompts across files: the text before the first '.', lower-cased."""
+    return prompt.strip("\n").split(".")[0].lower()
+
+
+def complex_kind(prompt: str, spatial_prompts: Iterable[str], action_prompts: Iterable[str]) -> str:
+    """``"spatial"`` if the prompt is in ``complex_val_spatial.txt``, else ``"action"`` if in
+    ``complex_val_action.txt``, else ``"all"`` (upstream order of the tests)."""
+    key = complex_key(prompt)
+    if key in {complex_key(p) for p in spatial_prompts}:
+        return "spatial"
+    if key in {complex_key(p) for p in action_prompts}:
+        return "action"
+    return "all"

@@ -57,6 +57,8 @@ import numpy as np
 
 from capo.eval.detectors import UNIDET_SCORE_THRESHOLD, run_detector, unidet_input_size
 from capo.eval.geneval import _to_pil_rgb
+from capo.eval.prompts import complex_kind
+from capo.method.positions import DISTANCE_THRESHOLD, IOU_THRESHOLD, Box, determine_position
 
 CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex", "numeracy", "3d_spatial")
 METRIC_OF_CATEGORY = {"color": "blip_vqa", "shape": "blip_vqa", "texture": "blip_vqa",
@@ -92,8 +94,6 @@ SPATIAL_VOCAB = ("on side of", "next to", "near", "on the left of", "on the righ
 COMPLEX_PREPOSITIONS = ("on top of", "on bottom of", "on the left", "on the right", "next to",
                         "on side of", "near")
 PERSON_WORDS = ("girl", "boy", "man", "woman")
-IOU_THRESHOLD = 0.1
-DISTANCE_THRESHOLD = 150.0       # pixels of the detector's input frame
 SPATIAL_FLOOR = 0.5              # if score < 0.5: score = 0 (2D only)
 # Detector classes named differently from the noun a prompt uses (GenEval's COCO names).
 DETECTOR_NOUN_ALIASES = {"computer mouse": "mouse", "tv remote": "remote",
@@ -136,8 +136,6 @@ NEW_OBJECTS = (  # new_objects.txt @ 1b70949, in order (duplicates kept: list.in
 )
 _OBJECT_S = [s for s, _ in NEW_OBJECTS]
 _OBJECT_P = [p for _, p in NEW_OBJECTS]
-
-Box = Sequence[float]
 
 
 # =========================================================================== BLIP-VQA rules
@@ -199,48 +197,6 @@ def yes_probability(logits_first_token, yes_id: int = BLIP_YES_TOKEN_ID, no_id: 
 def find_locality(prompt: str) -> str | None:
     """The first entry of ``SPATIAL_VOCAB`` that occurs in the prompt (substring test, vocab order)."""
     return next((w for w in SPATIAL_VOCAB if w in prompt), None)
-
-
-def determine_position(locality: str | None, box1: Box, box2: Box, iou_threshold: float = IOU_THRESHOLD,
-                       distance_threshold: float = DISTANCE_THRESHOLD) -> float:
-    """Soft score in [0, 1] that object 1 stands in ``locality`` to object 2; upstream
-    ``determine_position``. Boxes are ``(x0, y0, x1, y1)`` in the detector's 479-px frame.
-
-    ``dx = cx2 - cx1``, ``dy = cy2 - cy1`` (centres), IoU without the +1 convention.
-    * "next to" / "on side of" / "near": 1 if ``|dx| < 150`` or ``|dy| < 150``, else
-      ``150 / max(|dx|, |dy|)``.
-    * "on the right of": needs ``dx < 0`` and ``|dx| > |dy|``; then 1 if ``IoU < 0.1``, else
-      ``0.1 / IoU``; otherwise 0. "on the left of": the same with ``dx > 0``.
-    * "on the bottom of": ``dy < 0`` and ``|dy| > |dx|``; "on the top of": ``dy > 0`` and
-      ``|dy| > |dx|``; same IoU rule.
-    * anything else, including "on top of" (found by ``find_locality`` but not handled
-      upstream), scores 0.
-    """
-    c1 = ((box1[0] + box1[2]) / 2, (box1[1] + box1[3]) / 2)
-    c2 = ((box2[0] + box2[2]) / 2, (box2[1] + box2[3]) / 2)
-    dx, dy = c2[0] - c1[0], c2[1] - c1[1]
-    x_overlap = max(0, min(box1[2], box2[2]) - max(box1[0], box2[0]))
-    y_overlap = max(0, min(box1[3], box2[3]) - max(box1[1], box2[1]))
-    inter = x_overlap * y_overlap
-    union = ((box1[2] - box1[0]) * (box1[3] - box1[1]) + (box2[2] - box2[0]) * (box2[3] - box2[1]) - inter)
-    iou = inter / union if union > 0 else 0.0  # upstream divides unguarded
-
-    def by_iou() -> float:
-        return 1.0 if iou < iou_threshold else iou_threshold / iou
-
-    if locality in ("next to", "on side of", "near"):
-        if abs(dx) < distance_threshold or abs(dy) < distance_threshold:
-            return 1.0
-        return distance_threshold / max(abs(dx), abs(dy))
-    if locality == "on the right of":
-        return by_iou() if dx < 0 and abs(dx) > abs(dy) else 0.0
-    if locality == "on the left of":
-        return by_iou() if dx > 0 and abs(dx) > abs(dy) else 0.0
-    if locality == "on the bottom of":
-        return by_iou() if dy < 0 and abs(dy) > abs(dx) else 0.0
-    if locality == "on the top of":
-        return by_iou() if dy > 0 and abs(dy) > abs(dx) else 0.0
-    return 0.0
 
 
 def simple_spatial_objects(tokens: Sequence[tuple[str, str]]) -> tuple[str | None, str | None]:
@@ -328,22 +284,6 @@ def spatial_image_score(locality: str | None, obj1: str | None, obj2: str | None
 
 
 # =========================================================================== complex (3-in-1)
-
-
-def complex_key(prompt: str) -> str:
-    """How ``3_in_1.py`` matches prompts across files: the text before the first '.', lower-cased."""
-    return prompt.strip("\n").split(".")[0].lower()
-
-
-def complex_kind(prompt: str, spatial_prompts: Iterable[str], action_prompts: Iterable[str]) -> str:
-    """``"spatial"`` if the prompt is in ``complex_val_spatial.txt``, else ``"action"`` if in
-    ``complex_val_action.txt``, else ``"all"`` (upstream order of the tests)."""
-    key = complex_key(prompt)
-    if key in {complex_key(p) for p in spatial_prompts}:
-        return "spatial"
-    if key in {complex_key(p) for p in action_prompts}:
-        return "action"
-    return "all"
 
 
 def three_in_one_score(attribute: float, spatial: float, action: float, kind: str) -> float:
@@ -1468,7 +1408,7 @@ def resolve_detector(detector, category: str, *, device: str | None = None, **de
     """The detector a category scores with: an object is used as is; a name goes to
     ``capo.eval.geneval.get_detector`` (for "unidet" with the category's checkpoint); None
     takes upstream's UniDet when its stack is supplied (``unidet_available``), else OWLv2."""
-    from capo.eval import detectors as D
+    import capo.eval.detectors as D
     from capo.eval.geneval import get_detector
 
     if detector is not None and not isinstance(detector, str):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from capo import vocabulary
+
 
 def _metrics(r_w: torch.Tensor, r_l: torch.Tensor) -> dict[str, torch.Tensor]:
     d = (r_w - r_l).detach()
@@ -60,4 +62,4 @@ def capo_loss(r_w, r_l, beta: float, target_gap, reduction: str = "mean"):
     return _reduce((gap - u) ** 2, reduction), _metrics(r_w, r_l)
 
 
-OBJECTIVES = {"dpo": dpo_loss, "ipo": ipo_loss, "capo": capo_loss}
+OBJECTIVES = {name: globals()[f"{name}_loss"] for name in vocabulary.OBJECTIVES}  # name -> loss (capo.vocabulary)

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SELECTORS = ("best-worst", "sum", "frs")
+from capo.vocabulary import PAIR_SELECTORS
+
+SELECTORS = tuple(PAIR_SELECTORS)
 _CHUNK = 16384  # prompts per block for the (chunk, N, N, L) dominance comparison
 
 

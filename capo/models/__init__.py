@@ -22,20 +22,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capo.registry import Registry
-
-MODELS = Registry("model")
-MODELS.register("shapes-sdxl", "capo.worlds.shapes.zoo:load_sdxl_like",
-                "shapes world, SDXL-like: UNet2DConditionModel, DDPM eps, DDIM + CFG")
-MODELS.register("shapes-sd3", "capo.worlds.shapes.zoo:load_sd3_like",
-                "shapes world, SD3-like: SD3Transformer2DModel, rectified flow, Euler + CFG")
+from capo.models.errors import ModelLoadError  # noqa: F401 - part of this package's interface
+from capo.registry import MODELS
 
 CHECKPOINT_FILE = "capo_checkpoint.json"
 DENOISER_WEIGHTS = "denoiser.safetensors"
 
-
-class ModelLoadError(RuntimeError):
-    """A model or checkpoint that cannot be loaded; the message says what to provide."""
 
 
 def load_model(spec: str):
@@ -178,10 +170,3 @@ def load_checkpoint(path):
         raise ModelLoadError(f"{p}: unknown checkpoint format {meta['format']!r}")
     model.denoiser.eval()
     return model
-
-# Real base models (capo.models.diffusers_backends): a hub id from the local HF cache, or path=DIR.
-MODELS.register("sdxl", "capo.models.diffusers_backends:load_sdxl",
-                "SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0): DDPM eps, DDIM, guidance 7.5, 50 steps")
-MODELS.register("sd3-medium", "capo.models.diffusers_backends:load_sd3_medium",
-                "SD3 medium (stabilityai/stable-diffusion-3-medium-diffusers): rectified flow, flow DPM-solver, "
-                "guidance 5.0, 50 steps")

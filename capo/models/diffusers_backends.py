@@ -66,7 +66,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from capo.models import ModelLoadError
+from capo.models.errors import ModelLoadError
 from capo.models.sampling import GuidedSampling
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"

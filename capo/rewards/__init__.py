@@ -15,9 +15,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from capo.registry import Registry
+from capo.registry import REWARDS
 
-REWARDS = Registry("reward model")
 
 
 class RewardModel(Protocol):
@@ -33,26 +32,6 @@ class RewardLoadError(RuntimeError):
 
 def load_reward(name: str, **kwargs) -> RewardModel:
     return REWARDS.get(name)(**kwargs)
-
-# The paper's reward models, real implementations (capo.rewards.real).
-REWARDS.register("pickscore", "capo.rewards.real:pickscore", "PickScore v1 (yuvalkirstain/PickScore_v1): logit_scale * cos")
-REWARDS.register("hps", "capo.rewards.real:hps", "HPSv2.1 (xswu/HPSv2, OpenCLIP ViT-H-14): cos(image, text)")
-REWARDS.register("imagereward", "capo.rewards.real:imagereward", "ImageReward v1.0 (THUDM/ImageReward; pip image-reward)")
-REWARDS.register("aesthetic", "capo.rewards.real:aesthetic", "LAION improved aesthetic predictor on CLIP ViT-L/14, ~1-10")
-REWARDS.register("clipscore", "capo.rewards.real:clipscore", "CLIPScore 2.5 * max(cos, 0), CLIP ViT-B/32 (Hessel et al.)")
-REWARDS.register("vqascore", "capo.rewards.vqascore:vqascore_t5", "VQAScore P('Yes' | image, question) over CLIP-FlanT5-XXL (zhiqiulin/clip-flant5-xxl), the paper's")
-REWARDS.register("vqascore-xl", "capo.rewards.vqascore:vqascore_xl", "VQAScore over CLIP-FlanT5-XL (zhiqiulin/clip-flant5-xl), for smaller GPUs")
-REWARDS.register("vqascore-blip", "capo.rewards.real:vqascore_blip", "VQAScore P('yes' | image, question) over BLIP VQA (blip-vqa-base): not the paper's numbers")
-REWARDS.register("vila", "capo.rewards.vila:vila", "VILA-R aesthetic (Google, TensorFlow SavedModel) in a worker process; extra capo[vila]")
-REWARDS.register("mps", "capo.rewards.mps:mps", "MPS overall preference (Kwai-Kolors/MPS; CLIP-H + cross-attention head, RE-N-Y/mpsv1)")
-
-# The shapes world's reward models (capo.worlds.shapes.rewards): learned proxies trained
-# from scratch against the world's hidden truth, plus that truth itself for evaluation.
-REWARDS.register("shapes-pref", "capo.worlds.shapes.rewards:load_pref", "shapes world, MPS/PickScore analogue: tiny CLIP, BT-trained logit_scale * cos")
-REWARDS.register("shapes-vqa", "capo.worlds.shapes.rewards:load_vqa", "shapes world, VQAScore analogue: tiny BLIP image-text matching P(yes)")
-REWARDS.register("shapes-aesthetic", "capo.worlds.shapes.rewards:load_aesthetic", "shapes world, VILA analogue: image-only ViT regressor, ~1-10")
-REWARDS.register("shapes-gold", "capo.worlds.shapes.rewards:load_gold", "shapes world hidden truth (truth.utility): evaluation only, not learned")
-
 
 # What each real reward's whole path (weights file -> model -> preprocessing -> score) was checked
 # against (the protocol card's ``winrate`` part, ``capo.eval.protocol``). Measured on random

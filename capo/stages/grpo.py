@@ -222,8 +222,8 @@ def run(cfg) -> dict:
     from capo.method.grpo import grpo_loss, group_advantages, group_scores, step_kl, gaussian_log_prob
     from capo.models import load_model, model_fingerprint, save_checkpoint
     from capo.rewards import load_reward
-    from capo.stages.train import (TrainingDiverged, _latest_checkpoint, _logged_step, compute_dtype, frozen_reference,
-                                   make_optimizer, reference_denoiser, use_checkpointing)
+    from capo.stages.training import (TrainingDiverged, compute_dtype, frozen_reference, latest_checkpoint, logged_step,
+                                      make_optimizer, reference_denoiser, use_checkpointing)
 
     t_start = time.time()
     src = _prompt_source(cfg)
@@ -292,7 +292,7 @@ def run(cfg) -> dict:
     unwrapped = accelerator.unwrap_model(policy)
 
     step = 0
-    ckpt = _latest_checkpoint(out)
+    ckpt = latest_checkpoint(out)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
@@ -301,7 +301,7 @@ def run(cfg) -> dict:
     metrics_f = out / "metrics.jsonl"
     if accelerator.is_main_process and metrics_f.is_file():
         artifacts.write_text(metrics_f, "".join(x + "\n" for x in metrics_f.read_text().splitlines()
-                                                if _logged_step(x) is not None and _logged_step(x) <= step))
+                                                if logged_step(x) is not None and logged_step(x) <= step))
 
     world, rank, B, G, U = accelerator.num_processes, accelerator.process_index, cfg.batch_size, cfg.group_size, \
         cfg.grpo_updates
@@ -411,14 +411,14 @@ def run(cfg) -> dict:
                         if not torch.isfinite(loss):
                             raise TrainingDiverged(
                                 f"loss is {loss.item()} at step {step} (rollout {r}, chain step {j}); stopped. "
-                                f"Last good checkpoint: {_latest_checkpoint(out) or 'none'}. Lower lr.")
+                                f"Last good checkpoint: {latest_checkpoint(out) or 'none'}. Lower lr.")
                         accelerator.backward(loss / n_total)
                     n_back += 1
                     mets.append({"loss": loss.item(), **{k: v.item() for k, v in met.items()}})
             gn = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             if not torch.isfinite(gn):
                 raise TrainingDiverged(f"gradient norm is {gn.item()} at step {step}; stopped before the update. "
-                                       f"Last good checkpoint: {_latest_checkpoint(out) or 'none'}. Lower lr.")
+                                       f"Last good checkpoint: {latest_checkpoint(out) or 'none'}. Lower lr.")
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

@@ -25,10 +25,8 @@ state; the final weights are a capo checkpoint in ``final/`` that ``load_model``
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -40,6 +38,9 @@ from capo.config import stage_config, to_dict
 from capo.dist import accelerator as make_accelerator
 from capo.dist import prepare_out_dir
 from capo.progress import progress
+from capo.stages.training import (TrainingDiverged, compute_dtype, frozen_reference,
+                                  latest_checkpoint, logged_step, make_optimizer, reference_denoiser,
+                                  use_checkpointing)
 from capo.samples import LatentCache  # noqa: F401 (re-exported)
 
 
@@ -141,10 +142,6 @@ class TrainConfig:
                 yield f"pairs: objective={self.objective} trains on a `capo pairs` output: give pairs=DIR"
             if self.beta == 0:
                 yield f"beta: must be > 0 for objective={self.objective}"
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 # ----------------------------------------------------------------------------- data
@@ -267,17 +264,6 @@ def draw_times_and_noise(model, latents_shape, seed: int, m: int, shared: bool):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _logged_step(line: str) -> int | None:
-    """The step of a metrics.jsonl line (None for a line torn by a kill)."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    done = sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))
-    return done[-1] if done else None
 
 
 def _check_inputs(cfg: TrainConfig, pairs_dir: Path, samples: Path):
@@ -297,34 +283,6 @@ def _check_inputs(cfg: TrainConfig, pairs_dir: Path, samples: Path):
             f"{samples} holds samples of model {sm['inputs']['model']['path']!r}, not of {cfg.model!r}: "
             "preference pairs must come from the model being trained (the paper uses only the base model's own samples)")
     return pm, sm
-
-
-def reference_denoiser(spec: str, denoiser):
-    """The denoiser of model ``spec`` as a frozen reference for ``denoiser``: the same
-    architecture is required (same parameter names and shapes)."""
-    from capo.models import load_model
-
-    ref = load_model(spec).denoiser
-    mine = {k: tuple(v.shape) for k, v in denoiser.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
-    if mine != theirs:
-        diff = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
-        raise ValueError(f"reference={spec}: its denoiser is not the architecture of the model trained "
-                         f"(first differences: {diff}); the reference must be the base or a checkpoint of it")
-    return ref
-
-
-def frozen_reference(base, other, lora: bool, mixed_precision: str, device):
-    """The frozen reference network: ``other`` (another model's denoiser, e.g. the base model in
-    an online round) when given, else a copy of ``base`` (full fine-tuning) or None (LoRA: the
-    policy with its adapter disabled). Under mixed precision it is kept in the compute dtype:
-    it is never updated, so it needs no fp32 master copy (half the memory of a full copy)."""
-    ref = other if other is not None else (None if lora else copy.deepcopy(base))
-    if ref is None:
-        return None
-    ref = ref.to(device).requires_grad_(False).eval()
-    dtype = compute_dtype(mixed_precision)
-    return ref.to(dtype) if dtype is not None else ref
 
 
 # The keys a sweep / reproduce sets itself on every run; the others may come in ``train_options``.
@@ -384,37 +342,6 @@ def _grpo_reward_count(cfg: TrainConfig) -> int | None:
         return len(artifacts.read_json(Path(cfg.pairs) / artifacts.MANIFEST)["rewards"])
     except Exception:  # noqa: BLE001 - a plan does not need the pairs to exist yet
         return None
-
-
-def compute_dtype(mixed_precision: str):
-    """The autocast dtype of ``mixed_precision`` (None for ``no``)."""
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
-
-
-REAL_KINDS = ("sdxl", "sd3")  # model kinds of the real backbones (the shapes models are "sdxl-like", "sd3-like")
-
-
-def use_checkpointing(setting: str, kind: str) -> bool:
-    """``on`` / ``off``, or ``auto``: on for the real backbones (SDXL, SD3), off for the small
-    shapes-world models (their activations are tiny and recomputation would only cost time)."""
-    return setting == "on" or (setting == "auto" and kind in REAL_KINDS)
-
-
-def make_optimizer(name: str, params, lr: float, weight_decay: float, fused: bool):
-    """AdamW (PyTorch's fused kernel on CUDA), or bitsandbytes' 8-bit AdamW (optimizer state in
-    8 bits: 2 bytes per parameter instead of 8)."""
-    import torch
-
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise ValueError("optimizer=adamw-8bit needs the bitsandbytes package: pip install 'capo[bnb]' "
-                         "(or use optimizer=adamw)") from None
-    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
 
 
 # ----------------------------------------------------------------------------- run
@@ -519,7 +446,7 @@ def _run(cfg: TrainConfig, runs: tracking.Runs) -> dict:
     source = PairSource(pairs_dir, cfg.frs_fresh)
     cache = LatentCache(samples)
     step = 0
-    ckpt = _latest_checkpoint(out)
+    ckpt = latest_checkpoint(out)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         st = json.loads((ckpt / "trainer_state.json").read_text())
@@ -549,7 +476,7 @@ def _run(cfg: TrainConfig, runs: tracking.Runs) -> dict:
     metrics_f = out / "metrics.jsonl"
     if accelerator.is_main_process and metrics_f.is_file():  # a resumed run: drop what was logged after the checkpoint
         artifacts.write_text(metrics_f, "".join(x + "\n" for x in metrics_f.read_text().splitlines()
-                                                if _logged_step(x) is not None and _logged_step(x) <= step))
+                                                if logged_step(x) is not None and logged_step(x) <= step))
     runs.start(accelerator, cfg.report_to, cfg.tracker_project, cfg.run_name or tracking.default_run_name(out), out,
                config={**dataclasses.asdict(cfg), "run_key": manifest["run_key"],
                        "processes": accelerator.num_processes,
@@ -583,7 +510,7 @@ def _run(cfg: TrainConfig, runs: tracking.Runs) -> dict:
                 r = implicit_reward(err, ref_err, torch.cat([factor, factor]))
                 loss, met = objective(r[:B], r[B:], cfg.beta, gap)
                 if not torch.isfinite(loss):
-                    last = _latest_checkpoint(out)
+                    last = latest_checkpoint(out)
                     raise TrainingDiverged(
                         f"loss is {loss.item()} at step {step} (micro-batch {m}); stopped. "
                         f"Last good checkpoint: {last or 'none'}. Lower lr or beta, or check the pairs' target gaps.")
@@ -593,7 +520,7 @@ def _run(cfg: TrainConfig, runs: tracking.Runs) -> dict:
                     if not torch.isfinite(gn):
                         raise TrainingDiverged(
                             f"gradient norm is {gn.item()} at step {step}; stopped before the update. "
-                            f"Last good checkpoint: {_latest_checkpoint(out) or 'none'}. Lower lr or beta.")
+                            f"Last good checkpoint: {latest_checkpoint(out) or 'none'}. Lower lr or beta.")
                     met["grad_norm"] = gn.detach()
                 opt.step()
                 sched.step()

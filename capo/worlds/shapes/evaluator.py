@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from capo.eval.geneval import relative_position  # GenEval's rule: one implementation for every world
+from capo.method.positions import determine_position, relative_position  # the benchmarks' rules, one implementation
 
 from .render import SUPERSAMPLE, coverage
 from .scene import BACKGROUND, COLORS, EXTENTS, FILL, SHADE, SHAPES, TEXTURE_PERIOD, TEXTURES
@@ -251,8 +251,6 @@ def compbench_position(relation: str, box_a: Sequence[float], box_b: Sequence[fl
     either centre distance is below ``next_to`` (a fraction of ``side``) and decays as
     ``next_to / distance`` beyond. Relations are named as in GenEval ("above" = CompBench's
     "on the top of", "below" = "on the bottom of")."""
-    from capo.eval.t2i_compbench import determine_position  # CompBench's rule: one implementation
-
     if relation not in LOCALITY:
         raise ValueError(f"unknown relation {relation!r}")
     return determine_position(LOCALITY[relation], box_a, box_b, iou_threshold=iou_threshold,

@@ -226,6 +226,17 @@ def _rank(seed: int, record: dict) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{content_key(record)}".encode(), digest_size=8).digest(), "big")
 
 
+def named_prompt_set(name: str) -> list[dict]:
+    """``capo.prompts``' named set ``shapes:<name>``: the records of ``prompt_sets(distinct=True)``
+    (each prompt once; the evaluation sets repeat prompts to fill their tags)."""
+    from capo.prompts import PromptError
+
+    sets = prompt_sets(distinct=True)
+    if name not in sets:
+        raise PromptError(f"unknown shapes prompt set {name!r}; known: {', '.join('shapes:' + k for k in sets)}")
+    return sets[name]
+
+
 def prompt_sets(seed: int = 0, n_train: int = 6000, n_eval: int = 50, distinct: bool = False) -> dict[str, list[dict]]:
     """Training prompts and held-out evaluation sets, deterministic in ``seed``.
 

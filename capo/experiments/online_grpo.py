@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
-from capo.tables import seed_label
+from capo.experiments.online_report import base_markdown, run_label
+from capo.vocabulary import seed_label
 
 ADVANTAGES = ("sum", "calibrated", "pareto")
 
@@ -130,8 +131,6 @@ def budgets(cfg, b: Path) -> dict[str, dict]:
     generated images, optimizer steps, denoiser forward+backward passes and reference forwards.
     GRPO: the manifest's own count; CaPO / DPO: n x prompts images, steps x batch_size x 2
     passes (one fwd+bwd of the policy and one reference forward per pair member)."""
-    from capo.stages.online import run_label
-
     out = {}
     prompts = cfg.train_limit
     for o in cfg.objectives:
@@ -157,10 +156,9 @@ def comparisons(cfg, ev) -> list[dict]:
     """The two questions of issue #22, per base: GRPO (each mix cell) vs CaPO offline and vs
     CaPO online on the trained rewards' mean and the gold; calibrated vs sum advantage, on the
     mix and on each single reward."""
-    from capo.stages.online import run_label
-    from capo.tables import _eval_columns
+    from capo.report.evidence import eval_columns
 
-    cols, names = _eval_columns(ev, dict(zip(cfg.rewards, cfg.roles)))
+    cols, names = eval_columns(ev, dict(zip(cfg.rewards, cfg.roles)))
     crit = tuple(r for r in cfg.rewards if r in cols)
     golds = [(names[g], ("win", g)) for g in cols if g not in crit]
     mix = [("mean of " + "/".join(names[r] for r in crit), ("mean-win", crit))] + golds
@@ -182,8 +180,6 @@ def comparisons(cfg, ev) -> list[dict]:
 
 def rows(cfg) -> list[tuple[str, str]]:
     """The report table's rows: (name, cell)."""
-    from capo.stages.online import run_label
-
     out = [(f"{'CaPO' if o == 'capo' else o.upper()} " + ("offline" if R == 1 else f"online, R = {R}"), run_label(o, R))
            for o in cfg.objectives for R in sorted(cfg.rounds)]
     for s in cfg.grpo:
@@ -195,10 +191,8 @@ def rows(cfg) -> list[tuple[str, str]]:
 
 def matched_markdown(cfg, b: Path) -> str:
     """Validation win-rate at matched divergence of CaPO offline and the GRPO mix cells,
-    interpolated along each cell's beta grid (capo.frontier; one training seed, descriptive)."""
-    from capo import frontier
-    from capo.stages.online import run_label
-
+    interpolated along each cell's beta grid (capo.report.frontier; one training seed, descriptive)."""
+    from capo.report import frontier
     cells = [run_label("capo", 1)] + [parse_cell(s, list(cfg.rewards))["label"] for s in cfg.grpo]
     sweeps = {c: json.loads((b / "sweep" / c / "sweep.json").read_text()) for c in cells
               if (b / "sweep" / c / "sweep.json").is_file()}
@@ -222,8 +216,7 @@ def matched_markdown(cfg, b: Path) -> str:
 
 def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     """``reports/grpo.md``, ``grpo_frontier_<base>.png`` and ``grpo_overopt_<base>.png``."""
-    from capo.stages.online import base_markdown
-    from capo.stages.reproduce import _slug
+    from capo.experiments.preset import slug
 
     reports.mkdir(parents=True, exist_ok=True)
     B = rollout_prompts(cfg)
@@ -238,7 +231,7 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
              "training seeds.", ""]
     paths = []
     for base in cfg.bases:
-        b = root / _slug(base)
+        b = root / slug(base)
         bud = budgets(cfg, b)
         parts += [base_markdown(cfg, b, base, rows(cfg), comparisons, title="GRPO vs CaPO"), ""]
         parts += ["Budget per run (the selected seed-0 run's own counts for GRPO):", "",
@@ -251,7 +244,7 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
         parts += ["", f"Wall time of this base's comparison: {wall / 60:.0f} min on one CPU core." if wall else "", "",
                   matched_markdown(cfg, b)]
         for name, fn in (("frontier", frontier_plot), ("overopt", overopt_plot)):
-            png = reports / f"grpo_{name}_{_slug(base)}.png"
+            png = reports / f"grpo_{name}_{slug(base)}.png"
             if fn(cfg, b, png, base):
                 parts += [f"![{name}, {base}]({png.name})", ""]
                 paths.append(png)
@@ -263,9 +256,7 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
 def frontier_plot(cfg, b: Path, path: Path, base: str) -> bool:
     """Validation win-rate (mean over the rewards, and gold) against divergence along each
     cell's beta grid: CaPO offline and every GRPO cell."""
-    from capo import figures, frontier
-    from capo.stages.online import run_label
-
+    from capo.report import figures, frontier
     cells = [run_label("capo", 1)] + [parse_cell(s, list(cfg.rewards))["label"] for s in cfg.grpo]
     sweeps = {c: json.loads((b / "sweep" / c / "sweep.json").read_text()) for c in cells
               if (b / "sweep" / c / "sweep.json").is_file()}
@@ -284,7 +275,7 @@ def overopt_plot(cfg, b: Path, path: Path, base: str) -> bool:
     training seeds that logged every step (seeds[1:]; seeds[0] when it is the only one)."""
     import pandas as pd
 
-    from capo.figures import _plt, _save
+    from capo.report.figures import _plt, _save
 
     if not cfg.gold:
         return False

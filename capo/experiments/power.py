@@ -6,7 +6,7 @@ prompt) whose 95% CI decides a target difference with a requested probability
 A pilot is one of:
 
 * evaluation or reproduce runs with per-image results (``<root>/<base>/eval`` or an eval
-  directory): per comparison (``capo.tables.comparisons``), the paired per-image differences
+  directory): per comparison (``capo.report.evidence.comparisons``), the paired per-image differences
   of the chosen metric give the parts by the method of moments (``power.components``).
   Several runs holding the same prompts and images are stacked as more training seeds (e.g.
   two one-seed `quick` runs with disjoint seeds); otherwise their parts are averaged;
@@ -15,7 +15,7 @@ A pilot is one of:
   over how that splits (``power.SPLITS``); the design is read from the ``tables.md`` beside it;
 * the JSON ``capo power --json`` wrote (the parts, small enough to commit).
 
-Costs: ``--preset``'s plan (``capo.plan.experiment``: GPU-hours from the measured throughput
+Costs: ``--preset``'s plan (``capo.experiments.budget.experiment``: GPU-hours from the measured throughput
 table; for the shapes presets 2-core CPU hours from the full preset's measured timings,
 ``power.cpu_seconds``), else images x seeds.
 """
@@ -98,7 +98,7 @@ def summary_pilot(path: str | Path, metric: str = "gold", design: tuple | None =
 
 def _evidences(path: Path) -> dict[str, object]:
     """base -> Evidence of one run directory (a reproduce root or one eval directory)."""
-    from capo.tables import Evidence
+    from capo.report.evidence import Evidence
 
     if (path / "results.json").is_file():
         res = json.loads((path / "results.json").read_text())
@@ -122,7 +122,7 @@ def image_pilot(paths: list[str | Path], rewards: list[str], roles: list[str], g
                 metric: str = "gold") -> dict:
     """A pilot from runs with per-image results (module docstring)."""
     from capo.eval.stats import bootstrap_contrasts
-    from capo.tables import comparisons
+    from capo.report.evidence import comparisons
 
     per_base: dict[str, list] = {}
     for p in paths:
@@ -204,17 +204,18 @@ def _design_cfg(cfg, S: int, P: int, K: int):
 
 
 def preset_cost(cfg, memo: dict | None = None):
-    """(S, P, K) -> cost of the whole preset at that design, from ``capo.plan.experiment``: CPU
+    """(S, P, K) -> cost of the whole preset at that design, from ``capo.experiments.budget.experiment``: CPU
     hours on the 2-core machine for the shapes presets (``power.cpu_seconds``), GPU-hours
     otherwise; ``feasible`` False when the test set has fewer than P prompts."""
-    from capo import plan
+    from capo.experiments import budget
+    from capo.experiments.preset import prompt_count
 
     memo = {} if memo is None else memo
     cache: dict = {}
 
     def count(spec, limit):
         if (spec, limit) not in memo:
-            memo[(spec, limit)] = plan._prompt_count(spec, limit)
+            memo[(spec, limit)] = prompt_count(spec, limit)
         return memo[(spec, limit)][0]
 
     have, P0 = count(cfg.eval_prompts, None), count(cfg.eval_prompts, cfg.eval_limit)  # the whole set, the preset's
@@ -229,7 +230,7 @@ def preset_cost(cfg, memo: dict | None = None):
         c = _design_cfg(cfg, S, P, K)
         if P == P0:  # the preset's own test prompts (its eval_limit, often none)
             c = dataclasses.replace(c, eval_limit=cfg.eval_limit)
-        p = plan.experiment(c, memo=memo)
+        p = budget.experiment(c, memo=memo)
         kinds = {b["kind"] for b in p["bases"].values()}
         if kinds == {"shapes"}:
             value = sum(W.cpu_seconds(b) for b in p["bases"].values()) / 3600
@@ -384,7 +385,7 @@ def main(runs: list[str], target: float = 5.0, level: float = 0.8, metric: str =
     cost = None
     if preset:
         from capo.config import build
-        from capo.stages import reproduce as R
+        from capo.experiments import preset as R
 
         cost = preset_cost(_preset_cfg(R, build, preset))
     planned = plan_pilot(pilot, target, level, seeds, prompts, images, cost)
@@ -415,14 +416,14 @@ def preset_table(cfg, max_rows: int = 12, memo: dict | None = None) -> str:
     """The power section of a preset's dry run: for the candidate designs (seeds x test prompts x
     images per prompt) their cost from the plan and the difference each decides with
     ``cfg.power_level`` probability; parts from ``cfg.pilot`` or the committed full run's.
-    ``memo``: the prompt counts of the preset's own plan (``capo.plan.experiment``)."""
-    from capo.plan import _prompt_count
+    ``memo``: the prompt counts of the preset's own plan (``capo.experiments.budget.experiment``)."""
+    from capo.experiments.preset import prompt_count
 
     memo = {} if memo is None else memo
     target, level = cfg.power_target, cfg.power_level
     S0, K0 = len(cfg.seeds), cfg.eval_n
     if (cfg.eval_prompts, cfg.eval_limit) not in memo:
-        memo[(cfg.eval_prompts, cfg.eval_limit)] = _prompt_count(cfg.eval_prompts, cfg.eval_limit)
+        memo[(cfg.eval_prompts, cfg.eval_limit)] = prompt_count(cfg.eval_prompts, cfg.eval_limit)
     P0 = memo[(cfg.eval_prompts, cfg.eval_limit)][0] or cfg.eval_limit or 2
     if cfg.pilot:
         pilot = load_pilot([cfg.pilot], list(cfg.rewards), list(cfg.roles), cfg.gold, "gold" if cfg.gold else "claim")

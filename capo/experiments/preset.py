@@ -1,41 +1,19 @@
-"""Stage `reproduce`: everything the paper's Tables 1-5 need, on the shapes world, then reports,
-under a protocol that makes the comparisons fair and decisive.
-
-Per base model (default both: ``shapes-sdxl`` and ``shapes-sd3``), top to bottom:
-
-1. ``generate`` N samples per training prompt (the largest N of ``n`` and ``n_ablation``);
-   ``score`` them with the three rewards that play MPS, VQAScore and VILA;
-2. ``pairs``: best-worst per reward (Table 1), SUM and FRS over the three (Table 2), FRS
-   on the first N' samples for each ``n_ablation`` value, and the human-labelled pair set
-   (Table 4's Pick-a-Pic analogue);
-3. ``sweep`` per cell (objective x pairs x weighting): every ``beta`` of the objective's
-   grid trained on ``seeds[0]``, evaluated on the *validation* prompts (``val_prompts``,
-   disjoint from ``eval_prompts``), the value chosen by the declared ``criterion`` (mean
-   win-rate over all L rewards by default; the gold reward is measured for the frontier
-   figures and never read by it), the grid widened when the choice sits on its edge;
-4. ``train`` the other ``seeds`` at each cell's selected ``beta``;
-5. ``merge``: SOUP = slerp of the three single-reward models of each objective, each at its
-   own selected ``beta``, per seed;
-6. ``eval`` of every (cell, seed) model against the base on the *test* prompts (win-rates
-   under the rewards and the gold), and GenEval / T2I-CompBench of the base and CaPO+FRS
-   on the test halves of those sets (Table 3);
-
-then ``capo tables``, the claims report and the figures into ``reports``. Model labels are
-``<cell>.s<seed>``. Every stage is skipped when its complete output exists, so an
-interrupted reproduce resumes where it stopped. Presets live in
-``configs/reproduce-<preset>.yaml``.
+"""A ``capo reproduce`` preset: its config (``ReproduceConfig``, presets in
+``configs/reproduce-<preset>.yaml``), its cells, prompt sets and scaling. What the run
+(``capo.experiments.reproduce``), its budget (``capo.experiments.budget``) and the power
+planner (``capo.experiments.power``) all read.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import field
 from pathlib import Path
 from typing import ClassVar
 
-from capo import artifacts, tracking
+from capo import tracking
 from capo.config import stage_config
-from capo.tables import OBJECTIVES, bias_name, label, seed_label
+from capo.vocabulary import OBJECTIVES, bias_name, label
+
 
 DEFAULT_BETAS = {o: [50.0, 150.0, 500.0, 1500.0, 5000.0] for o in OBJECTIVES}
 
@@ -82,11 +60,11 @@ class ReproduceConfig:
     gpus: int = 1  # GPUs per run the plan assumes (the runs themselves use what `accelerate launch` starts)
     gpu: str = "H100"  # the plan's GPU (capo.plan's measured throughput table)
     scale: float = 1.0  # < 1: the same preset at a tiny size (prompt counts and steps x scale; a smoke test)
-    dry_run: bool = False  # print the plan (capo.plan.experiment) and the missing weights; run nothing
+    dry_run: bool = False  # print the plan (capo.experiments.budget.experiment) and the missing weights; run nothing
     pilot: str | None = None  # dry run: variance parts of the power table (runs, a tables.csv or a capo power JSON; default: the committed full run's)
     power_target: float = 5.0  # dry run: the win-rate difference (points) the power table plans for
     power_level: float = 0.8  # dry run: the probability of a decided verdict it asks for
-    grpo: bool = False  # dry run: also plan the GRPO cells (issue #22; capo.plan.grpo_cells); not run by reproduce yet
+    grpo: bool = False  # dry run: also plan the GRPO cells (issue #22; capo.experiments.budget.grpo_cells); not run by reproduce yet
     quiet: bool = False
     report_to: str = "none"  # experiment tracker of every training run (capo.tracking): <base>.<cell>.s<seed>.beta-<beta>
 
@@ -209,9 +187,8 @@ def scaled(cfg: ReproduceConfig) -> ReproduceConfig:
         return max(2, math.ceil(n * cfg.scale))
 
     def limit(spec, given):
-        from capo.plan import _prompt_count
 
-        return k(given if given is not None else (_prompt_count(spec, None)[0] or 2))
+        return k(given if given is not None else (prompt_count(spec, None)[0] or 2))
 
     steps = max(1, round(cfg.steps * cfg.scale))
     options = dict(cfg.train_options)
@@ -224,135 +201,27 @@ def scaled(cfg: ReproduceConfig) -> ReproduceConfig:
         out=out_dir(cfg))
 
 
-def run(cfg: ReproduceConfig) -> dict:
-    from capo.dist import run_stage
-    from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
-
-    if cfg.dry_run:
-        from capo import plan
-
-        from capo.stages import power
-
-        memo: dict = {}  # prompt counts, shared by the plan and the power table's designs
-        p = plan.experiment(cfg, memo=memo)
-        g = plan.grpo_cells(cfg, memo=memo) if cfg.grpo else None
-        table = power.preset_table(cfg, memo=memo)
-        if not cfg.quiet:
-            print(plan.render_experiment(p))
-            if g is not None:
-                print(plan.render_grpo_cells(g))
-            print(table)
-        return {"dry_run": True, "plan": p, "grpo": g, "root": None, "reports": None, "bases": {}, "seconds": 0.0}
-    cfg = scaled(cfg)
-    t0 = time.time()
-    root = Path(out_dir(cfg))
-    reports = Path(cfg.reports or root / "reports")
-    root.mkdir(parents=True, exist_ok=True)
-    artifacts.lock(root)  # one reproduce per experiment directory
-    for d in (root, reports):  # what a killed run was writing when it died
-        if d.is_dir():
-            artifacts.remove_stale_temps(d)
-    q = cfg.quiet
-    log = (lambda msg: None) if q else (lambda msg: print(f"reproduce [{time.time() - t0:6.0f}s] {msg}", flush=True))
-    summary = {}
-    gold = [cfg.gold] if cfg.gold else []
-    n_max = max([cfg.n, *cfg.n_ablation])
-    for base in cfg.bases:
-        b = root / _slug(base)
-        log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {n_max}")
-        run_stage("generate", generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"),
-                                                      n=n_max, limit=cfg.train_limit, seed=cfg.seed, quiet=q), cfg.launch)
-        run_stage("score", score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q), cfg.launch)
-        tables = {r: str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards}
-        pair_dirs: dict[str, Path] = {}
-        for r in cfg.rewards:
-            pair_dirs[f"single-{r}"] = b / "pairs" / f"single-{r}"
-            pairs.run(pairs.PairsConfig(rewards_tables=[tables[r]], out=str(pair_dirs[f"single-{r}"]), n=cfg.n))
-        for sel, k in [("sum", cfg.n), ("frs", cfg.n)] + [(f"frs-n{k}", k) for k in cfg.n_ablation if k != cfg.n]:
-            pair_dirs[sel] = b / "pairs" / sel
-            pairs.run(pairs.PairsConfig(rewards_tables=list(tables.values()), out=str(pair_dirs[sel]),
-                                        selector=sel.split("-")[0], seed=cfg.seed, n=k))
-        if cfg.human_pairs and is_shapes(base):
-            from capo.worlds.shapes.labelled import label_pairs
-
-            pair_dirs["human"] = b / "pairs" / "human"
-            label_pairs(b / "samples", pair_dirs["human"], seed=cfg.seed)
-        elif cfg.human_pairs:  # Table 4's Diffusion-DPO baseline: Pick-a-Pic v2's human labels
-            import glob
-
-            from capo.datasets.pickapic import import_pairs
-
-            shards = sorted(glob.glob(cfg.pickapic))
-            if not shards:
-                raise FileNotFoundError(f"pickapic: no file matches {cfg.pickapic!r}")
-            log(f"{base}: import Pick-a-Pic pairs from {len(shards)} shard(s)")
-            got = import_pairs(shards, base, b / "human", limit=cfg.pickapic_limit)
-            pair_dirs["human"] = Path(got["pairs"])
-        checkpoints: dict[str, str] = {}  # "<cell>.s<seed>" -> checkpoint
-        selected: dict[str, dict] = {}
-        for lab, c in cells(cfg, pair_dirs).items():
-            log(f"{base}: sweep {lab}")
-            res = sweep.run(sweep.SweepConfig(
-                model=base, pairs=str(c["pairs"]), out=str(b / "sweep" / lab), objective=c["objective"],
-                betas=list(cfg.betas[c["objective"]]), widen=cfg.widen, criterion=cfg.criterion,
-                divergence_budget=cfg.divergence_budget, trained=c["trained"] or None, rewards=list(cfg.rewards),
-                report_rewards=gold, val_prompts=cfg.val_prompts, val_limit=cfg.val_limit, val_n=cfg.val_n,
-                eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"), weighting=c["weighting"],
-                bias=c["bias"], lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
-                seed=cfg.seeds[0], train_options=dict(cfg.train_options), launch=cfg.launch, quiet=q,
-                report_to=cfg.report_to, run_name=f"{_slug(base)}.{lab}"))
-            sel = res["selected"]
-            selected[lab] = sel
-            checkpoints[seed_label(lab, cfg.seeds[0])] = sel["checkpoint"]
-            for s in cfg.seeds[1:]:
-                log(f"{base}: train {lab} seed {s} at beta={sel['beta']:.6g}")
-                d = b / "train" / seed_label(lab, s)
-                run_stage("train", train.TrainConfig(model=base, pairs=str(c["pairs"]), out=str(d), objective=c["objective"],
-                                            beta=sel["beta_trained"], weighting=c["weighting"], bias=c["bias"],
-                                            steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                                            lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps, keep_checkpoints=0,
-                                            log_every=max(1, cfg.steps // 5), quiet=q, report_to=cfg.report_to,
-                                            run_name=sweep.run_label(f"{_slug(base)}.{lab}", s, sel["beta"]),
-                                            **cfg.train_options), cfg.launch)
-                checkpoints[seed_label(lab, s)] = str(d / "final")
-        for o in OBJECTIVES:
-            for s in cfg.seeds:
-                lab = seed_label(label(o, "soup"), s)
-                merge.run(merge.MergeConfig(checkpoints=[checkpoints[seed_label(label(o, "single", r), s)]
-                                                         for r in cfg.rewards],
-                                            out=str(b / "merge" / lab), method="slerp"))
-                checkpoints[lab] = str(b / "merge" / lab)
-        artifacts.write_json(b / "selected.json", selected)
-        log(f"{base}: eval {len(checkpoints)} models on {cfg.eval_prompts}")
-        models = [f"base={base}"] + [f"{lab}={ck}" for lab, ck in checkpoints.items()]
-        evaluate.run(evaluate.EvalConfig(models=models, out=str(b / "eval"), benchmarks=["winrate"],
-                                         prompts=cfg.eval_prompts, rewards=list(cfg.rewards) + gold, n=cfg.eval_n,
-                                         seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
-        if cfg.benchmarks:
-            log(f"{base}: GenEval + CompBench")
-            frs = [f"{lab}={ck}" for lab, ck in checkpoints.items() if lab.startswith("capo-frs.s")]
-            geneval, compbench = benchmark_sets(cfg, base)
-            evaluate.run(evaluate.EvalConfig(models=[f"base={base}"] + frs, out=str(b / "bench"),
-                                             benchmarks=["geneval", "compbench"], geneval_prompts=geneval,
-                                             compbench_prompts=compbench, n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
-        summary[base] = {"models": len(checkpoints), "selected": {k: v["beta"] for k, v in selected.items()}}
-    write_reports(root, reports, cfg)
-    artifacts.unlock(root)
-    log(f"done: {reports}/tables.md, {reports}/claims.md")
-    return {"root": str(root), "reports": str(reports), "bases": summary, "seconds": round(time.time() - t0, 1)}
-
-
-def _slug(spec: str) -> str:
+def slug(spec: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec).name if Path(spec).exists() else spec)
 
 
-def write_reports(root: Path, reports: Path, cfg: ReproduceConfig) -> None:
-    from capo import figures, tables
+# Full-set sizes of the named prompt sets, used when the files are not cached yet (upstream counts).
+SET_SIZES = {"parti": 1632, "dpg-bench": 1065, "geneval": 553, "t2i-compbench": 300}
 
-    roles = dict(zip(cfg.rewards, cfg.roles))
-    reports.mkdir(parents=True, exist_ok=True)
-    tables.write(root, reports, roles, pref=cfg.rewards[0], with_paper=True, gold=cfg.gold,
-                 command=f"capo reproduce --preset {cfg.preset}")
-    figures.write_all(root, reports, roles, gold=cfg.gold)
+
+def prompt_count(spec: str, limit: int | None) -> tuple[int | None, bool]:
+    """(number of prompts ``spec`` gives under ``limit``, exact?). Without the files: the limit,
+    else half the upstream size for a ``@val`` / ``@test`` half, else the upstream size."""
+    from capo.prompts import load_prompts
+
+    try:
+        return len(load_prompts(spec, limit=limit)), True
+    except Exception:  # noqa: BLE001 - files not here yet: estimate from the upstream size
+        name, _, split = spec.partition("@")
+        full = SET_SIZES.get(name.split(":")[0])
+        if full is None:
+            return limit, limit is not None
+        n = full // 2 if split == "val" else (full - full // 2 if split == "test" else full)
+        return (min(limit, n) if limit else n), False

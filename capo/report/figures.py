@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.tables import OBJECTIVES, SELECTORS, label
+from capo.vocabulary import MULTI_REWARD, OBJECTIVES, label, obj_name
 
 COLORS = {"dpo": "tab:blue", "ipo": "tab:orange", "capo": "tab:green"}  # one colour per objective
 
@@ -35,12 +35,12 @@ def _save(fig, path: Path, title: str = "") -> None:
 
 
 def _cells(ev) -> list[str]:
-    return [label(o, s) for o in OBJECTIVES for s in SELECTORS if ev.has(label(o, s))]
+    return [label(o, s) for o in OBJECTIVES for s in MULTI_REWARD if ev.has(label(o, s))]
 
 
 def winrate_bars(ev, rewards: list[str], names: dict[str, str], path: Path) -> None:
     """Table 2's cells: win-rate over the base per reward, mean over training seeds with the
-    two-level 95% CI (``capo.tables.Evidence``)."""
+    two-level 95% CI (``capo.report.evidence.Evidence``)."""
     plt = _plt()
     labels = _cells(ev)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 3.6))
@@ -110,10 +110,6 @@ def qualitative_grid(eval_dir: Path, labels: list[str], path: Path, n_prompts: i
     canvas.save(path)
 
 
-def _objective_name(o: str) -> str:
-    return "CaPO" if o == "capo" else o.upper()
-
-
 def load_sweeps(base_dir: Path) -> dict[str, dict]:
     """Cell name -> its ``sweep.json`` for every ``base_dir/sweep/<cell>/sweep.json``."""
     return {f.parent.name: json.loads(f.read_text()) for f in sorted(Path(base_dir).glob("sweep/*/sweep.json"))}
@@ -153,17 +149,17 @@ def _draw_path(ax, x, y, rows, color, ls, lab, yerr=None) -> None:
 
 def frontier_plot(sweeps: dict[str, dict], rewards: list[str], names: dict[str, str], path: Path,
                   title: str = "", cells: list[tuple] | None = None) -> bool:
-    """One panel per reward in ``rewards`` (``capo.frontier.MEAN`` allowed): x = validation
+    """One panel per reward in ``rewards`` (``capo.report.frontier.MEAN`` allowed): x = validation
     divergence from the base, y = validation win-rate over the base (%), one curve per cell,
     ordered by divergence, with the win-rate CIs as faint error bars and the selected ``beta``
     filled. ``cells``: (sweep key, legend, colour, line style) each; default every
     ``<objective>-frs`` (solid) and ``<objective>-sum`` (dashed) cell of ``sweeps``. False
     (nothing written) when there is no such cell or no reward."""
-    from capo import frontier
+    from capo.report import frontier
 
     plt = _plt()
     if cells is None:
-        cells = [(label(o, sel), f"{_objective_name(o)}-{sel.upper()}", COLORS[o], ls) for o in OBJECTIVES
+        cells = [(label(o, sel), f"{obj_name(o)}-{sel.upper()}", COLORS[o], ls) for o in OBJECTIVES
                  for sel, ls in (("frs", "-"), ("sum", "--")) if label(o, sel) in sweeps]
     cells = [c for c in cells if c[0] in sweeps]
     if not cells or not rewards:
@@ -203,7 +199,7 @@ def overopt_plot(sweeps: dict[str, dict], gold: str, names: dict[str, str], path
     curve per objective through its ``beta`` grid (in ``beta`` order, the smallest and
     largest ``beta`` written beside their points), the selected ``beta`` filled. False
     (nothing written) when there is no single-reward cell that measured ``gold``."""
-    from capo import frontier
+    from capo.report import frontier
 
     plt = _plt()
     trained: dict[str, dict[str, dict]] = {}  # reward -> objective -> sweep
@@ -234,7 +230,7 @@ def overopt_plot(sweeps: dict[str, dict], gold: str, names: dict[str, str], path
                 continue
             x = np.array([a["win_rate"] for a, _ in rows])
             y = np.array([b["win_rate"] for _, b in rows])
-            _draw_path(ax, x, y, [a for a, _ in rows], COLORS[o], "-", _objective_name(o))
+            _draw_path(ax, x, y, [a for a, _ in rows], COLORS[o], "-", obj_name(o))
             for j in {0, len(rows) - 1}:
                 ax.annotate(f"\u03b2={rows[j][0]['beta']:g}", (x[j], y[j]), fontsize=5, color=COLORS[o],
                             xytext=(3, 3), textcoords="offset points")
@@ -257,7 +253,7 @@ def frontier_plots(base_dir: Path, reports: Path, names: dict[str, str]) -> list
     ``reports/overopt_<base>.png`` (``overopt_plot`` against the first report-only reward).
     Returns the files written: none when the directory has no sweeps, and each figure only
     when its cells exist."""
-    from capo import frontier
+    from capo.report import frontier
 
     base_dir, reports = Path(base_dir), Path(reports)
     sweeps = load_sweeps(base_dir)
@@ -284,7 +280,7 @@ def write_all(root: Path, reports: Path, roles: dict[str, str], gold: str | None
     names = dict(roles)
     if gold:
         names[gold] = f"gold ({gold})"
-    from capo.tables import Evidence
+    from capo.report.evidence import Evidence
 
     for res_path in sorted(root.glob("*/eval/results.json")):
         base = res_path.parent.parent.name

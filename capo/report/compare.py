@@ -1,6 +1,6 @@
 """Results -> markdown: the `capo compare` delta table and its regression gate.
 
-(The paper's Tables 1-5 are rendered by ``capo.tables``.)
+(The paper's Tables 1-5 are rendered by ``capo.report.tables``.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The claims report: one row per claim of the paper and base model, with its statistic, CI
 and a verdict generated from the numbers (``reports/claims.md``).
 
-Each claim is a set of paired comparisons A vs B (``capo.tables.comparisons``: the same
+Each claim is a set of paired comparisons A vs B (``capo.report.evidence.comparisons``: the same
 prompts, image seeds and training seeds; a two-level CI over prompts and seeds,
 ``capo.eval.stats``). A comparison's statistic is A's win-rate over the base minus B's
 (percentage points) on the claim's metric; its verdict is ``reproduced`` when the whole CI
@@ -26,7 +26,7 @@ Claims (the paper's, Sec. 5):
 
 "At matched divergence" restates C1-C3, C5 and C6 on the validation frontiers (each
 cell's beta grid, one training seed): A's win-rate minus B's at common divergence levels
-(``capo.frontier``), descriptive only (no interval, so no verdict).
+(``capo.report.frontier``), descriptive only (no interval, so no verdict).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capo.tables import PAPER_BASES, Evidence, comparisons, head_to_head
+from capo.report.evidence import Evidence, comparisons, head_to_head
+from capo.report.paper import PAPER_BASES
 
 CLAIMS = {
     "C1": "CaPO has the highest win-rate on the reward it was trained on (Table 1)",
@@ -106,9 +107,9 @@ def weakest(comps: list[dict], claim_verdict: str) -> dict | None:
 
 
 def _is_b15(ev: Evidence, cell: str) -> bool:
-    from capo.tables import _cell_weighting
+    from capo.report.evidence import cell_weighting
 
-    return _cell_weighting(ev, cell) == "b1.5"
+    return cell_weighting(ev, cell) == "b1.5"
 
 
 def _d(d: dict) -> dict:
@@ -117,7 +118,7 @@ def _d(d: dict) -> dict:
 
 def matched(root: Path, base: str, a: str, b: str, reward: str) -> str:
     """A − B validation win-rate at the common divergence levels of the two cells' frontiers."""
-    from capo import frontier
+    from capo.report import frontier
 
     sw = {}
     for c in (a, b):
@@ -150,7 +151,7 @@ def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> s
     """claims.md: the verdict table per base model, then every comparison behind it."""
     root = Path(root)
     lines = ["# The paper's claims, tested\n",
-             "Generated from the numbers (`capo.claims`): a verdict is *reproduced* when the whole 95% CI of "
+             "Generated from the numbers (`capo.report.claims`): a verdict is *reproduced* when the whole 95% CI of "
              "A − B is above zero, *contradicted* when it is below, *inconclusive* when it includes zero; a claim "
              "over several comparisons needs every one. CIs resample prompts and training seeds together "
              "(test prompts; paired on prompts, image seeds and training seeds). Statistic: the deciding "
@@ -184,47 +185,3 @@ def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> s
     lines += ["## Every comparison\n", "| base | claim | A vs B | metric | A − B [95% CI] | verdict |",
               "|---|---|---|---|---|---|"] + details
     return "\n".join(lines) + "\n"
-
-
-
-def conflict(verdicts: dict[str, str]) -> bool:
-    """Do independent runs' verdicts on one claim contradict each other (one reproduced, one
-    contradicted)? Inconclusive beside either is an honest disagreement, not a conflict."""
-    return {"reproduced", "contradicted"} <= set(verdicts.values())
-
-
-def replication(runs: dict[str, str | Path], roles: dict[str, str], pref: str) -> tuple[str, list[str]]:
-    """Markdown comparing the claims of independent runs (e.g. one preset with disjoint
-    training-seed sets), and the conflicts: a claim or comparison reproduced in one run and
-    contradicted in another. Inconclusive beside a verdict is not a conflict."""
-    from capo.tables import build
-
-    verdicts: dict[tuple, dict[str, str]] = {}  # (base, claim, comparison or "") -> run -> verdict
-    stats: dict[tuple, dict[str, str]] = {}
-    for name, root in runs.items():
-        for base, entry in build(root, roles, pref).items():
-            for k, v in evaluate(entry["evidence"], entry["tables"], roles, pref, base).items():
-                verdicts.setdefault((base, k, ""), {})[name] = v["verdict"] if v["comparisons"] else "not run"
-                for c in v["comparisons"]:
-                    key = (base, k, f"{c['a']} vs {c['b']} ({c['metric']})")
-                    verdicts.setdefault(key, {})[name] = c["verdict"]
-                    d = 3 if k == "C4" else 1
-                    stats.setdefault(key, {})[name] = (f"{c['delta']:+.{d}f} [{c['ci_low']:+.{d}f}, "
-                                                       f"{c['ci_high']:+.{d}f}]")
-    names = list(runs)
-    conflicts = [f"{b} {k}{' ' + comp if comp else ''}: " + ", ".join(f"{n} {v.get(n)}" for n in names)
-                 for (b, k, comp), v in verdicts.items() if conflict(v)]
-    lines = ["# Replication: the same claims from independent runs\n",
-             "Runs: " + "; ".join(f"**{n}** = `{r}`" for n, r in runs.items()) + ". A conflict is a claim or "
-             "comparison *reproduced* in one run and *contradicted* in another (an honest protocol has none; "
-             "*inconclusive* beside a verdict is not one).\n",
-             f"**Conflicts: {len(conflicts)}**" + ("" if not conflicts else "\n\n" + "\n".join(f"- {c}" for c in conflicts)) + "\n",
-             "## Claims\n", "| base | claim | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    lines += [f"| {b} | {k} | " + " | ".join(v.get(n, "-") for n in names) + " |"
-              for (b, k, comp), v in verdicts.items() if not comp]
-    lines += ["", "## Comparisons\n", "| base | claim | A vs B (metric) | " + " | ".join(names) + " |",
-              "|---|---|---|" + "---|" * len(names)]
-    lines += [f"| {b} | {k} | {comp} | " + " | ".join(f"{stats[(b, k, comp)].get(n, '-')} {v.get(n, '-')}"
-                                                     for n in names) + " |"
-              for (b, k, comp), v in verdicts.items() if comp]
-    return "\n".join(lines) + "\n", conflicts
