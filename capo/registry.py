@@ -121,6 +121,18 @@ WORLD_PROMPTS.register("shapes", "capo.worlds.shapes.grammar:named_prompt_set",
                        "the shapes world's sets: shapes:train, shapes:geneval, shapes:compbench:<category> (@val/@test halves)")
 
 
+# What `capo eval` measures (benchmarks=...): name -> the summary of one model's per-image results.
+BENCHMARKS = Registry("benchmark")
+for _name, _doc in {
+        "winrate": "win-rate over the base under each reward, with two-level CIs (and mean-score deltas)",
+        "geneval": "GenEval: per-tag and overall accuracy of a detector's verdicts (upstream's rules and results.jsonl)",
+        "compbench": "T2I-CompBench(++): per-category scores (BLIP-VQA, UniDet, CLIPScore, 3-in-1)",
+        "dpg": "DPG-Bench: per-prompt question accuracy by mPLUG-large (or BLIP-VQA, a variant)",
+        "divergence": "the reverse-process KL term from the base on the model's own images, and the parameter distance",
+}.items():
+    BENCHMARKS.register(_name, f"capo.stages.evaluate:{_name}_summary", _doc)
+
+
 def all_registries() -> dict[str, Registry]:
     """Every registry, by the name ``capo ls`` and config rules (``@rewards``) use."""
-    return {**ALL, "models": MODELS, "rewards": REWARDS, "world-prompts": WORLD_PROMPTS}
+    return {**ALL, "models": MODELS, "rewards": REWARDS, "world-prompts": WORLD_PROMPTS, "benchmarks": BENCHMARKS}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from capo.cli import main
 
 LOG3 = math.log(3)
 

@@ -18,91 +18,13 @@ import torch
 
 from capo.models import ModelLoadError, load_model
 from capo.models import diffusers_backends as DB
-from conftest import byte_chars  # shared test helper
+from helpers import build_sd3, build_sdxl
 
 PROMPTS = ["a red cube", "two blue spheres on grass"]
 SEEDS = [11, 12345]
 
 
 # ----------------------------------------------------------------------------- builders
-def tiny_clip_tokenizer(max_length: int = 32):
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in byte_chars():
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
-
-
-def tiny_t5_tokenizer():
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz"] + [("▁" + c, -3.5) for c in "abcdefghijklmnopqrstuvwxyz"]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
-
-
-def clip_text_config(tok, hidden: int = 16, projection: int = 8):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=tok.model_max_length, projection_dim=projection,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-
-
-def tiny_vae(**kw):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                         layers_per_block=1, norm_num_groups=4, sample_size=16, **kw)
-
-
-def build_sdxl(out):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(0)
-    tok = tiny_clip_tokenizer()
-    te = CLIPTextModel(clip_text_config(tok))
-    te2 = CLIPTextModelWithProjection(clip_text_config(tok, projection=8))
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), cross_attention_dim=32, norm_num_groups=4, use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=6 * 4 + 8)
-    # SDXL base ships an Euler scheduler config; the wrapper builds DDPM / DDIM from it.
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   timestep_spacing="leading", steps_offset=1, prediction_type="epsilon")
-    pipe = StableDiffusionXLPipeline(vae=tiny_vae(scaling_factor=0.13025, force_upcast=True), text_encoder=te,
-                                     text_encoder_2=te2, tokenizer=tok, tokenizer_2=tiny_clip_tokenizer(), unet=unet,
-                                     scheduler=sched, force_zeros_for_empty_prompt=True)
-    pipe.save_pretrained(out)
-    return out
-
-
-def build_sd3(out):
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-    torch.manual_seed(0)
-    tok = tiny_clip_tokenizer()
-    t5tok = tiny_t5_tokenizer()
-    te = CLIPTextModelWithProjection(clip_text_config(tok, projection=8))
-    te2 = CLIPTextModelWithProjection(clip_text_config(tok, projection=8))
-    te3 = T5EncoderModel(T5Config(vocab_size=len(t5tok), d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=4,
-                                  relative_attention_num_buckets=8, decoder_start_token_id=0))
-    tr = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
-                               attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
-                               caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=16)
-    pipe = StableDiffusion3Pipeline(
-        transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=tiny_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tiny_clip_tokenizer(),
-        text_encoder_3=te3, tokenizer_3=t5tok)
-    pipe.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

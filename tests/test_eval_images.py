@@ -128,7 +128,7 @@ def test_checkpoints_follow_the_umask_and_a_truncated_one_leaves_no_eval_dir(tin
 
     from capo import artifacts
     from capo.stages import train
-    from cli import main
+    from capo.cli import main
 
     out = tmp_path / "t"
     train.run(train.TrainConfig(model=str(tiny_chain / "base"), pairs=str(tiny_chain / "pairs-frs"), out=str(out),
@@ -225,7 +225,7 @@ def test_compbench_images_scored_per_category_with_the_protocol_of_what_ran(tmp_
 def test_capo_layout_writes_upstreams_layouts(own_run, tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from capo.cli import main
 
     own, _ = own_run
     samples = own / "samples" / "shapes-geneval" / "base"
@@ -270,7 +270,7 @@ def test_reward_win_rates_between_two_tables_of_images(tmp_path):
     # the same through `capo compare --images`, gated on the interval
     from click.testing import CliRunner
 
-    from cli import main
+    from capo.cli import main
 
     r = CliRunner().invoke(main, ["compare", "--images", f"a={tmp_path / 'a.jsonl'}", f"b={tmp_path / 'b.jsonl'}",
                                   "--benchmarks", "winrate", "--rewards", "toy-bright", "--detector", "mask2former",

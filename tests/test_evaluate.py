@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from capo.report.compare import check_gates, compare_metrics, parse_gate
 from capo.stages import evaluate, train
-from cli import main
+from capo.cli import main
 
 
 @pytest.fixture(scope="module")

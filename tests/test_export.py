@@ -147,8 +147,8 @@ def assert_same_samples(plain: dict, images: np.ndarray, latents: torch.Tensor, 
 def train_runs(root: Path, builder: str) -> dict:
     """A tiny base of the real class, Pick-a-Pic-format pairs for it, and two `capo train` runs:
     full (CaPO) and LoRA (DPO, rank 4, alpha 8: a scaling of 2 that the export folds in)."""
-    import test_diffusers_backends as B
-    from test_pickapic import write_shard
+    import helpers as B
+    from helpers import write_shard
 
     from capo.datasets import pickapic
     from capo.stages import train

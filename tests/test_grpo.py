@@ -406,7 +406,7 @@ def test_flow_base_window_and_prompts(tmp_path):
 @pytest.mark.parametrize("builder", ["build_sdxl", "build_sd3"])
 def test_grpo_trains_the_real_classes(tmp_path, builder):
     """Tiny random SDXL / SD3 of the real diffusers classes (DDIM eta; flow SDE on the checkpoint's shift)."""
-    import test_diffusers_backends as B
+    import helpers as B
 
     from capo.models import load_model
 

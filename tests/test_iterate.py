@@ -110,7 +110,7 @@ def test_train_reference_must_share_the_architecture(tiny_chain, tmp_path):
 
 @pytest.mark.slow
 def test_killed_in_round_two_resumes_to_the_same_result(tiny_chain, tmp_path, monkeypatch):
-    from test_kill import check_kill_anywhere
+    from kill_harness import check_kill_anywhere
 
     def args(out):
         return ["iterate", f"model={tiny_chain / 'base'}", f"pairs={tiny_chain / 'pairs-frs'}", f"out={out}",
@@ -141,7 +141,7 @@ def test_sweep_over_online_runs(tiny_chain, tmp_path):
 def test_driver_stages_refuse_several_processes(monkeypatch):
     from click.testing import CliRunner
 
-    from cli import main
+    from capo.cli import main
 
     for stage in ("iterate", "sweep", "online"):
         r = CliRunner().invoke(main, [stage, "--num-processes", "2", "model=m", "pairs=p", "out=o"])

@@ -20,10 +20,8 @@ import torch
 
 from capo.rewards import REWARDS, RewardLoadError, load_reward
 from capo.rewards import mps as M
-from test_real_rewards import PROMPTS, check_common, make_images, tiny_clip_dir
-from test_reward_parity import clip_cfg, hf4_batch
-
-CROSS = {"layer_num": 2, "dim_head": 4, "heads": 3, "ff_mult": 2}
+from helpers import CROSS, check_common, clip_cfg, hf4_batch, make_images, tiny_clip_dir
+from helpers import REWARD_PROMPTS as PROMPTS
 
 
 @pytest.fixture(scope="module")

@@ -131,11 +131,7 @@ def test_paper_sdxl_at_tiny_scale_end_to_end(tmp_path):
     from transformers import CLIPModel
 
     from capo.rewards import mps as M
-    from test_diffusers_backends import build_sdxl
-    from test_pickapic import write_shard
-    from test_mps import CROSS
-    from test_real_rewards import tiny_clip_dir
-    from test_vqascore_t5 import tiny_clip_t5_dir
+    from helpers import CROSS, build_sdxl, tiny_clip_dir, tiny_clip_t5_dir, write_shard
 
     hub = tmp_path / "hub"
     _cache(hub, "stabilityai/stable-diffusion-xl-base-1.0", build_sdxl(tmp_path / "sdxl"))

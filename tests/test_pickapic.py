@@ -1,8 +1,6 @@
 """Pick-a-Pic v2 pairs (issue #11): a fixture parquet in the real format -> samples + pairs,
 pairs by hand (ties dropped, both label orders), a corrupt image named, DPO trains on them."""
 
-import io
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,26 +9,7 @@ from PIL import Image
 
 from capo import artifacts
 from capo.datasets import pickapic
-
-
-def _jpg(color, size=(48, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-def write_shard(path):
-    """A Pick-a-Pic v2 parquet shard: 3 labelled pairs (both label orders) and a tie."""
-    rows = [  # caption, jpg_0, jpg_1, label_0, label_1, ranking_id (+ columns capo does not read)
-        ("a red circle", _jpg((250, 0, 0)), _jpg((0, 0, 250)), 1.0, 0.0, 11),  # jpg_0 preferred
-        ("a blue square", _jpg((250, 0, 0)), _jpg((0, 0, 250)), 0.0, 1.0, 12),  # jpg_1 preferred
-        ("a green triangle", _jpg((0, 250, 0)), _jpg((0, 0, 250)), 0.5, 0.5, 13),  # tie: dropped
-        ("a red circle", _jpg((0, 250, 0)), _jpg((250, 0, 0)), 1.0, 0.0, 14),  # a repeated caption is its own pair
-    ]
-    df = pd.DataFrame(rows, columns=["caption", "jpg_0", "jpg_1", "label_0", "label_1", "ranking_id"])
-    df["has_label"], df["user_id"] = True, 7
-    df.to_parquet(path)
-    return path
+from helpers import jpeg_bytes, write_shard
 
 
 @pytest.fixture
@@ -48,7 +27,7 @@ def test_rows_ties_dropped_and_errors(shard, tmp_path):
     with pytest.raises(pickapic.PickapicError, match="no such"):
         pickapic.read_rows([str(tmp_path / "none.parquet")])
     # resize: shorter side to the size, center crop; a solid colour stays that colour
-    img = pickapic.decode(_jpg((250, 0, 0), size=(64, 32)), (16, 16), "x")
+    img = pickapic.decode(jpeg_bytes((250, 0, 0), size=(64, 32)), (16, 16), "x")
     assert img.shape == (16, 16, 3) and abs(int(img[..., 0].mean()) - 250) < 6 and img[..., 2].mean() < 6
 
 
@@ -98,7 +77,7 @@ def test_import_pairs_by_hand_then_dpo_trains(tiny_chain, shard, tmp_path):
 
 
 def test_corrupt_image_is_named(tiny_chain, tmp_path):
-    df = pd.DataFrame([("a red circle", b"\xff\xd8 not a jpeg", _jpg((0, 0, 250)), 1.0, 0.0, 21)],
+    df = pd.DataFrame([("a red circle", b"\xff\xd8 not a jpeg", jpeg_bytes((0, 0, 250)), 1.0, 0.0, 21)],
                       columns=["caption", "jpg_0", "jpg_1", "label_0", "label_1", "ranking_id"])
     path = tmp_path / "bad.parquet"
     df.to_parquet(path)
@@ -111,7 +90,7 @@ def test_corrupt_image_is_named(tiny_chain, tmp_path):
 @pytest.mark.parametrize("builder", ["build_sdxl", "build_sd3"])
 def test_dpo_trains_on_pickapic_with_the_real_classes(shard, tmp_path, builder):
     """Table 4's baseline on the real pipelines (tiny random SDXL / SD3 of the diffusers classes)."""
-    import test_diffusers_backends as B
+    import helpers as B
     from capo.stages import train
 
     model = str(getattr(B, builder)(tmp_path / "model"))

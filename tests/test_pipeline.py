@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from capo import artifacts
 from capo.stages import generate, merge, pairs, score, train
-from cli import main
+from capo.cli import main
 
 from conftest import PROMPTS, ROOT, build_tiny
 

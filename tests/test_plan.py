@@ -66,7 +66,7 @@ def test_activation_trace_by_hand_and_without_checkpointing():
 def test_dry_run_loads_and_writes_nothing(tmp_path, monkeypatch):
     import capo.models
 
-    from cli import main
+    from capo.cli import main
 
     monkeypatch.setattr(capo.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     r = CliRunner().invoke(main, ["train", "model=sdxl", "pairs=none", f"out={tmp_path / 'run'}",
@@ -131,7 +131,7 @@ def _fast_sdxl_count(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_sdxl(tmp_path_factory):
-    import test_diffusers_backends as B
+    import helpers as B
 
     return str(B.build_sdxl(tmp_path_factory.mktemp("grpo-plan") / "sdxl"))
 
@@ -227,7 +227,7 @@ def test_grpo_memory_holds_a_reference_only_when_beta_and_a_copy(tiny_sdxl):
 def test_train_grpo_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch):
     import capo.models
 
-    from cli import main
+    from capo.cli import main
 
     _fast_sdxl_count(monkeypatch)
     monkeypatch.setattr(capo.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -245,7 +245,7 @@ def test_train_grpo_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeyp
 
 
 def _reproduce(monkeypatch, tmp_path, *args):
-    from cli import main
+    from capo.cli import main
 
     _fast_sdxl_count(monkeypatch)
     monkeypatch.chdir(tmp_path)
@@ -286,7 +286,7 @@ def test_reproduce_grpo_without_dry_run_is_an_error(tmp_path, monkeypatch):
     from capo.experiments import reproduce as R
 
     r = _reproduce(monkeypatch, tmp_path, "grpo=true")
-    assert r.exit_code != 0 and "the GRPO cells are planned" in r.output and "not yet run by reproduce" in r.output
+    assert r.exit_code != 0 and "reproduce prices the GRPO cells" in r.output and "configs/grpo-shapes.yaml" in r.output
     assert not (tmp_path / "runs").exists()
-    with pytest.raises(ConfigError, match="not yet run by reproduce"):
+    with pytest.raises(ConfigError, match="runs in capo online"):
         R.ReproduceConfig(grpo=True)

@@ -264,7 +264,7 @@ def _write_eval(root, S=3, P=12, K=2, seed=0):
 
 def test_capo_power_on_per_image_runs_and_its_json(tmp_path):
     from capo.experiments import power as PW
-    from cli import main
+    from capo.cli import main
 
     labels = _write_eval(tmp_path / "run")
     out = tmp_path / "power.json"
@@ -306,7 +306,7 @@ def test_two_one_seed_runs_stack_as_seeds(tmp_path):
 
 
 def test_reproduce_dry_run_prints_the_power_table(tmp_path):
-    from cli import main
+    from capo.cli import main
 
     r = CliRunner().invoke(main, ["reproduce", "--preset", "full", "--dry-run"])
     assert r.exit_code == 0, r.output

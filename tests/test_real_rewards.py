@@ -20,61 +20,13 @@ import torch
 
 from capo.rewards import REWARDS, RewardLoadError, load_reward
 from capo.rewards import real as R
-from conftest import byte_chars  # shared test helper
-from test_reward_parity import MEAN, STD, clip_cfg, hf4_batch, hpsv2_batch, openai_batch
+from helpers import REWARD_PROMPTS as PROMPTS
+from helpers import (MEAN, STD, check_common, clip_cfg, hf4_batch, hpsv2_batch, make_images, openai_batch, tiny_blip_dir,
+                     tiny_clip_dir)
 
-PROMPTS = ["a red cube", "two blue spheres on the grass", "a cat", "a red cube"]
-
-
-def make_images(n=4, size=40, seed=0, width=None):
-    rng = np.random.default_rng(seed)
-    im = rng.integers(0, 256, size=(n, size, width or size, 3), dtype=np.uint8)
-    im[3] = im[0]  # item 3 repeats item 0 (same image, same prompt)
-    return im
 
 
 # ----------------------------------------------------------------------------- builders
-def tiny_clip_dir(path, projection_dim=8, seed=0):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in byte_chars():
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    torch.manual_seed(seed)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=projection_dim)
-    CLIPModel(cfg).save_pretrained(path)
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
-    proc.save_pretrained(path)
-    return path
-
-
-def tiny_blip_dir(path, seed=0):
-    from transformers import BertTokenizer, BlipConfig, BlipForQuestionAnswering, BlipImageProcessor, BlipProcessor
-
-    words = ("does this figure show please answer yes or no a red cube two blue spheres on the grass cat "
-             '" ? .').split()
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + words)}
-    tok = BertTokenizer(vocab=vocab)
-    torch.manual_seed(seed)
-    cfg = BlipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=32,
-                         bos_token_id=vocab["[DEC]"], sep_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"],
-                         initializer_range=0.1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                           image_size=32, patch_size=8, initializer_range=0.1))  # BLIP's 1e-10 blanks the pixels
-    BlipForQuestionAnswering(cfg).save_pretrained(path)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +37,6 @@ def clip_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images():
     return make_images(width=57)  # 40 x 57: resized to 32 x 45, cropped at an odd offset
-
-
-def check_common(reward, images, prompts=PROMPTS):
-    """Finite, (B,), float64; one at a time == batched; a repeated item scores the same."""
-    s = reward(images, prompts)
-    assert s.shape == (len(images),) and s.dtype == np.float64 and np.isfinite(s).all()
-    bs = reward.batch_size
-    reward.batch_size = 1
-    try:
-        one = reward(images, prompts)
-    finally:
-        reward.batch_size = bs
-    np.testing.assert_allclose(one, s, rtol=1e-5, atol=1e-5)  # float32 rounding of different batch shapes
-    np.testing.assert_allclose(s[3], s[0], rtol=1e-5, atol=1e-5)
-    assert len(np.unique(np.round(s[:3], 6))) > 1  # not a constant
-    return s
 
 
 def clip_forward_cosine(model, proc, px, prompts):

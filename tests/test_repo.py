@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from cli import main
+from capo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +66,22 @@ def test_stage_help_shows_default_values():
         assert r.exit_code == 0 and "field(" not in r.output and "default_factory" not in r.output, stage
     r = CliRunner().invoke(main, ["sweep", "--help"])
     assert "= [50.0, 150.0, 500.0, 1500.0, 5000.0]" in r.output and "model            (required)" in r.output
+
+
+def test_ls_lists_benchmarks_prompt_sets_detectors_and_world_prompts():
+    """`capo ls` (issue #20): besides models and rewards, what `capo eval` can measure, the prompt
+    sets it reads and the detectors it runs, each with its description; an unknown kind is refused."""
+    from capo.eval.prompts import PROMPT_SETS
+    from capo.registry import BENCHMARKS
+
+    r = CliRunner().invoke(main, ["ls"])
+    assert r.exit_code == 0
+    sections = dict(re.findall(r"^(\S+):\n((?:  .*\n)*)", r.output, flags=re.M))
+    assert {"models", "rewards", "benchmarks", "prompt-sets", "detectors", "world-prompts", "objectives"} <= set(sections)
+    listed = lambda k: [ln.split()[0] for ln in sections[k].splitlines()]  # noqa: E731
+    assert listed("benchmarks") == sorted(BENCHMARKS.names()) == ["compbench", "divergence", "dpg", "geneval", "winrate"]
+    assert listed("prompt-sets") == sorted(PROMPT_SETS) and "geneval" in listed("prompt-sets")
+    assert {"mask2former", "mmdet", "owlv2", "unidet"} <= set(listed("detectors"))
+    assert listed("world-prompts") == ["shapes"]
+    bad = CliRunner().invoke(main, ["ls", "benchmark"])
+    assert bad.exit_code != 0 and "unknown kind 'benchmark'" in bad.output

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from capo import artifacts
 from capo.experiments import reproduce
 from capo.report.paper import PAPER, paper_table
-from cli import main
+from capo.cli import main
 
 
 @pytest.mark.slow

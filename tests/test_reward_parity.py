@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from capo.rewards import real as R
+from helpers import MEAN, STD, hf4_pixels, hpsv2_pixels, openai_pixels
 
-MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # published preprocessor_config.json files (their content), in the 4.x int format
 CONFIGS = {
     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": {  # PickScore, MPS
@@ -57,87 +57,6 @@ def textured(h, w, seed=0):
 
 
 # ----------------------------------------------------------------------------- references
-def _int_size(cfg):
-    """4.x ``get_size_dict``: an int ``size`` is the shortest edge for CLIP
-    (``default_to_square=False``), a square for BLIP; an int ``crop_size`` a square."""
-    blip = cfg.get("image_processor_type", "").startswith("Blip")
-    s = cfg["size"]
-    if isinstance(s, int):
-        s = {"height": s, "width": s} if blip else {"shortest_edge": s}
-    c = cfg.get("crop_size") if cfg.get("do_center_crop", not blip) else None
-    if isinstance(c, int):
-        c = {"height": c, "width": c}
-    return s, c
-
-
-def hf4_pixels(image: np.ndarray, cfg: dict) -> np.ndarray:
-    """transformers 4.x ``preprocess`` of one uint8 image -> float32 (3, h, w)."""
-    from PIL import Image
-
-    arr = np.array(Image.fromarray(image).convert("RGB"))  # convert_to_rgb, to_numpy_array (channels last)
-    size, crop = _int_size(cfg)
-    height, width = arr.shape[:2]
-    if "shortest_edge" in size:  # get_resize_output_image_size(default_to_square=False)
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
-        out = (new_long, new_short) if width <= height else (new_short, new_long)
-    else:
-        out = (size["height"], size["width"])
-    # resize: to_pil_image (uint8: no rescale), PIL resize to (width, height), back to numpy
-    arr = np.array(Image.fromarray(arr).resize((out[1], out[0]), resample=cfg.get("resample", 3)))
-    if crop is not None:  # center_crop: top = (orig_height - crop_height) // 2
-        top, left = (arr.shape[0] - crop["height"]) // 2, (arr.shape[1] - crop["width"]) // 2
-        arr = arr[top:top + crop["height"], left:left + crop["width"]]
-    x = (arr.astype(np.float64) * (1 / 255)).astype(np.float32)  # rescale
-    mean, std = np.array(cfg["image_mean"], dtype=x.dtype), np.array(cfg["image_std"], dtype=x.dtype)
-    x = (x - mean) / std  # normalize, channels last
-    return x.transpose(2, 0, 1)
-
-
-def hf4_batch(images, cfg) -> torch.Tensor:
-    return torch.from_numpy(np.stack([hf4_pixels(np.asarray(im), cfg) for im in images]))
-
-
-def clip_cfg(n_px: int) -> dict:
-    """The 4.x config a tiny test CLIP's processor is saved with (shortest edge and crop n_px)."""
-    return {"size": {"shortest_edge": n_px}, "crop_size": {"height": n_px, "width": n_px}, "do_center_crop": True,
-            "resample": 3, "image_mean": list(MEAN), "image_std": list(STD)}
-
-
-def openai_pixels(image: np.ndarray, n_px: int) -> torch.Tensor:
-    """OpenAI CLIP's ``_transform(n_px)`` as upstream runs it (torchvision on a PIL image)."""
-    from PIL import Image
-    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
-
-    t = Compose([Resize(n_px, interpolation=InterpolationMode.BICUBIC), CenterCrop(n_px),
-                 lambda im: im.convert("RGB"), ToTensor(), Normalize(MEAN, STD)])
-    return t(Image.fromarray(image))
-
-
-def openai_batch(images, n_px) -> torch.Tensor:
-    return torch.stack([openai_pixels(np.asarray(im), n_px) for im in images])
-
-
-def hpsv2_pixels(image: np.ndarray, size: int = 224, antialias: bool = True) -> torch.Tensor:
-    """HPSv2's validation transform: ToTensor -> ResizeMaxSize(size, BICUBIC, fill=0) on the float
-    tensor -> Normalize (``ResizeMaxSize.forward`` spelled out with torchvision's functionals)."""
-    import torchvision.transforms.functional as F
-    from PIL import Image
-    from torchvision.transforms import InterpolationMode
-
-    img = F.to_tensor(Image.fromarray(image).convert("RGB"))
-    height, width = img.shape[1:]
-    scale = size / float(max(height, width))
-    if scale != 1.0:
-        new_size = tuple(round(dim * scale) for dim in (height, width))
-        img = F.resize(img, list(new_size), InterpolationMode.BICUBIC, antialias=antialias)
-        pad_h, pad_w = size - new_size[0], size - new_size[1]
-        img = F.pad(img, padding=[pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
-    return F.normalize(img, MEAN, STD)
-
-
-def hpsv2_batch(images, size=224, antialias=True) -> torch.Tensor:
-    return torch.stack([hpsv2_pixels(np.asarray(im), size, antialias) for im in images])
 
 
 # ----------------------------------------------------------------------------- preprocessing

@@ -87,7 +87,7 @@ def test_none_writes_no_tracker_files_and_tracking_keys_leave_the_run_key(tiny_c
 
 # ------------------------------------------------------------------ a missing package
 def test_missing_tracker_package_is_one_clear_error_before_anything_is_written(tiny_chain, tmp_path, monkeypatch):
-    from cli import main
+    from capo.cli import main
 
     monkeypatch.setattr(tracking, "available", lambda name: False)
     with pytest.raises(ConfigError) as e:

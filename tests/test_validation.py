@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from capo import artifacts
 from capo.config import ConfigError, problems, validate
-from cli import main
+from capo.cli import main
 
 STAGES = {  # command -> config class (pairs has its own click options, tested below)
     "generate": "capo.stages.generate:GenerateConfig", "score": "capo.stages.score:ScoreConfig",

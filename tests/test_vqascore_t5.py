@@ -19,37 +19,8 @@ import torch
 
 from capo.rewards import REWARDS, RewardLoadError, load_reward
 from capo.rewards import vqascore as V
-from test_real_rewards import PROMPTS, check_common, make_images
-from test_reward_parity import clip_cfg, hf4_batch
-
-WORDS = ("a chat between curious user and an artificial intelligence assistant . the gives helpful , detailed "
-         "polite answers to user's questions USER : ASSISTANT does this figure show \" red cube ? please answer "
-         "yes or no two blue spheres on grass cat Yes").split()
-
-
-def tiny_clip_t5_dir(path, seed=0, vocab_extra=0, with_tower=True):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, PreTrainedTokenizerFast, T5Config
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>"] + sorted(set(WORDS)))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    tok.save_pretrained(path)
-    vc = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8)
-    cfg = T5Config(vocab_size=len(vocab) + vocab_extra, d_model=24, d_kv=8, d_ff=32, num_layers=1,
-                   num_decoder_layers=1, num_heads=3, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                   mm_vision_tower="openai/clip-vit-large-patch14-336", mm_hidden_size=16,
-                   mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-                   vision_config=vc.to_dict())
-    torch.manual_seed(seed)
-    model = V.model_class()(cfg)
-    sd = {k: v for k, v in model.state_dict().items() if with_tower or not k.startswith("vision_tower.")}
-    model.save_pretrained(path, state_dict=sd)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+from helpers import REWARD_PROMPTS as PROMPTS
+from helpers import check_common, clip_cfg, hf4_batch, make_images, tiny_clip_t5_dir
 
 
 @pytest.fixture(scope="module")

@@ -240,7 +240,7 @@ def grpo_cells(cfg, *, group_size: int = 8, sample_steps: int | None = None, grp
 def render_grpo_cells(g: dict) -> str:
     k = g["keys"]
     approx = "" if g["exact_counts"] else " (≈: prompt files not cached; upstream set sizes used)"
-    lines = [f"  GRPO cells (grpo=true: planned only, not yet run by reproduce){approx}: {len(g['cells'])} cells "
+    lines = [f"  GRPO cells (grpo=true: priced here; the comparison runs in capo online, configs/grpo-shapes.yaml){approx}: {len(g['cells'])} cells "
              f"(each training reward alone{' and their mix' if any(c.endswith('-mix') for c in g['cells']) else ''}"
              f" x advantage sum | calibrated), {g['runs_sweep']} sweep runs ({g['betas']} KL coefficients each) + "
              f"{g['runs_seeds']} more seeds = {g['training_runs']} training runs",

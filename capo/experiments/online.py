@@ -188,3 +188,8 @@ def run(cfg: OnlineConfig) -> dict:
     log(f"done: {', '.join(map(str, paths))}")
     return {"root": str(root), "reports": [str(p) for p in paths], "bases": summary,
             "seconds": round(time.time() - t0, 1)}
+
+
+def summary(cfg: OnlineConfig, res: dict) -> str:
+    """``capo online``'s closing line."""
+    return f"online: {len(res['bases'])} base(s) in {res['seconds']:.0f}s -> {', '.join(res['reports'])}"

@@ -64,7 +64,7 @@ class ReproduceConfig:
     pilot: str | None = None  # dry run: variance parts of the power table (runs, a tables.csv or a capo power JSON; default: the committed full run's)
     power_target: float = 5.0  # dry run: the win-rate difference (points) the power table plans for
     power_level: float = 0.8  # dry run: the probability of a decided verdict it asks for
-    grpo: bool = False  # dry run: also plan the GRPO cells (issue #22; capo.experiments.budget.grpo_cells); not run by reproduce yet
+    grpo: bool = False  # dry run: also plan the GRPO cells (capo.experiments.budget.grpo_cells); they run in capo online (configs/grpo-shapes.yaml)
     quiet: bool = False
     report_to: str = "none"  # experiment tracker of every training run (capo.tracking): <base>.<cell>.s<seed>.beta-<beta>
 
@@ -109,8 +109,8 @@ class ReproduceConfig:
         if err := tracking.missing(self.report_to):
             yield err
         if self.grpo and not self.dry_run:
-            yield ("grpo: the GRPO cells are planned (capo reproduce --dry-run grpo=true) but not yet run by reproduce "
-                   "(issue #22 item 3); train one with capo train objective=grpo")
+            yield ("grpo: reproduce prices the GRPO cells (--dry-run grpo=true); the equal-budget comparison with CaPO "
+                   "runs in capo online (capo online --config configs/grpo-shapes.yaml writes reports/grpo.md)")
 
 
 def load_preset(name: str) -> dict:

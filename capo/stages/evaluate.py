@@ -40,8 +40,8 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import stage_config, to_dict
+from capo.registry import BENCHMARKS
 
-BENCHMARKS = ("winrate", "geneval", "compbench", "dpg", "divergence")
 SHAPES_REWARDS = ["shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"]
 REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
 
@@ -74,7 +74,7 @@ class EvalConfig:
     quiet: bool = False
 
     RULES: ClassVar[dict[str, str]] = {
-        "benchmarks": "winrate | geneval | compbench | dpg | divergence", "dpg_vqa": "mplug | blip-vqa", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
+        "benchmarks": "@benchmarks", "dpg_vqa": "mplug | blip-vqa", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
         "limit": ">= 1", "subset_seed": ">= 0", "n_t": ">= 1", "detector": "auto | shapes | mask2former | mmdet",
         "compbench_detector": "auto | unidet | owlv2 | mask2former",
         "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1", "n_boot": ">= 1"}
@@ -225,9 +225,7 @@ def _slug(prompt_set: str) -> str:
 def run(cfg: EvalConfig) -> dict:
     import pandas as pd
 
-    from capo.eval.geneval import get_detector, summarize, write_results_jsonl
-    from capo.eval.t2i_compbench import summarize as summarize_cb
-    from capo.eval.winrate import bootstrap_delta, win_rate
+    from capo.eval.geneval import get_detector, write_results_jsonl
     from capo.models import check_model, load_model, model_fingerprint
     from capo.prompts import load_prompts, records_fingerprint, strata_of
     from capo.stages import generate, score
@@ -236,18 +234,8 @@ def run(cfg: EvalConfig) -> dict:
     image_mode = bool(cfg.images)
     models = parse_models(cfg.models or cfg.images)
     shapes = cfg.detector == "shapes" if image_mode else is_shapes(load_model(models[0][1]))
-    sets = {}  # benchmark -> prompt sets (IMAGES: the prompts of each image folder)
-    if "winrate" in cfg.benchmarks or "divergence" in cfg.benchmarks:
-        sets["winrate"] = [cfg.prompts or (IMAGES if image_mode else "shapes:geneval" if shapes else "parti")]
-    if "geneval" in cfg.benchmarks:
-        sets["geneval"] = [cfg.geneval_prompts or (IMAGES if image_mode else "shapes:geneval" if shapes else "geneval")]
-    if "compbench" in cfg.benchmarks:
-        sets["compbench"] = list(cfg.compbench_prompts or ([IMAGES] if image_mode else
-                                                           SHAPES_COMPBENCH if shapes else REAL_COMPBENCH))
-    if "dpg" in cfg.benchmarks:
-        if shapes:
-            raise ValueError("benchmarks: dpg (DPG-Bench) has no shapes-world form; run it on real models or images")
-        sets["dpg"] = [cfg.dpg_prompts or (IMAGES if image_mode else "dpg-bench")]
+    sets = benchmark_sets(cfg, image_mode, shapes)  # benchmark -> prompt sets (IMAGES: each folder's prompts)
+    if "dpg" in sets:
         from capo.eval.dpg_bench import load_questions
 
         questions = load_questions(cfg.dpg_questions)  # a missing question file fails before any work
@@ -354,53 +342,15 @@ def run(cfg: EvalConfig) -> dict:
     results["protocol"] = protocol_card(cfg, sets, records_of, models, detector_name, shapes, rewards,
                                         image_sets, manifest, compbench_protocols)
     base_label = models[0][0]
-    for label, _ in models:
+    for label, spec in models:
         entry = results["results"][label]
-        if "winrate" in frames:
-            f = frames["winrate"][label].merge(frames["winrate"][base_label], on=["prompt_id", "sample_id"],
-                                               suffixes=("", "@base"))
-            pids = f["prompt_id"].to_numpy()
-            wr = {}
-            for r in rewards:
-                w = win_rate(f[r].to_numpy(), f[f"{r}@base"].to_numpy(), pids, n_boot=cfg.n_boot)
-                d = bootstrap_delta(f[r].to_numpy(), f[f"{r}@base"].to_numpy(), pids, n_boot=cfg.n_boot)
-                wr[r] = {**w, "score": w["mean_a"], "score_delta": d["delta"],
-                         "score_delta_ci": [d["ci_low"], d["ci_high"]]}
-            entry["winrate"] = wr
-        if "geneval" in frames:
-            g = frames["geneval"][label]
-            entry["geneval"] = summarize(g.to_dict("records"))
-            if label != base_label:
-                f = g.merge(frames["geneval"][base_label], on=["prompt_id", "sample_id"], suffixes=("", "@base"))
-                entry["geneval_delta"] = _geneval_deltas(f, f["prompt_id"].to_numpy(), cfg.n_boot, bootstrap_delta)
-        if "compbench" in frames:
-            c = frames["compbench"][label]
-            entry["compbench"] = summarize_cb(c.to_dict("records"))
-            if label != base_label:
-                f = c.merge(frames["compbench"][base_label], on=["prompt_id", "sample_id"], suffixes=("", "@base"))
-                entry["compbench_delta"] = {}
-                for cat in sorted(f["category"].unique()):
-                    m = (f["category"] == cat).to_numpy()
-                    entry["compbench_delta"][cat] = bootstrap_delta(
-                        f.loc[m, "score"].to_numpy(), f.loc[m, "score@base"].to_numpy(),
-                        f.loc[m, "prompt_id"].to_numpy(), n_boot=cfg.n_boot)
-        if "dpg" in frames:
-            spec = dict(models)[label]
-            entry["dpg"] = {ps: sm for ps, sm in dpg_summaries[spec].items()}
-            entry["dpg"] = next(iter(entry["dpg"].values())) if len(entry["dpg"]) == 1 else entry["dpg"]
-            if label != base_label:
-                f = frames["dpg"][label].merge(frames["dpg"][base_label], on=["prompt_id", "sample_id"],
-                                               suffixes=("", "@base"))
-                f = f[f["score"].notna() & f["score@base"].notna()]  # prompts upstream drops (KeyError) in either
-                entry["dpg_delta"] = {"overall": bootstrap_delta(f["score"].to_numpy(float), f["score@base"].to_numpy(float),
-                                                                 f["prompt_id"].to_numpy(), n_boot=cfg.n_boot)}
-        if "divergence" in frames and label in frames["divergence"]:
-            from capo.eval.divergence import divergence_summary
-
-            dv = frames["divergence"][label]
-            artifacts.write_table(dv["rows"], out / "results" / label / "divergence_per_image.parquet")
-            entry["divergence"] = {**divergence_summary(dv["rows"], n_boot=cfg.n_boot),
-                                   "param_distance": dv["param_distance"]}
+        for bench in frames:
+            if bench != "divergence" or label in frames["divergence"]:
+                summary = BENCHMARKS.get(bench)  # capo.registry: the <bench>_summary functions below
+                entry.update(summary(frames[bench], label, base_label, cfg.n_boot, dpg=dpg_summaries.get(spec)))
+        if "divergence" in entry:
+            artifacts.write_table(frames["divergence"][label]["rows"],
+                                  out / "results" / label / "divergence_per_image.parquet")
         for bench in ("winrate", "geneval", "compbench", "dpg", "divergence"):
             if bench in entry:
                 artifacts.write_json(out / "results" / label / f"{bench}.json",
@@ -412,6 +362,95 @@ def run(cfg: EvalConfig) -> dict:
     artifacts.finish(out, manifest, counts={"models": len(models), **{f"prompts:{k}": len(v) for k, v in records.items()}},
                      seconds=round(time.time() - t0, 3))
     return {**results, "skipped": False}
+
+
+def benchmark_sets(cfg: EvalConfig, image_mode: bool, shapes: bool) -> dict[str, list[str]]:
+    """Benchmark -> the prompt sets it reads: the config's, else the shapes world's or the real
+    benchmark's own (image folders: ``IMAGES``, each folder's own prompts)."""
+    sets = {}
+    if "winrate" in cfg.benchmarks or "divergence" in cfg.benchmarks:
+        sets["winrate"] = [cfg.prompts or (IMAGES if image_mode else "shapes:geneval" if shapes else "parti")]
+    if "geneval" in cfg.benchmarks:
+        sets["geneval"] = [cfg.geneval_prompts or (IMAGES if image_mode else "shapes:geneval" if shapes else "geneval")]
+    if "compbench" in cfg.benchmarks:
+        sets["compbench"] = list(cfg.compbench_prompts or ([IMAGES] if image_mode else
+                                                           SHAPES_COMPBENCH if shapes else REAL_COMPBENCH))
+    if "dpg" in cfg.benchmarks:
+        if shapes:
+            raise ValueError("benchmarks: dpg (DPG-Bench) has no shapes-world form; run it on real models or images")
+        sets["dpg"] = [cfg.dpg_prompts or (IMAGES if image_mode else "dpg-bench")]
+    return sets
+
+
+# ----------------------------------------------------------------------------- per-benchmark summaries
+# capo.registry.BENCHMARKS[bench](frames of every label, label, base label, n_boot, dpg=...) -> the results.json
+# entries of one model: the benchmark's summary and, against the base, its paired deltas.
+def _paired(frames: dict, label: str, base_label: str):
+    return frames[label].merge(frames[base_label], on=["prompt_id", "sample_id"], suffixes=("", "@base"))
+
+
+def winrate_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
+    """Per reward: the win-rate over the base with its CI, the mean score and its paired delta."""
+    from capo.eval.winrate import bootstrap_delta, win_rate
+
+    f = _paired(frames, label, base_label)
+    pids = f["prompt_id"].to_numpy()
+    rewards = [c for c in frames[label].columns if c not in ("prompt_id", "sample_id")]
+    wr = {}
+    for r in rewards:
+        w = win_rate(f[r].to_numpy(), f[f"{r}@base"].to_numpy(), pids, n_boot=n_boot)
+        d = bootstrap_delta(f[r].to_numpy(), f[f"{r}@base"].to_numpy(), pids, n_boot=n_boot)
+        wr[r] = {**w, "score": w["mean_a"], "score_delta": d["delta"], "score_delta_ci": [d["ci_low"], d["ci_high"]]}
+    return {"winrate": wr}
+
+
+def geneval_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
+    """GenEval's per-tag and overall accuracy; against the base, their paired deltas."""
+    from capo.eval.geneval import summarize
+    from capo.eval.winrate import bootstrap_delta
+
+    out = {"geneval": summarize(frames[label].to_dict("records"))}
+    if label != base_label:
+        f = _paired(frames, label, base_label)
+        out["geneval_delta"] = _geneval_deltas(f, f["prompt_id"].to_numpy(), n_boot, bootstrap_delta)
+    return out
+
+
+def compbench_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
+    """T2I-CompBench's per-category means; against the base, each category's paired delta."""
+    from capo.eval.t2i_compbench import summarize
+    from capo.eval.winrate import bootstrap_delta
+
+    out = {"compbench": summarize(frames[label].to_dict("records"))}
+    if label != base_label:
+        f = _paired(frames, label, base_label)
+        out["compbench_delta"] = {}
+        for cat in sorted(f["category"].unique()):
+            m = (f["category"] == cat).to_numpy()
+            out["compbench_delta"][cat] = bootstrap_delta(f.loc[m, "score"].to_numpy(), f.loc[m, "score@base"].to_numpy(),
+                                                          f.loc[m, "prompt_id"].to_numpy(), n_boot=n_boot)
+    return out
+
+
+def dpg_summary(frames: dict, label: str, base_label: str, n_boot: int, dpg: dict | None = None, **_) -> dict:
+    """DPG-Bench's summary per prompt set (upstream's, kept while scoring); the overall paired delta."""
+    from capo.eval.winrate import bootstrap_delta
+
+    out = {"dpg": next(iter(dpg.values())) if len(dpg) == 1 else dict(dpg)}
+    if label != base_label:
+        f = _paired(frames, label, base_label)
+        f = f[f["score"].notna() & f["score@base"].notna()]  # prompts upstream drops (KeyError) in either
+        out["dpg_delta"] = {"overall": bootstrap_delta(f["score"].to_numpy(float), f["score@base"].to_numpy(float),
+                                                       f["prompt_id"].to_numpy(), n_boot=n_boot)}
+    return out
+
+
+def divergence_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
+    """The reverse-process KL term from the base on the model's own images, and the parameter distance."""
+    from capo.eval.divergence import divergence_summary as summarize
+
+    dv = frames[label]
+    return {"divergence": {**summarize(dv["rows"], n_boot=n_boot), "param_distance": dv["param_distance"]}}
 
 
 IMAGES = "images"  # the prompt set of an image folder: the prompts its own layout names
@@ -539,3 +578,8 @@ def _geneval_deltas(f, pids, n_boot, bootstrap_delta) -> dict:
     w = np.array([len(tags) / (len(counts) * counts[t]) for t in tags])
     out["overall"] = bootstrap_delta(a * w, b * w, pids, n_boot=n_boot)
     return out
+
+
+def summary(cfg: EvalConfig, res: dict) -> str:
+    """``capo eval``'s closing line."""
+    return f"eval: {len(res['models'])} models on {res['n_prompts']} x {res['n_per_prompt']} images -> {cfg.out}/results.json"

@@ -35,6 +35,7 @@ a guided call counts two).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -213,21 +214,106 @@ def sample_chain(model, net, chain: Chain, cond, uncond, guidance: float, seeds,
 
 
 # ----------------------------------------------------------------------------- run
+# One run in named phases: ``setup`` (inputs, manifest, models, policy, optimizer, resume),
+# per rollout ``rollout`` then ``update`` per optimizer step (with ``log_and_checkpoint``), and
+# ``finish``. ``Run`` holds what the phases share.
+@dataclasses.dataclass
+class Run:
+    cfg: object
+    out: Path
+    manifest: dict
+    accelerator: object
+    records: list
+    weights: object
+    model: object
+    rewards: list
+    monitors: list
+    transforms: list
+    chain: Chain
+    K: int  # chain steps trained per update
+    guidance: float
+    policy: object = None
+    unwrapped: object = None
+    reference: object = None
+    opt: object = None
+    sched: object = None
+    step: int = 0
+    last_ckpt: int = 0
+    budget: dict = dataclasses.field(default_factory=lambda: {
+        "rollout_images": 0, "rollout_passes": 0, "update_passes": 0, "reference_passes": 0})
+    uncond: dict = dataclasses.field(default_factory=dict)
+    window: list = dataclasses.field(default_factory=list)
+    t_window: float = 0.0
+
+    @property
+    def cfg_mult(self) -> int:  # denoiser passes per guided call
+        return 1 if self.guidance == 1.0 else 2
+
+    @property
+    def metrics_f(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def unconditional(self, n: int):
+        import torch
+
+        if self.guidance == 1.0:
+            return None
+        if n not in self.uncond:
+            with torch.no_grad():
+                self.uncond[n] = tuple(v.detach() for v in self.model.unconditional(n))
+        return self.uncond[n]
+
+    def ref_prediction(self, x, t, cond, unc):
+        import torch
+
+        with torch.no_grad(), self.accelerator.autocast():
+            if self.reference is None:
+                with self.unwrapped.disable_adapter():
+                    return guided(self.model, self.unwrapped, x, t, cond, unc, self.guidance)
+            return guided(self.model, self.reference, x, t, cond, unc, self.guidance)
+
+
 def run(cfg) -> dict:
+    t_start = time.time()
+    s = setup(cfg)
+    if isinstance(s, dict):  # complete already
+        return s
+    U = cfg.grpo_updates
+    bar = progress(total=cfg.steps, initial=s.step, desc="grpo", unit="step",
+                   disable=cfg.quiet or not s.accelerator.is_local_main_process)
+    s.t_window, s.last_ckpt = time.time(), s.step
+    while s.step < cfg.steps:
+        r = s.step // U  # the rollout this step trains on
+        roll = rollout(s, r)
+        for u in range(s.step - r * U, U):
+            update(s, roll, u)
+            bar.update(1)
+            if s.accelerator.is_main_process and s.window:
+                bar.set_postfix(loss=s.window[-1]["loss"], reward=s.window[-1][f"reward_{s.rewards[0].name}"])
+            log_and_checkpoint(s, roll)
+            if cfg.stop_after is not None and s.step >= cfg.stop_after and s.step < cfg.steps:
+                bar.close()
+                return {"stopped_at": s.step, "skipped": False, "complete": False}
+            if s.step >= cfg.steps:
+                break
+    bar.close()
+    return finish(s, t_start)
+
+
+def setup(cfg) -> Run | dict:
+    """Inputs and manifest (a complete run returns its manifest), models and rewards, the
+    policy (full or LoRA), the frozen reference, the optimizer, and the state of a resumed run."""
     import torch
     from accelerate.utils import set_seed
 
     from capo.dist import accelerator as make_accelerator
     from capo.dist import prepare_out_dir
-    from capo.method.grpo import grpo_loss, group_advantages, group_scores, step_kl, gaussian_log_prob
-    from capo.models import load_model, model_fingerprint, save_checkpoint
+    from capo.models import load_model, model_fingerprint
     from capo.rewards import load_reward
-    from capo.stages.training import (TrainingDiverged, compute_dtype, frozen_reference, latest_checkpoint, logged_step,
-                                      make_optimizer, reference_denoiser, use_checkpointing)
+    from capo.stages.training import (compute_dtype, frozen_reference, latest_checkpoint, logged_step, make_optimizer,
+                                      reference_denoiser, use_checkpointing)
 
-    t_start = time.time()
     src = _prompt_source(cfg)
-    records = src["records"]
     accelerator = make_accelerator(mixed_precision=cfg.mixed_precision)
     out = Path(cfg.out)
     config = {k: v for k, v in to_dict(cfg).items() if k not in TRACKING_KEYS}
@@ -241,16 +327,18 @@ def run(cfg) -> dict:
     model = load_model(cfg.model)
     rewards = [load_reward(r, device=accelerator.device, **({"path": cfg.reward_paths[r]} if r in cfg.reward_paths else {}))
                for r in src["rewards"]]
-    transforms = [(src["transforms"] or {}).get(r.name, r.bt_transform) for r in rewards]
     if both := sorted(set(src["rewards"]) & set(cfg.monitor_rewards)):
         raise ValueError(f"monitor_rewards: {', '.join(both)} also trained on (the pairs' rewards); a monitor is never trained on")
-    monitors = [load_reward(r, device=accelerator.device) for r in cfg.monitor_rewards]
     ref_net = reference_denoiser(cfg.reference, model.denoiser) if cfg.reference else None
     chain = Chain(model, cfg.sample_steps or model.default_steps, cfg.noise_level)
     if not chain.stochastic:
         raise ValueError("the sampling chain has no stochastic step (noise_level and the schedule give std 0 everywhere)")
-    K = min(cfg.grpo_steps or len(chain.stochastic), len(chain.stochastic))
-    guidance = float(model.default_guidance if cfg.guidance is None else cfg.guidance)
+    s = Run(cfg=cfg, out=out, manifest=manifest, accelerator=accelerator, records=src["records"],
+            weights=src["weights"], model=model, rewards=rewards,
+            monitors=[load_reward(r, device=accelerator.device) for r in cfg.monitor_rewards],
+            transforms=[(src["transforms"] or {}).get(r.name, r.bt_transform) for r in rewards], chain=chain,
+            K=min(cfg.grpo_steps or len(chain.stochastic), len(chain.stochastic)),
+            guidance=float(model.default_guidance if cfg.guidance is None else cfg.guidance))
     if prepare_out_dir(accelerator, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
@@ -280,207 +368,208 @@ def run(cfg) -> dict:
                 p.data = p.data.float()
     else:
         policy = base
-    reference = frozen_reference(base, ref_net, cfg.lora_rank > 0, cfg.mixed_precision, accelerator.device) \
+    s.reference = frozen_reference(base, ref_net, cfg.lora_rank > 0, cfg.mixed_precision, accelerator.device) \
         if cfg.beta > 0 else None
     if cfg.compile != "off":
         policy = torch.compile(policy, backend=cfg.compile)
     policy.eval()  # no dropout: the update's log-probabilities are the rollout's
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = make_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    policy, opt, sched = accelerator.prepare(policy, opt, sched)
-    unwrapped = accelerator.unwrap_model(policy)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, cfg.warmup_steps)))
+    s.policy, s.opt, s.sched = accelerator.prepare(policy, opt, sched)
+    s.unwrapped = accelerator.unwrap_model(s.policy)
 
-    step = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
-        step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        s.step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        s.budget = json.loads((ckpt / "budget.json").read_text())  # the budget spent up to the checkpoint
         if not cfg.quiet and accelerator.is_main_process:
-            print(f"train: resuming from {ckpt} (step {step})")
-    metrics_f = out / "metrics.jsonl"
-    if accelerator.is_main_process and metrics_f.is_file():
-        artifacts.write_text(metrics_f, "".join(x + "\n" for x in metrics_f.read_text().splitlines()
-                                                if logged_step(x) is not None and logged_step(x) <= step))
+            print(f"train: resuming from {ckpt} (step {s.step})")
+    if accelerator.is_main_process and s.metrics_f.is_file():
+        artifacts.write_text(s.metrics_f, "".join(x + "\n" for x in s.metrics_f.read_text().splitlines()
+                                                  if logged_step(x) is not None and logged_step(x) <= s.step))
+    return s
 
-    world, rank, B, G, U = accelerator.num_processes, accelerator.process_index, cfg.batch_size, cfg.group_size, \
-        cfg.grpo_updates
+
+def rollout(s: Run, r: int) -> dict:
+    """Rollout ``r``: B prompts x G images from the current policy along the chain (latents and
+    log-probabilities), their rewards (and monitors), scores and group-relative advantages."""
+    import torch
+
+    from capo.method.grpo import group_advantages, group_scores
+
+    cfg, acc, chain = s.cfg, s.accelerator, s.chain
+    world, B, G, U = acc.num_processes, cfg.batch_size, cfg.group_size, cfg.grpo_updates
     n_img = B * G
     micro = n_img // (U * cfg.grad_accum)
-    cfg_mult = 1 if guidance == 1.0 else 2
-    names = [r.name for r in rewards]
-    pids = [r["prompt_id"] for r in records]
-    texts = [r["prompt"] for r in records]
-    uncond_cache: dict[int, tuple] = {}
+    texts, pids = [x["prompt"] for x in s.records], [x["prompt_id"] for x in s.records]
+    t0 = time.time()
+    idx = rollout_prompts(len(s.records), cfg.seed, r, B, world, acc.process_index)
+    rng = np.random.default_rng([cfg.seed, 17, r])
+    stoch = [False] * chain.N
+    if cfg.grpo_sde == "window":
+        start = int(rng.integers(0, len(chain.stochastic) - s.K + 1))
+        window_steps = chain.stochastic[start:start + s.K]
+    else:
+        window_steps = chain.stochastic
+    for i in window_steps:
+        stoch[i] = True
+    with torch.no_grad():
+        hidden, pooled = (v.detach() for v in s.model.encode_prompts([texts[i] for i in idx]))
+    owner = torch.arange(B, device=hidden.device).repeat_interleave(G)  # image -> its prompt in the rollout
+    seeds = [image_seed(cfg.seed, r, pids[i], k) for i in idx for k in range(G)]
+    s.policy.eval()
+    lat, old_lp = [], []
+    for a in range(0, n_img, micro):
+        o = owner[a:a + micro]
+        z, lp = sample_chain(s.model, s.unwrapped, chain, (hidden[o], pooled[o]), s.unconditional(len(o)), s.guidance,
+                             seeds[a:a + micro], stoch, acc.autocast)
+        lat.append(z)
+        old_lp.append(lp)
+    lat, old_lp = torch.cat(lat), torch.cat(old_lp)
+    raw, mon = np.zeros((n_img, len(s.rewards))), np.zeros((n_img, len(s.monitors)))
+    for a in range(0, n_img, micro):
+        images = s.model.decode_latents(lat[a:a + micro, -1])
+        prompts = [texts[idx[int(o)]] for o in owner[a:a + micro]]
+        for j, rw in enumerate(s.rewards):
+            raw[a:a + micro, j] = np.asarray(rw(images, prompts), dtype=np.float64)
+        for j, rw in enumerate(s.monitors):  # logged only: never in the scores or advantages
+            mon[a:a + micro, j] = np.asarray(rw(images, prompts), dtype=np.float64)
+    names = [rw.name for rw in s.rewards]
+    if not np.isfinite(raw).all():
+        raise ValueError(f"a reward returned NaN/inf in rollout {r}: rewards {names}")
+    scores = group_scores(raw.reshape(B, G, -1), cfg.advantage, s.transforms, s.weights)
+    adv_np = group_advantages(scores, cfg.advantage_norm, cfg.advantage_eps, cfg.advantage_clip)
+    s.budget["rollout_images"] += n_img * world
+    s.budget["rollout_passes"] += n_img * world * chain.N * s.cfg_mult
+    stats = {**{f"reward_{n}": float(raw[:, j].mean()) for j, n in enumerate(names)},
+             **{f"monitor_{rw.name}": float(np.nanmean(mon[:, j])) for j, rw in enumerate(s.monitors)},
+             "score": float(scores.mean()), "adv_abs": float(np.abs(adv_np).mean()),
+             "zero_std_groups": float((scores.std(1) <= 1e-12).mean()), "rollout_s": round(time.time() - t0, 3)}
+    return {"r": r, "lat": lat, "old_lp": old_lp, "owner": owner, "hidden": hidden, "pooled": pooled,
+            "window_steps": window_steps, "n_img": n_img, "micro": micro,
+            "adv": torch.as_tensor(adv_np.reshape(-1), dtype=torch.float32, device=lat.device),
+            "order": np.random.default_rng([cfg.seed, 23, r]).permutation(n_img), "stats": stats}
 
-    def unconditional(n):
-        if guidance == 1.0:
-            return None
-        if n not in uncond_cache:
-            with torch.no_grad():
-                uncond_cache[n] = tuple(v.detach() for v in model.unconditional(n))
-        return uncond_cache[n]
 
-    def ref_prediction(x, t, cond, unc):
-        with torch.no_grad(), accelerator.autocast():
-            if reference is None:
-                with unwrapped.disable_adapter():
-                    return guided(model, unwrapped, x, t, cond, unc, guidance)
-            return guided(model, reference, x, t, cond, unc, guidance)
+def update(s: Run, roll: dict, u: int) -> None:
+    """Optimizer step ``u`` on the rollout: its minibatch of images, the trained chain steps J,
+    per micro-batch and step the clipped surrogate and the KL to the reference, one AdamW step."""
+    import torch
 
-    budget = {"rollout_images": 0, "rollout_passes": 0, "update_passes": 0, "reference_passes": 0}
-    if ckpt is not None:  # the budget spent up to the checkpoint, saved with it
-        budget = json.loads((ckpt / "budget.json").read_text())
-    bar = progress(total=cfg.steps, initial=step, desc="grpo", unit="step",
-                   disable=cfg.quiet or not accelerator.is_local_main_process)
-    window: list[dict] = []
-    t_window, last_ckpt = time.time(), step
-    while step < cfg.steps:
-        r = step // U  # the rollout this step trains on
-        # ---- rollout: B prompts x G images from the current policy
-        t0 = time.time()
-        idx = rollout_prompts(len(records), cfg.seed, r, B, world, rank)
-        rng = np.random.default_rng([cfg.seed, 17, r])
-        stoch = [False] * chain.N
-        if cfg.grpo_sde == "window":
-            start = int(rng.integers(0, len(chain.stochastic) - K + 1))
-            window_steps = chain.stochastic[start:start + K]
-        else:
-            window_steps = chain.stochastic
-        for i in window_steps:
-            stoch[i] = True
-        with torch.no_grad():
-            hidden, pooled = (v.detach() for v in model.encode_prompts([texts[i] for i in idx]))
-        owner = torch.arange(B, device=hidden.device).repeat_interleave(G)  # image -> its prompt in the rollout
-        seeds = [image_seed(cfg.seed, r, pids[i], k) for i in idx for k in range(G)]
-        policy.eval()
-        lat, old_lp = [], []
-        for s in range(0, n_img, micro):
-            o = owner[s:s + micro]
-            z, lp = sample_chain(model, unwrapped, chain, (hidden[o], pooled[o]), unconditional(len(o)), guidance,
-                                 seeds[s:s + micro], stoch, accelerator.autocast)
-            lat.append(z)
-            old_lp.append(lp)
-        lat, old_lp = torch.cat(lat), torch.cat(old_lp)
-        raw, mon = np.zeros((n_img, len(rewards))), np.zeros((n_img, len(monitors)))
-        for s in range(0, n_img, micro):
-            images = model.decode_latents(lat[s:s + micro, -1])
-            prompts = [texts[idx[int(o)]] for o in owner[s:s + micro]]
-            for j, rw in enumerate(rewards):
-                raw[s:s + micro, j] = np.asarray(rw(images, prompts), dtype=np.float64)
-            for j, rw in enumerate(monitors):  # logged only: never in the scores or advantages
-                mon[s:s + micro, j] = np.asarray(rw(images, prompts), dtype=np.float64)
-        if not np.isfinite(raw).all():
-            raise ValueError(f"a reward returned NaN/inf in rollout {r}: rewards {names}")
-        scores = group_scores(raw.reshape(B, G, -1), cfg.advantage, transforms, src["weights"])
-        adv_np = group_advantages(scores, cfg.advantage_norm, cfg.advantage_eps, cfg.advantage_clip)
-        adv = torch.as_tensor(adv_np.reshape(-1), dtype=torch.float32, device=lat.device)
-        budget["rollout_images"] += n_img * world
-        budget["rollout_passes"] += n_img * world * chain.N * cfg_mult
-        roll = {**{f"reward_{n}": float(raw[:, j].mean()) for j, n in enumerate(names)},
-                **{f"monitor_{rw.name}": float(np.nanmean(mon[:, j])) for j, rw in enumerate(monitors)},
-                "score": float(scores.mean()), "adv_abs": float(np.abs(adv_np).mean()),
-                "zero_std_groups": float((scores.std(1) <= 1e-12).mean()), "rollout_s": round(time.time() - t0, 3)}
-        order = np.random.default_rng([cfg.seed, 23, r]).permutation(n_img)
-        # ---- updates: U optimizer steps on this rollout
-        for u in range(step - r * U, U):
-            mb = order[u * (n_img // U):(u + 1) * (n_img // U)]
-            if cfg.grpo_sde == "window" or K == len(chain.stochastic):
-                J = list(window_steps)
-            else:
-                J = sorted(np.random.default_rng([cfg.seed, 19, step]).choice(chain.stochastic, K, replace=False).tolist())
-            mets = []
-            n_back, n_total = 0, cfg.grad_accum * len(J)
-            for a in range(cfg.grad_accum):
-                m = torch.as_tensor(mb[a * micro:(a + 1) * micro], device=lat.device)
-                o = owner[m]
-                cond, unc = (hidden[o], pooled[o]), unconditional(len(m))
-                for j in J:
-                    x, x_next, t = lat[m, j], lat[m, j + 1], chain.t_model[j].to(lat.device)
-                    last = n_back == n_total - 1
-                    with (contextlib.nullcontext() if last else accelerator.no_sync(policy)):
-                        with accelerator.autocast():
-                            pred = guided(model, policy, x, t, cond, unc, guidance)
-                        mean, std = chain.step(j, x, pred, True)
-                        lp = gaussian_log_prob(x_next, mean, std)
-                        kl = None
-                        if cfg.beta > 0:
-                            mean_ref, _ = chain.step(j, x, ref_prediction(x, t, cond, unc), True)
-                            kl = step_kl(mean, mean_ref, std)
-                        loss, met = grpo_loss(lp, old_lp[m, j], adv[m], cfg.clip_range, cfg.beta, kl)
-                        if not torch.isfinite(loss):
-                            raise TrainingDiverged(
-                                f"loss is {loss.item()} at step {step} (rollout {r}, chain step {j}); stopped. "
-                                f"Last good checkpoint: {latest_checkpoint(out) or 'none'}. Lower lr.")
-                        accelerator.backward(loss / n_total)
-                    n_back += 1
-                    mets.append({"loss": loss.item(), **{k: v.item() for k, v in met.items()}})
-            gn = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            if not torch.isfinite(gn):
-                raise TrainingDiverged(f"gradient norm is {gn.item()} at step {step}; stopped before the update. "
-                                       f"Last good checkpoint: {latest_checkpoint(out) or 'none'}. Lower lr.")
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            budget["update_passes"] += len(mb) * world * len(J) * cfg_mult
-            budget["reference_passes"] += len(mb) * world * len(J) * cfg_mult * (cfg.beta > 0)
-            step += 1
-            bar.update(1)
-            window.append({**{k: float(np.mean([x[k] for x in mets])) for k in mets[0]}, "grad_norm": float(gn),
-                           **roll})
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                rec = accelerator.reduce({k: torch.tensor(v, device=accelerator.device) for k, v in rec.items()}, "mean")
-                rec = {"step": step, **{k: round(float(v), 6) for k, v in rec.items()}, "lr": sched.get_last_lr()[0],
-                       **budget, "images_per_s": round(len(window) * n_img * world / U / (time.time() - t_window), 2)}
-                if accelerator.is_main_process:
-                    with open(metrics_f, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    bar.set_postfix(loss=rec["loss"], reward=rec[f"reward_{names[0]}"])
-                window, t_window = [], time.time()
-            boundary = step % U == 0 or step == cfg.steps
-            if boundary and (step - last_ckpt >= cfg.checkpoint_every or step == cfg.steps):
-                d = out / "checkpoints" / f"step-{step:06d}"
-                accelerator.wait_for_everyone()
-                accelerator.save_state(str(d))
-                if accelerator.is_main_process:
-                    artifacts.follow_umask(d)
-                    artifacts.write_json(d / "budget.json", budget)
-                    artifacts.write_json(d / "trainer_state.json", {"step": step})  # last: the checkpoint is complete
-                    import shutil
+    from capo.method.grpo import gaussian_log_prob, grpo_loss, step_kl
+    from capo.stages.training import TrainingDiverged, latest_checkpoint
 
-                    done = sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))
-                    for old in done[:-max(1, cfg.keep_checkpoints)]:
-                        shutil.rmtree(old)
-                accelerator.wait_for_everyone()
-                last_ckpt = step
-            if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps:
-                bar.close()
-                return {"stopped_at": step, "skipped": False, "complete": False}
-            if step >= cfg.steps:
-                break
-    bar.close()
+    cfg, acc, chain = s.cfg, s.accelerator, s.chain
+    U, n_img, micro, lat, adv = cfg.grpo_updates, roll["n_img"], roll["micro"], roll["lat"], roll["adv"]
+    mb = roll["order"][u * (n_img // U):(u + 1) * (n_img // U)]
+    if cfg.grpo_sde == "window" or s.K == len(chain.stochastic):
+        J = list(roll["window_steps"])
+    else:
+        J = sorted(np.random.default_rng([cfg.seed, 19, s.step]).choice(chain.stochastic, s.K, replace=False).tolist())
+    mets = []
+    n_back, n_total = 0, cfg.grad_accum * len(J)
+    for a in range(cfg.grad_accum):
+        m = torch.as_tensor(mb[a * micro:(a + 1) * micro], device=lat.device)
+        o = roll["owner"][m]
+        cond, unc = (roll["hidden"][o], roll["pooled"][o]), s.unconditional(len(m))
+        for j in J:
+            x, x_next, t = lat[m, j], lat[m, j + 1], chain.t_model[j].to(lat.device)
+            last = n_back == n_total - 1
+            with (contextlib.nullcontext() if last else acc.no_sync(s.policy)):
+                with acc.autocast():
+                    pred = guided(s.model, s.policy, x, t, cond, unc, s.guidance)
+                mean, std = chain.step(j, x, pred, True)
+                lp = gaussian_log_prob(x_next, mean, std)
+                kl = None
+                if cfg.beta > 0:
+                    mean_ref, _ = chain.step(j, x, s.ref_prediction(x, t, cond, unc), True)
+                    kl = step_kl(mean, mean_ref, std)
+                loss, met = grpo_loss(lp, roll["old_lp"][m, j], adv[m], cfg.clip_range, cfg.beta, kl)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss is {loss.item()} at step {s.step} (rollout {roll['r']}, chain step {j}); stopped. "
+                        f"Last good checkpoint: {latest_checkpoint(s.out) or 'none'}. Lower lr.")
+                acc.backward(loss / n_total)
+            n_back += 1
+            mets.append({"loss": loss.item(), **{k: v.item() for k, v in met.items()}})
+    gn = acc.clip_grad_norm_(s.policy.parameters(), cfg.max_grad_norm)
+    if not torch.isfinite(gn):
+        raise TrainingDiverged(f"gradient norm is {gn.item()} at step {s.step}; stopped before the update. "
+                               f"Last good checkpoint: {latest_checkpoint(s.out) or 'none'}. Lower lr.")
+    s.opt.step()
+    s.sched.step()
+    s.opt.zero_grad(set_to_none=True)
+    world = acc.num_processes
+    s.budget["update_passes"] += len(mb) * world * len(J) * s.cfg_mult
+    s.budget["reference_passes"] += len(mb) * world * len(J) * s.cfg_mult * (cfg.beta > 0)
+    s.step += 1
+    s.window.append({**{k: float(np.mean([x[k] for x in mets])) for k in mets[0]}, "grad_norm": float(gn),
+                     **roll["stats"]})
 
-    accelerator.wait_for_everyone()
-    model.denoiser = unwrapped
-    state = accelerator.get_state_dict(policy) if cfg.lora_rank == 0 else None
+
+def log_and_checkpoint(s: Run, roll: dict) -> None:
+    """The metrics line every ``log_every`` steps (means over the steps since the last one, over
+    processes); a checkpoint (accelerate state, budget, step) at rollout boundaries."""
+    import shutil
+
+    import torch
+
+    cfg, acc = s.cfg, s.accelerator
+    if s.step % cfg.log_every == 0 or s.step == cfg.steps:
+        rec = {k: float(np.mean([w[k] for w in s.window])) for k in s.window[0]}
+        rec = acc.reduce({k: torch.tensor(v, device=acc.device) for k, v in rec.items()}, "mean")
+        rec = {"step": s.step, **{k: round(float(v), 6) for k, v in rec.items()}, "lr": s.sched.get_last_lr()[0],
+               **s.budget, "images_per_s": round(len(s.window) * roll["n_img"] * acc.num_processes / cfg.grpo_updates
+                                                 / (time.time() - s.t_window), 2)}
+        if acc.is_main_process:
+            with open(s.metrics_f, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        s.window, s.t_window = [], time.time()
+    boundary = s.step % cfg.grpo_updates == 0 or s.step == cfg.steps
+    if boundary and (s.step - s.last_ckpt >= cfg.checkpoint_every or s.step == cfg.steps):
+        d = s.out / "checkpoints" / f"step-{s.step:06d}"
+        acc.wait_for_everyone()
+        acc.save_state(str(d))
+        if acc.is_main_process:
+            artifacts.follow_umask(d)
+            artifacts.write_json(d / "budget.json", s.budget)
+            artifacts.write_json(d / "trainer_state.json", {"step": s.step})  # last: the checkpoint is complete
+            done = sorted(p.parent for p in (s.out / "checkpoints").glob("step-*/trainer_state.json"))
+            for old in done[:-max(1, cfg.keep_checkpoints)]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+        s.last_ckpt = s.step
+
+
+def finish(s: Run, t_start: float) -> dict:
+    """``final/`` (the full denoiser or the adapter), the manifest with the budget and the chain,
+    and (``keep_checkpoints=0``) no resume state left."""
+    import shutil
+
+    from capo.models import save_checkpoint
+
+    cfg, acc = s.cfg, s.accelerator
+    acc.wait_for_everyone()
+    s.model.denoiser = s.unwrapped
+    state = acc.get_state_dict(s.policy) if cfg.lora_rank == 0 else None
     if state is not None:
         state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    if accelerator.is_main_process:
-        extra = {"objective": "grpo", "beta": cfg.beta, "steps": cfg.steps, "train_run": manifest["run_key"]}
+    if acc.is_main_process:
+        extra = {"objective": "grpo", "beta": cfg.beta, "steps": cfg.steps, "train_run": s.manifest["run_key"]}
         if cfg.lora_rank > 0:
-            save_checkpoint(out / "final", cfg.model, lora_model=unwrapped, extra=extra)
+            save_checkpoint(s.out / "final", cfg.model, lora_model=s.unwrapped, extra=extra)
         else:
-            save_checkpoint(out / "final", cfg.model, denoiser_state=state, extra=extra)
-        lines = [json.loads(x) for x in metrics_f.read_text().splitlines()] if metrics_f.is_file() else []
-        artifacts.finish(out, manifest, counts={"steps": cfg.steps, "rollouts": -(-cfg.steps // U),
-                                                "prompts": len(records)},
-                         budget=budget, chain={"steps": chain.N, "noise_level": chain.noise, "trained_steps": K,
-                                               "guidance": guidance, "rewards": names, "transforms": transforms},
+            save_checkpoint(s.out / "final", cfg.model, denoiser_state=state, extra=extra)
+        lines = [json.loads(x) for x in s.metrics_f.read_text().splitlines()] if s.metrics_f.is_file() else []
+        artifacts.finish(s.out, s.manifest, counts={"steps": cfg.steps, "rollouts": -(-cfg.steps // cfg.grpo_updates),
+                                                    "prompts": len(s.records)},
+                         budget=s.budget, chain={"steps": s.chain.N, "noise_level": s.chain.noise, "trained_steps": s.K,
+                                                 "guidance": s.guidance, "rewards": [r.name for r in s.rewards],
+                                                 "transforms": s.transforms},
                          final_metrics=lines[-1] if lines else None, seconds=round(time.time() - t_start, 3))
         if cfg.keep_checkpoints == 0:
-            import shutil
-
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": False}
+            shutil.rmtree(s.out / "checkpoints", ignore_errors=True)
+    acc.wait_for_everyone()
+    return {**artifacts.read_json(s.out / artifacts.MANIFEST), "skipped": False}

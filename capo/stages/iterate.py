@@ -179,3 +179,8 @@ def run(cfg: IterateConfig) -> dict:
     done = artifacts.finish(out, manifest, rounds=rounds, final=model, seconds=round(time.time() - t0, 3))
     log(f"done: {model}")
     return {**done, "skipped": False}
+
+
+def summary(cfg: IterateConfig, res: dict) -> str:
+    """``capo iterate``'s closing line."""
+    return f"iterate: {len(res['rounds'])} round(s) in {res['seconds']:.1f}s -> final checkpoint {res['final']}"

@@ -352,3 +352,10 @@ def run(cfg: SweepConfig) -> dict:
                      seconds=round(time.time() - t0, 3))
     log(f"selected beta={fmt_beta(grid[best])} ({'bracketed' if result['bracketed'] else 'at the grid edge'})")
     return {**result, "skipped": False}
+
+
+def summary(cfg: SweepConfig, res: dict) -> str:
+    """``capo sweep``'s closing line."""
+    sel = res["selected"]
+    return (f"sweep: beta={sel['beta']:.6g} selected ({res['criterion']} {sel['criterion']:.2f}; "
+            f"{'bracketed' if res['bracketed'] else 'at the grid edge'}) -> {cfg.out}/sweep.json")
