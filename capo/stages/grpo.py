@@ -310,7 +310,7 @@ def setup(cfg) -> Run | dict:
     from capo.dist import prepare_out_dir
     from capo.models import load_model, model_fingerprint
     from capo.rewards import load_reward
-    from capo.stages.training import (compute_dtype, frozen_reference, latest_checkpoint, logged_step, make_optimizer,
+    from capo.stages.training import (frozen_reference, latest_checkpoint, logged_step, make_optimizer, make_policy,
                                       reference_denoiser, use_checkpointing)
 
     src = _prompt_source(cfg)
@@ -354,20 +354,7 @@ def setup(cfg) -> Run | dict:
     if use_checkpointing(cfg.gradient_checkpointing, getattr(model, "kind", "")):
         model.denoiser.enable_gradient_checkpointing()
     base = model.denoiser
-    if cfg.lora_rank > 0:
-        from peft import LoraConfig, get_peft_model
-
-        targets = sorted({n.split(".")[-1] for n, m in base.named_modules() if n.endswith(("to_q", "to_k", "to_v"))}
-                         | {"to_out.0"})
-        if (half := compute_dtype(cfg.mixed_precision)) is not None:
-            base.to(half)
-        policy = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                                 init_lora_weights="gaussian", target_modules=targets))
-        for p in policy.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-    else:
-        policy = base
+    policy = make_policy(base, cfg)
     s.reference = frozen_reference(base, ref_net, cfg.lora_rank > 0, cfg.mixed_precision, accelerator.device) \
         if cfg.beta > 0 else None
     if cfg.compile != "off":
@@ -512,9 +499,9 @@ def update(s: Run, roll: dict, u: int) -> None:
 def log_and_checkpoint(s: Run, roll: dict) -> None:
     """The metrics line every ``log_every`` steps (means over the steps since the last one, over
     processes); a checkpoint (accelerate state, budget, step) at rollout boundaries."""
-    import shutil
-
     import torch
+
+    from capo.stages.training import rotate_checkpoints
 
     cfg, acc = s.cfg, s.accelerator
     if s.step % cfg.log_every == 0 or s.step == cfg.steps:
@@ -536,9 +523,7 @@ def log_and_checkpoint(s: Run, roll: dict) -> None:
             artifacts.follow_umask(d)
             artifacts.write_json(d / "budget.json", s.budget)
             artifacts.write_json(d / "trainer_state.json", {"step": s.step})  # last: the checkpoint is complete
-            done = sorted(p.parent for p in (s.out / "checkpoints").glob("step-*/trainer_state.json"))
-            for old in done[:-max(1, cfg.keep_checkpoints)]:
-                shutil.rmtree(old)
+            rotate_checkpoints(s.out, cfg.keep_checkpoints)
         acc.wait_for_everyone()
         s.last_ckpt = s.step
 
@@ -548,20 +533,14 @@ def finish(s: Run, t_start: float) -> dict:
     and (``keep_checkpoints=0``) no resume state left."""
     import shutil
 
-    from capo.models import save_checkpoint
+    from capo.stages.training import save_final
 
     cfg, acc = s.cfg, s.accelerator
     acc.wait_for_everyone()
     s.model.denoiser = s.unwrapped
-    state = acc.get_state_dict(s.policy) if cfg.lora_rank == 0 else None
-    if state is not None:
-        state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    save_final(acc, s.policy, s.unwrapped, cfg, s.out,
+               {"objective": "grpo", "beta": cfg.beta, "steps": cfg.steps, "train_run": s.manifest["run_key"]})
     if acc.is_main_process:
-        extra = {"objective": "grpo", "beta": cfg.beta, "steps": cfg.steps, "train_run": s.manifest["run_key"]}
-        if cfg.lora_rank > 0:
-            save_checkpoint(s.out / "final", cfg.model, lora_model=s.unwrapped, extra=extra)
-        else:
-            save_checkpoint(s.out / "final", cfg.model, denoiser_state=state, extra=extra)
         lines = [json.loads(x) for x in s.metrics_f.read_text().splitlines()] if s.metrics_f.is_file() else []
         artifacts.finish(s.out, s.manifest, counts={"steps": cfg.steps, "rollouts": -(-cfg.steps // cfg.grpo_updates),
                                                     "prompts": len(s.records)},

@@ -38,9 +38,9 @@ from capo.config import stage_config, to_dict
 from capo.dist import accelerator as make_accelerator
 from capo.dist import prepare_out_dir
 from capo.progress import progress
-from capo.stages.training import (TrainingDiverged, compute_dtype, frozen_reference,
-                                  latest_checkpoint, logged_step, make_optimizer, reference_denoiser,
-                                  use_checkpointing)
+from capo.stages.training import (TrainingDiverged, frozen_reference,
+                                  latest_checkpoint, logged_step, make_optimizer, make_policy, reference_denoiser,
+                                  rotate_checkpoints, save_final, use_checkpointing)
 from capo.samples import LatentCache  # noqa: F401 (re-exported)
 
 
@@ -187,8 +187,6 @@ class PairSource:
     """The training pairs: fixed pairs from ``pairs.parquet`` or fresh FRS draws."""
 
     def __init__(self, pairs_dir: Path, fresh: bool):
-        import pandas as pd
-
         self.manifest = artifacts.read_json(pairs_dir / artifacts.MANIFEST)
         pairs = artifacts.read_table(artifacts.verify(pairs_dir, "pairs.parquet", "the training pairs"))
         first = pairs[pairs["draw"] == pairs.groupby("prompt_id")["draw"].transform("min")]
@@ -360,17 +358,94 @@ def run(cfg: TrainConfig) -> dict:
 
 
 def _run(cfg: TrainConfig, runs: tracking.Runs) -> dict:
-    import torch
-    from accelerate.utils import set_seed
-
-    from capo.method.implicit import implicit_reward, loss_factor, squared_error
-    from capo.method.schedules import add_noise, eps_from_prediction
-    from capo.models import load_model, save_checkpoint
-    from capo.registry import OBJECTIVES
-
+    """One run in named phases: ``setup``, then per optimizer step ``train_step`` and
+    ``log_and_checkpoint``, then ``finish``; ``Run`` holds what they share."""
     t_start = time.time()
     if cfg.dry_run:
         return dry_run(cfg)
+    s = setup(cfg)
+    if isinstance(s, dict):  # complete already
+        return s
+    acc = s.accelerator
+    runs.start(acc, cfg.report_to, cfg.tracker_project, cfg.run_name or tracking.default_run_name(s.out), s.out,
+               config={**dataclasses.asdict(cfg), "run_key": s.manifest["run_key"], "processes": acc.num_processes,
+                       "effective_batch_pairs": s.manifest["config"]["effective_batch_pairs"]})
+    bar = progress(total=cfg.steps, initial=s.step, desc="train", unit="step",
+                   disable=cfg.quiet or not acc.is_local_main_process)
+    world, rank = acc.num_processes, acc.process_index
+    todo = [st * cfg.grad_accum * world + a * world + rank  # global micro-batch indices of this process
+            for st in range(s.step, cfg.steps) for a in range(cfg.grad_accum)]
+    batches = MicroBatches(s.source, s.cache, cfg.seed, cfg.batch_size, todo).iterate(
+        cfg.data_workers, pin=acc.device.type == "cuda")
+    s.t_window = time.time()
+    while s.step < cfg.steps:
+        train_step(s, batches)
+        bar.update(1)
+        log_and_checkpoint(s, bar)
+        if cfg.stop_after is not None and s.step >= cfg.stop_after and s.step < cfg.steps:
+            bar.close()
+            return {"stopped_at": s.step, "skipped": False, "complete": False}
+    bar.close()
+    return finish(s, t_start)
+
+
+@dataclasses.dataclass
+class Run:
+    """What the phases of a preference run share."""
+    cfg: TrainConfig
+    out: Path
+    manifest: dict
+    accelerator: object
+    model: object
+    objective: object
+    source: object = None
+    cache: object = None
+    policy: object = None
+    unwrapped: object = None
+    reference: object = None
+    opt: object = None
+    sched: object = None
+    params: list = dataclasses.field(default_factory=list)
+    ema: list | None = None
+    step: int = 0
+    window: list = dataclasses.field(default_factory=list)
+    grad_norms: list = dataclasses.field(default_factory=list)
+    t_window: float = 0.0
+
+    @property
+    def metrics_f(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def errors(self, net, x_t, t_model, hidden, pooled, terms, eps):
+        """||eps - eps_hat(x_t, t)||^2 per image (Eq. 5's error) of denoiser ``net``."""
+        from capo.method.implicit import squared_error
+        from capo.method.schedules import eps_from_prediction
+
+        self.model.denoiser = net  # model.predict runs model.denoiser
+        pred = self.model.predict(x_t, t_model, hidden, pooled)
+        eps_hat = eps_from_prediction(pred.float(), x_t, terms.alpha, terms.sigma, self.model.prediction_type)
+        return squared_error(eps_hat, eps)
+
+    def reference_errors(self, x_t, t_model, hidden, pooled, terms, eps):
+        import torch
+
+        with torch.no_grad(), self.accelerator.autocast():
+            if self.reference is None:  # LoRA: the policy with its adapter disabled
+                with self.unwrapped.disable_adapter():
+                    return self.errors(self.unwrapped, x_t, t_model, hidden, pooled, terms, eps)
+            return self.errors(self.reference, x_t, t_model, hidden, pooled, terms, eps)
+
+
+def setup(cfg: TrainConfig) -> Run | dict:
+    """Inputs checked and the manifest made (a complete run returns its manifest), the model,
+    policy (full or LoRA), frozen reference, optimizer, EMA, the pairs and latent cache, and the
+    state of a resumed run."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from capo.models import load_model
+    from capo.registry import OBJECTIVES
+
     objective = OBJECTIVES.get(cfg.objective)
     pairs_dir = Path(cfg.pairs)
     pm_path = pairs_dir / artifacts.MANIFEST
@@ -419,175 +494,141 @@ def _run(cfg: TrainConfig, runs: tracking.Runs) -> dict:
             raise ValueError(f"gradient_checkpointing=on: {type(model.denoiser).__name__} does not support it")
         model.denoiser.enable_gradient_checkpointing()
     base = model.denoiser
-    if cfg.lora_rank > 0:
-        from peft import LoraConfig, get_peft_model
-
-        targets = sorted({n.split(".")[-1] for n, m in base.named_modules() if n.endswith(("to_q", "to_k", "to_v"))}
-                         | {"to_out.0"})
-        if (half := compute_dtype(cfg.mixed_precision)) is not None:  # the frozen base (the reference): no fp32 copy
-            base.to(half)
-        policy = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                                                 init_lora_weights="gaussian", target_modules=targets))
-        for p in policy.parameters():  # the adapter trains in fp32 (its optimizer state too)
-            if p.requires_grad:
-                p.data = p.data.float()
-    else:
-        policy = base
-    reference = frozen_reference(base, ref_net, cfg.lora_rank > 0, cfg.mixed_precision, accelerator.device)
+    policy = make_policy(base, cfg)
+    s = Run(cfg=cfg, out=out, manifest=manifest, accelerator=accelerator, model=model, objective=objective,
+            source=PairSource(pairs_dir, cfg.frs_fresh), cache=LatentCache(samples),
+            reference=frozen_reference(base, ref_net, cfg.lora_rank > 0, cfg.mixed_precision, accelerator.device))
     if cfg.compile != "off":
         policy = torch.compile(policy, backend=cfg.compile)
     policy.train()
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = make_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    policy, opt, sched = accelerator.prepare(policy, opt, sched)
-    ema = [p.detach().clone() for p in params] if cfg.ema > 0 else None
+    s.params = [p for p in policy.parameters() if p.requires_grad]
+    opt = make_optimizer(cfg.optimizer, s.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, cfg.warmup_steps)))
+    s.policy, s.opt, s.sched = accelerator.prepare(policy, opt, sched)
+    s.ema = [p.detach().clone() for p in s.params] if cfg.ema > 0 else None
 
-    source = PairSource(pairs_dir, cfg.frs_fresh)
-    cache = LatentCache(samples)
-    step = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
-        st = json.loads((ckpt / "trainer_state.json").read_text())
-        step = st["step"]
-        if ema is not None:
-            saved = torch.load(ckpt / "ema.pt")
-            for e, s in zip(ema, saved):
-                e.copy_(s)
+        s.step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        if s.ema is not None:
+            for e, saved in zip(s.ema, torch.load(ckpt / "ema.pt")):
+                e.copy_(saved)
         if not cfg.quiet and accelerator.is_main_process:
-            print(f"train: resuming from {ckpt} (step {step})")
+            print(f"train: resuming from {ckpt} (step {s.step})")
+    s.unwrapped = accelerator.unwrap_model(s.policy)
+    if accelerator.is_main_process and s.metrics_f.is_file():  # a resumed run: drop what was logged after the checkpoint
+        artifacts.write_text(s.metrics_f, "".join(x + "\n" for x in s.metrics_f.read_text().splitlines()
+                                                  if logged_step(x) is not None and logged_step(x) <= s.step))
+    return s
 
-    unwrapped = accelerator.unwrap_model(policy)
 
-    def errors(net, x_t, t_model, hidden, pooled, terms, eps):
-        model.denoiser = net  # model.predict runs model.denoiser
-        pred = model.predict(x_t, t_model, hidden, pooled)
-        eps_hat = eps_from_prediction(pred.float(), x_t, terms.alpha, terms.sigma, model.prediction_type)
-        return squared_error(eps_hat, eps)
+def train_step(s: Run, batches) -> None:
+    """One optimizer step: ``grad_accum`` micro-batches of pairs, each noised at one drawn time
+    (Eq. 5's errors of the policy and the frozen reference, the implicit rewards r_w, r_l), the
+    objective (Eq. 4 / Eq. 8), the clipped update, and the EMA."""
+    import torch
 
-    def reference_errors(x_t, t_model, hidden, pooled, terms, eps):
-        with torch.no_grad(), accelerator.autocast():
-            if reference is None:
-                with unwrapped.disable_adapter():
-                    return errors(unwrapped, x_t, t_model, hidden, pooled, terms, eps)
-            return errors(reference, x_t, t_model, hidden, pooled, terms, eps)
+    from capo.method.implicit import implicit_reward, loss_factor
+    from capo.method.schedules import add_noise
 
-    metrics_f = out / "metrics.jsonl"
-    if accelerator.is_main_process and metrics_f.is_file():  # a resumed run: drop what was logged after the checkpoint
-        artifacts.write_text(metrics_f, "".join(x + "\n" for x in metrics_f.read_text().splitlines()
-                                                if logged_step(x) is not None and logged_step(x) <= step))
-    runs.start(accelerator, cfg.report_to, cfg.tracker_project, cfg.run_name or tracking.default_run_name(out), out,
-               config={**dataclasses.asdict(cfg), "run_key": manifest["run_key"],
-                       "processes": accelerator.num_processes,
-                       "effective_batch_pairs": manifest["config"]["effective_batch_pairs"]})
-    world, rank, B = accelerator.num_processes, accelerator.process_index, cfg.batch_size
-    bar = progress(total=cfg.steps, initial=step, desc="train", unit="step",
-                   disable=cfg.quiet or not accelerator.is_local_main_process)
-    window: list[dict] = []
-    grad_norms: list[float] = []
-    t_window = time.time()
-    todo = [st * cfg.grad_accum * world + a * world + rank  # global micro-batch indices of this process
-            for st in range(step, cfg.steps) for a in range(cfg.grad_accum)]
-    batches = MicroBatches(source, cache, cfg.seed, B, todo).iterate(cfg.data_workers, pin=cuda)
-    while step < cfg.steps:
-        for a in range(cfg.grad_accum):
-            m, x_w, x_l, gap, hidden, pooled = next(batches)  # m: the global micro-batch index
-            x_w, x_l, gap = (v.to(accelerator.device, non_blocking=True) for v in (x_w, x_l, gap))
-            hidden, pooled = (v.to(accelerator.device, non_blocking=True) for v in (hidden, pooled))
-            terms, t_model, eps_w, eps_l = draw_times_and_noise(model, x_w.shape, cfg.seed, m, cfg.noise == "shared")
-            terms = type(terms)(*(v.to(accelerator.device) for v in terms))
-            t_model, eps_w, eps_l = t_model.to(accelerator.device), eps_w.to(accelerator.device), eps_l.to(accelerator.device)
-            x_t = torch.cat([add_noise(x_w, eps_w, terms.alpha, terms.sigma), add_noise(x_l, eps_l, terms.alpha, terms.sigma)])
-            eps = torch.cat([eps_w, eps_l])
-            terms2 = type(terms)(*(torch.cat([v, v]) for v in terms))
-            t2, h2, p2 = torch.cat([t_model, t_model]), torch.cat([hidden, hidden]), torch.cat([pooled, pooled])
-            ref_err = reference_errors(x_t, t2, h2, p2, terms2, eps)
-            with accelerator.accumulate(policy):
-                with accelerator.autocast():
-                    err = errors(policy, x_t, t2, h2, p2, terms2, eps)
-                factor = loss_factor(terms.log_snr, terms.dlog_snr_dt, cfg.weighting, cfg.bias).float()
-                r = implicit_reward(err, ref_err, torch.cat([factor, factor]))
-                loss, met = objective(r[:B], r[B:], cfg.beta, gap)
-                if not torch.isfinite(loss):
-                    last = latest_checkpoint(out)
+    cfg, acc, model, B = s.cfg, s.accelerator, s.model, s.cfg.batch_size
+    for _ in range(cfg.grad_accum):
+        m, x_w, x_l, gap, hidden, pooled = next(batches)  # m: the global micro-batch index
+        x_w, x_l, gap = (v.to(acc.device, non_blocking=True) for v in (x_w, x_l, gap))
+        hidden, pooled = (v.to(acc.device, non_blocking=True) for v in (hidden, pooled))
+        terms, t_model, eps_w, eps_l = draw_times_and_noise(model, x_w.shape, cfg.seed, m, cfg.noise == "shared")
+        terms = type(terms)(*(v.to(acc.device) for v in terms))
+        t_model, eps_w, eps_l = t_model.to(acc.device), eps_w.to(acc.device), eps_l.to(acc.device)
+        x_t = torch.cat([add_noise(x_w, eps_w, terms.alpha, terms.sigma), add_noise(x_l, eps_l, terms.alpha, terms.sigma)])
+        eps = torch.cat([eps_w, eps_l])
+        terms2 = type(terms)(*(torch.cat([v, v]) for v in terms))
+        t2, h2, p2 = torch.cat([t_model, t_model]), torch.cat([hidden, hidden]), torch.cat([pooled, pooled])
+        ref_err = s.reference_errors(x_t, t2, h2, p2, terms2, eps)
+        with acc.accumulate(s.policy):
+            with acc.autocast():
+                err = s.errors(s.policy, x_t, t2, h2, p2, terms2, eps)
+            factor = loss_factor(terms.log_snr, terms.dlog_snr_dt, cfg.weighting, cfg.bias).float()
+            r = implicit_reward(err, ref_err, torch.cat([factor, factor]))
+            loss, met = s.objective(r[:B], r[B:], cfg.beta, gap)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {s.step} (micro-batch {m}); stopped. "
+                    f"Last good checkpoint: {latest_checkpoint(s.out) or 'none'}. Lower lr or beta, or check the "
+                    "pairs' target gaps.")
+            acc.backward(loss)
+            if acc.sync_gradients:
+                gn = acc.clip_grad_norm_(s.policy.parameters(), cfg.max_grad_norm or float("inf"))
+                if not torch.isfinite(gn):
                     raise TrainingDiverged(
-                        f"loss is {loss.item()} at step {step} (micro-batch {m}); stopped. "
-                        f"Last good checkpoint: {last or 'none'}. Lower lr or beta, or check the pairs' target gaps.")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    gn = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm or float("inf"))
-                    if not torch.isfinite(gn):
-                        raise TrainingDiverged(
-                            f"gradient norm is {gn.item()} at step {step}; stopped before the update. "
-                            f"Last good checkpoint: {latest_checkpoint(out) or 'none'}. Lower lr or beta.")
-                    met["grad_norm"] = gn.detach()
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            window.append({"loss": loss.item(), **{k: v.item() for k, v in met.items() if k != "grad_norm"},
-                           "target_gap": gap.float().mean().item()})  # the pairs' calibrated gap Delta R_ca
-            if "grad_norm" in met:
-                grad_norms.append(met["grad_norm"].item())
-        step += 1
-        bar.update(1)
-        if ema is not None:
-            with torch.no_grad():
-                for e, p in zip(ema, params):
-                    e.mul_(cfg.ema).add_(p.detach(), alpha=1 - cfg.ema)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            rec = accelerator.reduce({k: torch.tensor(v, device=accelerator.device) for k, v in rec.items()}, "mean")
-            rec = {"step": step, **{k: round(float(v), 6) for k, v in rec.items()}, "lr": sched.get_last_lr()[0],
-                   "grad_norm": round(float(np.mean(grad_norms)), 6),
-                   "pairs_per_s": round(len(window) * B * world / (time.time() - t_window), 2)}
-            if accelerator.is_main_process:
-                with open(metrics_f, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                tracking.log(accelerator, rec)  # the same record to the tracker (none: nothing)
-                bar.set_postfix(loss=rec["loss"], acc=rec["implicit_acc"])
-            window, grad_norms, t_window = [], [], time.time()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            d = out / "checkpoints" / f"step-{step:06d}"
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(d))
-            if accelerator.is_main_process:
-                artifacts.follow_umask(d)
-                if ema is not None:
-                    torch.save([e.cpu() for e in ema], d / "ema.pt")
-                artifacts.write_json(d / "trainer_state.json", {"step": step})  # written last: checkpoint complete
-                import shutil
-
-                done = sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))
-                for old in done[:-max(1, cfg.keep_checkpoints)]:
-                    shutil.rmtree(old)
-            accelerator.wait_for_everyone()
-        if cfg.stop_after is not None and step >= cfg.stop_after and step < cfg.steps:
-            bar.close()
-            return {"stopped_at": step, "skipped": False, "complete": False}
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    if ema is not None:  # the final weights are the EMA weights
+                        f"gradient norm is {gn.item()} at step {s.step}; stopped before the update. "
+                        f"Last good checkpoint: {latest_checkpoint(s.out) or 'none'}. Lower lr or beta.")
+                met["grad_norm"] = gn.detach()
+            s.opt.step()
+            s.sched.step()
+            s.opt.zero_grad(set_to_none=True)
+        s.window.append({"loss": loss.item(), **{k: v.item() for k, v in met.items() if k != "grad_norm"},
+                         "target_gap": gap.float().mean().item()})  # the pairs' calibrated gap Delta R_ca
+        if "grad_norm" in met:
+            s.grad_norms.append(met["grad_norm"].item())
+    s.step += 1
+    if s.ema is not None:
         with torch.no_grad():
-            for e, p in zip(ema, params):
+            for e, p in zip(s.ema, s.params):
+                e.mul_(cfg.ema).add_(p.detach(), alpha=1 - cfg.ema)
+
+
+def log_and_checkpoint(s: Run, bar) -> None:
+    """The metrics line (and the tracker's record) every ``log_every`` steps, means over the
+    steps since the last one and over processes; a checkpoint every ``checkpoint_every``."""
+    import torch
+
+    cfg, acc = s.cfg, s.accelerator
+    if s.step % cfg.log_every == 0 or s.step == cfg.steps:
+        rec = {k: float(np.mean([w[k] for w in s.window])) for k in s.window[0]}
+        rec = acc.reduce({k: torch.tensor(v, device=acc.device) for k, v in rec.items()}, "mean")
+        rec = {"step": s.step, **{k: round(float(v), 6) for k, v in rec.items()}, "lr": s.sched.get_last_lr()[0],
+               "grad_norm": round(float(np.mean(s.grad_norms)), 6),
+               "pairs_per_s": round(len(s.window) * cfg.batch_size * acc.num_processes / (time.time() - s.t_window), 2)}
+        if acc.is_main_process:
+            with open(s.metrics_f, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            tracking.log(acc, rec)  # the same record to the tracker (none: nothing)
+            bar.set_postfix(loss=rec["loss"], acc=rec["implicit_acc"])
+        s.window, s.grad_norms, s.t_window = [], [], time.time()
+    if s.step % cfg.checkpoint_every == 0 or s.step == cfg.steps:
+        d = s.out / "checkpoints" / f"step-{s.step:06d}"
+        acc.wait_for_everyone()
+        acc.save_state(str(d))
+        if acc.is_main_process:
+            artifacts.follow_umask(d)
+            if s.ema is not None:
+                torch.save([e.cpu() for e in s.ema], d / "ema.pt")
+            artifacts.write_json(d / "trainer_state.json", {"step": s.step})  # written last: checkpoint complete
+            rotate_checkpoints(s.out, cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+
+def finish(s: Run, t_start: float) -> dict:
+    """``final/`` (the EMA weights when ``ema`` > 0), the manifest, and (``keep_checkpoints=0``)
+    no resume state left."""
+    import shutil
+
+    import torch
+
+    cfg, acc = s.cfg, s.accelerator
+    acc.wait_for_everyone()
+    if s.ema is not None:  # the final weights are the EMA weights
+        with torch.no_grad():
+            for e, p in zip(s.ema, s.params):
                 p.copy_(e)
-    # the full state dict (gathered from every shard under FSDP: a collective, so all processes call it)
-    state = accelerator.get_state_dict(policy) if cfg.lora_rank == 0 else None
-    if state is not None:  # a compiled module's keys carry torch.compile's wrapper prefix
-        state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-    if accelerator.is_main_process:
-        extra = {"objective": cfg.objective, "beta": cfg.beta, "steps": cfg.steps, "train_run": manifest["run_key"]}
-        if cfg.lora_rank > 0:
-            save_checkpoint(out / "final", cfg.model, lora_model=unwrapped, extra=extra)
-        else:
-            save_checkpoint(out / "final", cfg.model, denoiser_state=state, extra=extra)
-        lines = [json.loads(x) for x in metrics_f.read_text().splitlines()] if metrics_f.is_file() else []
-        artifacts.finish(out, manifest, counts={"steps": cfg.steps, "prompts_with_pairs": len(source.prompts)},
+    save_final(acc, s.policy, s.unwrapped, cfg, s.out,
+               {"objective": cfg.objective, "beta": cfg.beta, "steps": cfg.steps, "train_run": s.manifest["run_key"]})
+    if acc.is_main_process:
+        lines = [json.loads(x) for x in s.metrics_f.read_text().splitlines()] if s.metrics_f.is_file() else []
+        artifacts.finish(s.out, s.manifest, counts={"steps": cfg.steps, "prompts_with_pairs": len(s.source.prompts)},
                          final_metrics=lines[-1] if lines else None, seconds=round(time.time() - t_start, 3))
         if cfg.keep_checkpoints == 0:  # complete: final/ is what later stages read; drop the resume state
-            import shutil
-
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": False}
+            shutil.rmtree(s.out / "checkpoints", ignore_errors=True)
+    acc.wait_for_everyone()
+    return {**artifacts.read_json(s.out / artifacts.MANIFEST), "skipped": False}

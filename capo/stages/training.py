@@ -84,3 +84,47 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, fused: boo
         raise ValueError("optimizer=adamw-8bit needs the bitsandbytes package: pip install 'capo[bnb]' "
                          "(or use optimizer=adamw)") from None
     return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_policy(base, cfg):
+    """The trained network: ``base`` itself (full fine-tuning) or a peft LoRA of rank
+    ``cfg.lora_rank`` on its attention projections, the frozen base then in the compute dtype (it
+    is the reference too: no fp32 copy) and the adapter in fp32 (its optimizer state too)."""
+    if cfg.lora_rank == 0:
+        return base
+    from peft import LoraConfig, get_peft_model
+
+    targets = sorted({n.split(".")[-1] for n, m in base.named_modules() if n.endswith(("to_q", "to_k", "to_v"))}
+                     | {"to_out.0"})
+    if (half := compute_dtype(cfg.mixed_precision)) is not None:
+        base.to(half)
+    policy = get_peft_model(base, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                                             init_lora_weights="gaussian", target_modules=targets))
+    for p in policy.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return policy
+
+
+def rotate_checkpoints(out: Path, keep: int) -> None:
+    """Keep the newest ``max(1, keep)`` complete checkpoints under ``out/checkpoints``."""
+    import shutil
+
+    done = sorted(p.parent for p in (out / "checkpoints").glob("step-*/trainer_state.json"))
+    for old in done[:-max(1, keep)]:
+        shutil.rmtree(old)
+
+
+def save_final(accelerator, policy, unwrapped, cfg, out: Path, extra: dict) -> None:
+    """``out/final``: the full denoiser's state dict (gathered from every shard under FSDP: a
+    collective, so every process calls this) or the LoRA adapter, as a capo checkpoint."""
+    from capo.models import save_checkpoint
+
+    state = accelerator.get_state_dict(policy) if cfg.lora_rank == 0 else None
+    if state is not None:  # a compiled module's keys carry torch.compile's wrapper prefix
+        state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    if accelerator.is_main_process:
+        if cfg.lora_rank > 0:
+            save_checkpoint(out / "final", cfg.model, lora_model=unwrapped, extra=extra)
+        else:
+            save_checkpoint(out / "final", cfg.model, denoiser_state=state, extra=extra)
