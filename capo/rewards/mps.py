@@ -38,7 +38,7 @@ evalscope ``t2v_metrics/models/clipscore_models/build_mps_model``, imscore ``ims
   vocabulary, where EOS has the largest id).
 
 Images are preprocessed as transformers 4.x's PIL ``CLIPImageProcessor`` does (the README's
-``CLIPImageProcessor.from_pretrained``; ``capo.rewards.real.Pixels``), not with transformers 5's
+``CLIPImageProcessor.from_pretrained``; ``capo.rewards.base.Pixels``), not with transformers 5's
 torchvision default. Precision: upstream's forward casts the pixels and the mask to half
 (``image_inputs.half()``, ``mask.half()``), so the released model runs in float16 on a GPU; capo
 scores in ``dtype`` (default float32; ``dtype=torch.float16`` on CUDA is upstream's).
@@ -74,8 +74,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from capo.rewards import RewardLoadError
-from capo.rewards.real import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, Pixels, _device, _first_line, _from_pretrained,
-                               _require, _Reward)
+from capo.rewards.base import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, Pixels, Reward, first_line, from_pretrained, require,
+                               resolve_device)
 
 MPS_REPO, MPS_FILE = "RE-N-Y/mpsv1", "model.safetensors"  # imscore's port of MPS_overall_checkpoint.pth
 MPS_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -308,7 +308,7 @@ def read_state(file: Path) -> dict:
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, named with the reason
-        raise RewardLoadError(f"mps: cannot read {file} ({type(e).__name__}: {_first_line(e)}). {HOW}") from e
+        raise RewardLoadError(f"mps: cannot read {file} ({type(e).__name__}: {first_line(e)}). {HOW}") from e
     if not isinstance(state, dict):
         raise RewardLoadError(f"mps: {file} holds a {type(state).__name__}, not MPS weights. {HOW}")
     out = {}
@@ -338,11 +338,11 @@ def _weights_file(path, local_files_only: bool) -> Path:
     try:
         return Path(hf_hub_download(MPS_REPO, MPS_FILE, local_files_only=local_files_only))
     except Exception as e:  # noqa: BLE001 - offline / not-found errors differ across huggingface_hub versions
-        raise RewardLoadError(f"mps: cannot load {MPS_REPO}/{MPS_FILE} ({_first_line(e)}). {HOW}") from e
+        raise RewardLoadError(f"mps: cannot load {MPS_REPO}/{MPS_FILE} ({first_line(e)}). {HOW}") from e
 
 
 # ----------------------------------------------------------------------------- the reward
-class MPS(_Reward):
+class MPS(Reward):
     name = "mps"
     bt_transform = "identity"
 
@@ -385,16 +385,16 @@ def mps(path=None, device=None, clip=None, dtype=None, threshold: float = THRESH
     """MPS (module docstring). ``path``: the MPS weights file or a folder holding one (and,
     optionally, the CLIP config / tokenizer / processor); ``clip``: where those come from
     (default: ``path`` when it has them, else ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``)."""
-    _require("transformers", "transformers", "mps")
+    require("transformers", "transformers", "mps")
     from accelerate import init_empty_weights
     from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
     kw = {"local_files_only": True} if local_files_only else {}
     file = _weights_file(path, local_files_only)
     src = clip or (path if path is not None and (Path(path) / "config.json").is_file() else MPS_CLIP)
-    config = _from_pretrained(CLIPConfig, src, "mps (CLIP-H config)", MPS_CLIP, **kw)
-    tokenizer = _from_pretrained(AutoTokenizer, src, "mps (CLIP-H tokenizer)", MPS_CLIP, **kw)
-    processor = _from_pretrained(CLIPImageProcessor, src, "mps (CLIP-H image processor)", MPS_CLIP, **kw)
+    config = from_pretrained(CLIPConfig, src, "mps (CLIP-H config)", MPS_CLIP, **kw)
+    tokenizer = from_pretrained(AutoTokenizer, src, "mps (CLIP-H tokenizer)", MPS_CLIP, **kw)
+    processor = from_pretrained(CLIPImageProcessor, src, "mps (CLIP-H image processor)", MPS_CLIP, **kw)
     state = read_state(file)
     with init_empty_weights():
         net = MPSModel(CLIPModel(config), **cross_shape(state))
@@ -411,6 +411,6 @@ def mps(path=None, device=None, clip=None, dtype=None, threshold: float = THRESH
         if buf.is_meta:
             raise RewardLoadError(f"mps: buffer {name} has no value after loading {file}")
     dt = dtype or torch.float32
-    return MPS(net.to(dt), tokenizer, processor, _device(device), batch_size, condition=condition, threshold=threshold)
+    return MPS(net.to(dt), tokenizer, processor, resolve_device(device), batch_size, condition=condition, threshold=threshold)
 
 

@@ -86,15 +86,15 @@ Facts and sources:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from capo.rewards import RewardLoadError
+from capo.rewards.base import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Pixels, Reward,
+                               autocast_dtype, first_line, from_pretrained, has_processor, hub_hint, pooled_output,
+                               require, resolve_device, to_pil)
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -112,205 +112,12 @@ CLIPSCORE_W, CLIPSCORE_PREFIX = 2.5, "A photo depicts "
 VQA_MODEL = "Salesforce/blip-vqa-base"
 VQA_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
 VQA_ANSWER = "yes"
-CLIP_MAX_TOKENS = 77
-DEFAULT_BATCH_SIZE = 16
 
 
 # ----------------------------------------------------------------------------- helpers
-def _device(device):
-    import torch
-
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _require(module: str, pip_name: str, what: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise RewardLoadError(f"{what} needs the Python package {pip_name!r}: `pip install {pip_name}` ({e})") from e
-
-
-def _first_line(e: Exception) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
-
-def _hub_hint(hub_id: str) -> str:
-    return (f"Download it on a connected machine with `hf download {hub_id}` (older huggingface_hub: "
-            f"`huggingface-cli download {hub_id}`), or `hf download {hub_id} --local-dir DIR` and pass path=DIR.")
-
-
-def _from_pretrained(cls, source, what: str, hub_id: str, **kwargs):
-    """``cls.from_pretrained(source)``; offline / not-found errors become ``RewardLoadError``."""
-    try:
-        return cls.from_pretrained(str(source), **kwargs)
-    except OSError as e:  # huggingface_hub's offline / not-found / gated errors are OSErrors
-        raise RewardLoadError(f"{what}: cannot load {str(source)!r} ({_first_line(e)}). "
-                              f"{_hub_hint(hub_id)}") from e
-
-
-def _has_processor(path) -> bool:
-    """A processor saved next to the model (transformers 5 writes ``processor_config.json``,
-    older versions ``preprocessor_config.json``)."""
-    return path is not None and any((Path(path) / f).is_file()
-                                    for f in ("processor_config.json", "preprocessor_config.json"))
-
-
-def _pil(images: np.ndarray) -> list:
-    from PIL import Image
-
-    return [Image.fromarray(im) for im in images]
-
-
-def _check_inputs(images, prompts) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (B, H, W, 3); got {images.dtype} {images.shape}")
-    if len(prompts) != len(images):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-    return images
-
-
-def _pooled(out):
-    """transformers < 5 returns a tensor from ``get_*_features``; 5.x a model output."""
-    import torch
-
-    return out if torch.is_tensor(out) else out.pooler_output
 
 
 # ----------------------------------------------------------------------------- image preprocessing
-# The rewards were trained and published with transformers 4.x, whose image processors resize
-# with PIL; transformers 5's default ("fast") processors resize with torchvision and move pixels
-# by up to 2 levels (MPS scores by up to ~8e-4). The OpenAI-CLIP rewards (aesthetic, CLIPScore)
-# use OpenAI's torchvision transform on PIL images instead, which crops with rounded offsets.
-# capo preprocesses all of them here, with PIL, whatever transformers version is installed.
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _size_field(size, key):
-    """``size[key]`` of a processor's size (a dict in transformers 4.x, a ``SizeDict`` in 5.x)."""
-    v = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-    return int(v) if v is not None else None
-
-
-class Pixels:
-    """PIL preprocessing: uint8 ``(B, H, W, 3)`` images (or PIL images) -> float32 ``(B, 3, h, w)``.
-
-    Steps, as transformers 4.x's ``CLIPImageProcessor`` / ``BlipImageProcessor`` run them
-    (``image_processing_clip.py``; ``image_transforms.py`` ``get_resize_output_image_size``,
-    ``resize``, ``center_crop``, ``rescale``, ``normalize``):
-
-    * RGB conversion (``do_convert_rgb``);
-    * resize with PIL (``resample``, bicubic for every reward here): ``size`` an int resizes the
-      shortest side to it and the other to ``int(size * long / short)`` (truncated, as
-      torchvision's ``Resize``), ``size`` a pair ``(h, w)`` resizes to exactly that;
-    * center crop to ``crop`` ``(h, w)``: top/left offsets ``(H - h) // 2`` (``crop_rounding=
-      "floor"``, transformers) or ``int(round((H - h) / 2))`` (``"round"``, torchvision's
-      ``CenterCrop``, used by OpenAI CLIP's ``_transform``: ``Pixels.openai``);
-    * rescale ``x * rescale_factor`` computed in float64 then cast to float32 (``Pixels.openai``:
-      ``x / 255`` in float32, torchvision's ``ToTensor``), normalise ``(x - mean) / std`` in float32.
-    """
-
-    def __init__(self, size, crop=None, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, resample: int = 3,
-                 crop_rounding: str = "floor", rescale_factor: float | None = 1 / 255, normalize: bool = True,
-                 convert_rgb: bool = True):
-        if crop_rounding not in ("floor", "round"):
-            raise ValueError(f"crop_rounding must be 'floor' or 'round'; got {crop_rounding!r}")
-        self.size = size if size is None or isinstance(size, int) else (int(size[0]), int(size[1]))
-        self.crop = None if crop is None else (int(crop[0]), int(crop[1]))
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
-        self.resample, self.crop_rounding = int(resample), crop_rounding
-        self.rescale_factor, self.normalize, self.convert_rgb = rescale_factor, bool(normalize), bool(convert_rgb)
-        self.to_tensor = False  # rescale as transformers does (float64 product, cast to float32)
-
-    @classmethod
-    def openai(cls, n_px: int) -> "Pixels":
-        """OpenAI CLIP's ``_transform(n_px)`` (openai/CLIP ``clip/clip.py``; jmhessel/clipscore's
-        ``_transform_test``): ``Resize(n_px, BICUBIC)``, ``CenterCrop(n_px)``, ``ToTensor``,
-        ``Normalize`` with OpenAI's mean and std."""
-        p = cls(int(n_px), (int(n_px), int(n_px)), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 3, "round")
-        p.to_tensor = True  # torchvision's ToTensor: float32 x / 255
-        return p
-
-    @classmethod
-    def from_processor(cls, proc, crop_rounding: str = "floor") -> "Pixels":
-        """The steps a transformers image processor's config asks for, run as transformers 4.x's
-        PIL processors run them (whichever backend ``proc`` itself would use)."""
-        ip = getattr(proc, "image_processor", proc)
-        if getattr(ip, "do_pad", None):
-            raise ValueError(f"{type(ip).__name__} pads (do_pad=True): not a preprocessing capo reproduces")
-        size = None
-        if getattr(ip, "do_resize", True):
-            s = ip.size
-            if isinstance(s, int):  # an old int config, already converted by 4.x's get_size_dict
-                size = s if not getattr(ip, "default_to_square", True) else (s, s)
-            elif _size_field(s, "shortest_edge") and not _size_field(s, "longest_edge"):
-                size = _size_field(s, "shortest_edge")
-            elif _size_field(s, "height") and _size_field(s, "width"):
-                size = (_size_field(s, "height"), _size_field(s, "width"))
-            else:
-                raise ValueError(f"{type(ip).__name__}: unsupported resize size {s!r}")
-        crop = None
-        if getattr(ip, "do_center_crop", False):
-            c = ip.crop_size
-            crop = (c, c) if isinstance(c, int) else (_size_field(c, "height"), _size_field(c, "width"))
-        normalize = bool(getattr(ip, "do_normalize", True))
-        resample = getattr(ip, "resample", None)
-        return cls(size, crop, ip.image_mean if normalize else (0.0,) * 3, ip.image_std if normalize else (1.0,) * 3,
-                   3 if resample is None else int(resample), crop_rounding,
-                   float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else None, normalize,
-                   getattr(ip, "do_convert_rgb", True) is not False)
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` after the resize (transformers' ``get_resize_output_image_size``)."""
-        if self.size is None:
-            return height, width
-        if not isinstance(self.size, int):
-            return self.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.size, int(self.size * long / short)
-        return (new_long, new_short) if width <= height else (new_short, new_long)
-
-    def one(self, image) -> np.ndarray:
-        """One image -> float32 ``(3, h, w)``."""
-        from PIL import Image
-
-        im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
-        if self.convert_rgb and im.mode != "RGB":
-            im = im.convert("RGB")
-        if self.size is not None:
-            h, w = self.output_size(im.height, im.width)
-            im = im.resize((w, h), resample=self.resample)
-        x = np.asarray(im)
-        if self.crop is not None:
-            (H, W), (ch, cw) = x.shape[:2], self.crop
-            if ch > H or cw > W:
-                raise ValueError(f"center crop {self.crop} larger than the resized image {(H, W)}")
-            if self.crop_rounding == "floor":
-                top, left = (H - ch) // 2, (W - cw) // 2
-            else:
-                top, left = int(round((H - ch) / 2.0)), int(round((W - cw) / 2.0))
-            x = x[top:top + ch, left:left + cw]
-        if self.to_tensor:
-            x = x.astype(np.float32) / np.float32(255)
-        elif self.rescale_factor:
-            x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
-        else:
-            x = x.astype(np.float32)
-        if self.normalize:
-            x = (x - self.mean) / self.std
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-    def __call__(self, images):
-        import torch
-
-        return torch.from_numpy(np.stack([self.one(im) for im in images]))
-
-    def __repr__(self) -> str:
-        return (f"Pixels(size={self.size}, crop={self.crop}, resample={self.resample}, "
-                f"crop_rounding={self.crop_rounding!r})")
 
 
 def hps_pixels(images, size: int, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, antialias: bool = True):
@@ -343,57 +150,9 @@ def hps_pixels(images, size: int, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, an
 
 
 # ----------------------------------------------------------------------------- precision
-def autocast_dtype(autocast, device, upstream: str | None):
-    """The autocast dtype a reward runs under: ``"auto"`` = ``upstream`` on CUDA (the dtype the
-    upstream scorer autocasts to there) and none elsewhere; ``None`` / ``"off"`` / ``"float32"`` =
-    none; ``"bfloat16"`` / ``"float16"`` (or a torch dtype) = that one, on any device."""
-    import torch
-
-    if autocast == "auto":
-        autocast = upstream if torch.device(device).type == "cuda" else None
-    if autocast in (None, False, "off", "none", "float32", torch.float32):
-        return None
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    dt = names.get(autocast, autocast)
-    if dt not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"autocast must be 'auto', None, 'bfloat16' or 'float16'; got {autocast!r}")
-    return dt
 
 
-class _Reward:
-    """Validation, batching, ``no_grad`` and the reward's autocast (``self.autocast``: a torch dtype
-    or None) around ``_score(images, prompts) -> tensor (b,)``."""
-
-    name = ""
-    bt_transform = "identity"
-    autocast = None
-
-    def __init__(self, device, batch_size: int):
-        self.device = device
-        self.batch_size = int(batch_size)
-
-    def _score(self, images: np.ndarray, prompts: list[str]):
-        raise NotImplementedError
-
-    def __call__(self, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        images = _check_inputs(images, prompts)
-        prompts = [str(p) for p in prompts]
-        out = np.empty(len(images), np.float64)
-        amp = (torch.autocast(torch.device(self.device).type, dtype=self.autocast) if self.autocast is not None
-               else contextlib.nullcontext())
-        with torch.no_grad(), amp:
-            for i in range(0, len(images), self.batch_size):
-                s = self._score(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
-                out[i:i + len(s)] = s.double().cpu().numpy()
-        return out
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, bt_transform={self.bt_transform!r})"
-
-
-class _HFClip(_Reward):
+class _HFClip(Reward):
     """A transformers ``CLIPModel`` + processor (its tokenizer; images go through ``pixels``, a
     ``Pixels``: default the processor's config run as transformers 4.x runs it): normalised image
     and text embeddings."""
@@ -411,7 +170,7 @@ class _HFClip(_Reward):
         import torch
 
         px = self.pixels(images)
-        e = _pooled(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
+        e = pooled_output(self.model.get_image_features(pixel_values=px.to(self.device, self.model.dtype)))
         return torch.nn.functional.normalize(e.float(), dim=-1)
 
     def text_embeds(self, prompts):
@@ -419,7 +178,7 @@ class _HFClip(_Reward):
 
         tok = self.processor.tokenizer([self.prefix + p for p in prompts], padding=True, truncation=True,
                                        max_length=CLIP_MAX_TOKENS, return_tensors="pt")
-        e = _pooled(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
+        e = pooled_output(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
                                                  attention_mask=tok["attention_mask"].to(self.device)))
         return torch.nn.functional.normalize(e.float(), dim=-1)
 
@@ -428,14 +187,14 @@ class _HFClip(_Reward):
 
 
 def _load_hf_clip(what, hub_model, hub_processor, path, processor, device, dtype, local_files_only):
-    _require("transformers", "transformers", what)
+    require("transformers", "transformers", what)
     from transformers import AutoProcessor, CLIPModel
 
     kw = {"local_files_only": True} if local_files_only else {}
-    model = _from_pretrained(CLIPModel, path or hub_model, what, hub_model, **({"dtype": dtype} if dtype else {}), **kw)
-    proc_src = processor or (path if _has_processor(path) else hub_processor)
-    proc = _from_pretrained(AutoProcessor, proc_src, f"{what} processor", hub_processor, **kw)
-    return model, proc, _device(device)
+    model = from_pretrained(CLIPModel, path or hub_model, what, hub_model, **({"dtype": dtype} if dtype else {}), **kw)
+    proc_src = processor or (path if has_processor(path) else hub_processor)
+    proc = from_pretrained(AutoProcessor, proc_src, f"{what} processor", hub_processor, **kw)
+    return model, proc, resolve_device(device)
 
 
 # ----------------------------------------------------------------------------- PickScore
@@ -532,7 +291,7 @@ def _aesthetic_weights(path, local_files_only: bool) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(AESTHETIC_URL, str(p), progress=False)
     except Exception as e:  # noqa: BLE001 - any network failure means the same thing here
-        raise RewardLoadError(f"aesthetic: could not download the predictor weights ({_first_line(e)}): {hint}") from e
+        raise RewardLoadError(f"aesthetic: could not download the predictor weights ({first_line(e)}): {hint}") from e
     return p
 
 
@@ -553,7 +312,7 @@ def aesthetic(path=None, device=None, clip_path=None, processor=None, dtype=None
 
 
 # ----------------------------------------------------------------------------- HPSv2.1
-class HPS(_Reward):
+class HPS(Reward):
     name = "hps"
 
     def __init__(self, model, tokenizer, device, batch_size, antialias: bool = True, autocast=None):
@@ -600,14 +359,14 @@ def hps(path=None, device=None, arch: str = HPS_ARCH, dtype=None, autocast="auto
     ``hps_pixels``."""
     import torch
 
-    _require("open_clip", "open_clip_torch", "hps")
+    require("open_clip", "open_clip_torch", "hps")
     if path is None:
         try:
             from huggingface_hub import hf_hub_download
 
             ckpt = hf_hub_download(HPS_REPO, HPS_FILE, local_files_only=local_files_only)
         except OSError as e:
-            raise RewardLoadError(f"hps: cannot get {HPS_FILE} from {HPS_REPO} ({_first_line(e)}). Download it on a "
+            raise RewardLoadError(f"hps: cannot get {HPS_FILE} from {HPS_REPO} ({first_line(e)}). Download it on a "
                                   f"connected machine with `hf download {HPS_REPO} {HPS_FILE}` and pass path=FILE.") from e
     else:
         p = Path(path)
@@ -618,21 +377,21 @@ def hps(path=None, device=None, arch: str = HPS_ARCH, dtype=None, autocast="auto
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors have no common base class
-        raise RewardLoadError(f"hps: cannot read {ckpt} as a weights-only checkpoint ({_first_line(e)})") from e
+        raise RewardLoadError(f"hps: cannot read {ckpt} as a weights-only checkpoint ({first_line(e)})") from e
     try:
         model.load_state_dict(state.get("state_dict", state))
     except RuntimeError as e:
-        raise RewardLoadError(f"hps: {ckpt} does not fit open_clip's {arch!r} ({_first_line(e)}); it should be "
+        raise RewardLoadError(f"hps: {ckpt} does not fit open_clip's {arch!r} ({first_line(e)}); it should be "
                               f"{HPS_FILE} from {HPS_REPO} (HPSv2's open_clip fork, same state-dict layout)") from e
     if dtype is not None:
         model.to(dtype)
-    dev = _device(device)
+    dev = resolve_device(device)
     return HPS(model, tokenizer, dev, batch_size, antialias=antialias,
                autocast=autocast_dtype(autocast, dev, "float16"))
 
 
 # ----------------------------------------------------------------------------- ImageReward
-class ImageReward(_Reward):
+class ImageReward(Reward):
     name = "imagereward"
     bt_transform = f"temperature:{1.0 / IMAGEREWARD_STD:.6g}"
 
@@ -647,7 +406,7 @@ class ImageReward(_Reward):
         m = self.model
         tok = m.blip.tokenizer(prompts, padding="max_length", truncation=True, max_length=35,
                                return_tensors="pt").to(self.device)
-        px = torch.stack([m.preprocess(im) for im in _pil(images)]).to(self.device)
+        px = torch.stack([m.preprocess(im) for im in to_pil(images)]).to(self.device)
         img = m.blip.visual_encoder(px)
         att = torch.ones(img.shape[:-1], dtype=torch.long, device=self.device)
         out = m.blip.text_encoder(tok.input_ids, attention_mask=tok.attention_mask, encoder_hidden_states=img,
@@ -660,8 +419,8 @@ def imagereward(path=None, device=None, batch_size: int = DEFAULT_BATCH_SIZE, lo
     """ImageReward v1.0 via the ``image-reward`` package (weights ``THUDM/ImageReward``:
     ``ImageReward.pt`` + ``med_config.json``; ``path``: the ``.pt`` file, or a directory
     holding both files, used as the package's download root)."""
-    RM = _require("ImageReward", "image-reward", "imagereward")
-    dev = _device(device)
+    RM = require("ImageReward", "image-reward", "imagereward")
+    dev = resolve_device(device)
     name, root = IMAGEREWARD_NAME, None
     if path is not None:
         p = Path(path)
@@ -670,12 +429,12 @@ def imagereward(path=None, device=None, batch_size: int = DEFAULT_BATCH_SIZE, lo
         model = RM.load(name, device=str(dev), download_root=root)
     except (OSError, RuntimeError) as e:
         raise RewardLoadError(f"imagereward: cannot load {IMAGEREWARD_REPO} (ImageReward.pt, med_config.json): "
-                              f"{_first_line(e)}. {_hub_hint(IMAGEREWARD_REPO)}") from e
+                              f"{first_line(e)}. {hub_hint(IMAGEREWARD_REPO)}") from e
     return ImageReward(model, dev, batch_size)
 
 
 # ----------------------------------------------------------------------------- VQAScore
-class VQAScore(_Reward):
+class VQAScore(Reward):
     name = "vqascore-blip"
     bt_transform = "logit"
 
@@ -724,12 +483,12 @@ def vqascore_blip(path=None, device=None, processor=None, dtype=None, question: 
              answer: str = VQA_ANSWER, batch_size: int = DEFAULT_BATCH_SIZE, local_files_only: bool = False):
     """VQAScore over a transformers BLIP VQA model (default ``Salesforce/blip-vqa-base``); the
     paper's CLIP-FlanT5 is ``vqascore`` (``capo.rewards.vqascore``)."""
-    _require("transformers", "transformers", "vqascore-blip")
+    require("transformers", "transformers", "vqascore-blip")
     from transformers import AutoProcessor, BlipForQuestionAnswering
 
     kw = {"local_files_only": True} if local_files_only else {}
-    model = _from_pretrained(BlipForQuestionAnswering, path or VQA_MODEL, "vqascore-blip", VQA_MODEL,
+    model = from_pretrained(BlipForQuestionAnswering, path or VQA_MODEL, "vqascore-blip", VQA_MODEL,
                              **({"dtype": dtype} if dtype else {}), **kw)
-    proc_src = processor or (path if _has_processor(path) else VQA_MODEL)
-    proc = _from_pretrained(AutoProcessor, proc_src, "vqascore-blip processor", VQA_MODEL, **kw)
-    return VQAScore(model, proc, _device(device), batch_size, question=question, answer=answer)
+    proc_src = processor or (path if has_processor(path) else VQA_MODEL)
+    proc = from_pretrained(AutoProcessor, proc_src, "vqascore-blip processor", VQA_MODEL, **kw)
+    return VQAScore(model, proc, resolve_device(device), batch_size, question=question, answer=answer)

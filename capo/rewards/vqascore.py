@@ -16,7 +16,7 @@ capo rebuilds the model class and the score from upstream's code (``t2v_metrics`
   (``mm_vision_select_layer = -2``, ``"patch"``: 576 tokens at 336 px), projected;
 * images padded to a square with the processor's mean colour (``image_aspect_ratio = "pad"``,
   ``expand2square``), then the CLIP image processor (336 px) as transformers 4.x runs it, with
-  PIL (``capo.rewards.real.Pixels``; transformers 5's default processor resizes with torchvision);
+  PIL (``capo.rewards.base.Pixels``; transformers 5's default processor resizes with torchvision);
 * the prompt (conversation template ``t5_chat``)::
 
       SYSTEM + " USER: " + <image> + "\\n" + question + " ASSISTANT: "
@@ -45,8 +45,9 @@ import functools
 from pathlib import Path
 
 from capo.rewards import RewardLoadError
-from capo.rewards.real import (DEFAULT_BATCH_SIZE, VQA_QUESTION, Pixels, _device, _first_line, _from_pretrained,
-                               _hub_hint, _pil, _require, _Reward, autocast_dtype)
+from capo.rewards.base import (DEFAULT_BATCH_SIZE, Pixels, Reward, autocast_dtype, first_line, from_pretrained, hub_hint,
+                               require, resolve_device, to_pil)
+from capo.rewards.real import VQA_QUESTION
 
 MODELS = {"xxl": ("zhiqiulin/clip-flant5-xxl", "google/flan-t5-xxl"),
           "xl": ("zhiqiulin/clip-flant5-xl", "google/flan-t5-xl")}
@@ -104,7 +105,7 @@ def model_class():
     return CLIPT5
 
 
-class VQAScoreT5(_Reward):
+class VQAScoreT5(Reward):
     name = "vqascore"
     bt_transform = "logit"
 
@@ -123,7 +124,7 @@ class VQAScoreT5(_Reward):
         import torch
 
         m = self.model
-        px = self.pixels([expand2square(im, self.fill) for im in _pil(images)]).to(self.device, m.dtype)
+        px = self.pixels([expand2square(im, self.fill) for im in to_pil(images)]).to(self.device, m.dtype)
         feats = m.image_features(px)
         embed = m.get_input_embeddings()
         rows = []
@@ -159,7 +160,7 @@ def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, autocast=
     ``google/flan-t5-<size>`` and ``config.mm_vision_tower``). ``dtype`` (default: bfloat16 on
     CUDA, as upstream, float32 elsewhere) and ``autocast`` (default ``"auto"``: bfloat16 autocast
     on CUDA, as upstream, none elsewhere): the precision (module docstring)."""
-    _require("transformers", "transformers", "vqascore")
+    require("transformers", "transformers", "vqascore")
     import torch
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, T5Config
 
@@ -168,28 +169,28 @@ def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, autocast=
     hub, flan = MODELS[size]
     what, src = f"vqascore (CLIP-FlanT5-{size.upper()})", str(path or hub)
     kw = {"local_files_only": True} if local_files_only else {}
-    config = _from_pretrained(T5Config, src, what, hub, **kw)
+    config = from_pretrained(T5Config, src, what, hub, **kw)
     for key, want in (("mm_projector_type", "mlp2x_gelu"), ("mm_vision_select_feature", "patch")):
         if getattr(config, key, want) != want:  # capo builds upstream's released configuration only
             raise RewardLoadError(f"{what}: {src} has {key}={getattr(config, key)!r}; capo implements the released "
-                                  f"CLIP-FlanT5 ({key}={want!r}). {_hub_hint(hub)}")
-    dev = _device(device)
+                                  f"CLIP-FlanT5 ({key}={want!r}). {hub_hint(hub)}")
+    dev = resolve_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     tower = getattr(config, "mm_vision_tower", None) or VISION_TOWER
     if not hasattr(config, "vision_config"):
-        config.vision_config = _from_pretrained(CLIPVisionConfig, tower, f"{what} vision tower", tower, **kw).to_dict()
+        config.vision_config = from_pretrained(CLIPVisionConfig, tower, f"{what} vision tower", tower, **kw).to_dict()
     cls = model_class()
     try:
         model, info = cls.from_pretrained(src, config=config, output_loading_info=True, dtype=dtype, **kw)
     except OSError as e:
-        raise RewardLoadError(f"{what}: cannot load {src!r} ({_first_line(e)}). {_hub_hint(hub)}") from e
+        raise RewardLoadError(f"{what}: cannot load {src!r} ({first_line(e)}). {hub_hint(hub)}") from e
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("vision_tower.")]
     if any(k.startswith("mm_projector.") for k in missing):
         raise RewardLoadError(f"{what}: {src} has no mm_projector weights: not a CLIP-FlanT5 checkpoint. "
-                              f"{_hub_hint(hub)}")
+                              f"{hub_hint(hub)}")
     if any(k.startswith("vision_tower.") for k in info.get("missing_keys", [])):  # tower saved apart: load it
-        vm = _from_pretrained(CLIPVisionModel, tower, f"{what} vision tower", tower, **kw)
+        vm = from_pretrained(CLIPVisionModel, tower, f"{what} vision tower", tower, **kw)
         model.vision_tower.vision_tower.load_state_dict(vm.state_dict())
     model = model.to(dtype)
 
@@ -198,13 +199,13 @@ def vqascore_t5(path=None, device=None, size: str = "xxl", dtype=None, autocast=
 
     tok_src = tokenizer or (path if _has("tokenizer_config.json") else (hub if path is None else flan))
     try:
-        tok = _from_pretrained(AutoTokenizer, tok_src, f"{what} tokenizer", flan, **kw)
+        tok = from_pretrained(AutoTokenizer, tok_src, f"{what} tokenizer", flan, **kw)
     except RewardLoadError:
         if tokenizer or tok_src == flan:
             raise
-        tok = _from_pretrained(AutoTokenizer, flan, f"{what} tokenizer", flan, **kw)
+        tok = from_pretrained(AutoTokenizer, flan, f"{what} tokenizer", flan, **kw)
     proc_src = processor or (path if _has("preprocessor_config.json") else tower)
-    proc = _from_pretrained(CLIPImageProcessor, proc_src, f"{what} image processor", tower, **kw)
+    proc = from_pretrained(CLIPImageProcessor, proc_src, f"{what} image processor", tower, **kw)
     return VQAScoreT5(model, tok, proc, dev, batch_size, question=question, answer=answer,
                       name=name or ("vqascore" if size == "xxl" else f"vqascore-{size}"),
                       autocast=autocast_dtype(autocast, dev, "bfloat16"))
