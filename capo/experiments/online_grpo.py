@@ -229,11 +229,12 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
              f"{cfg.grpo_betas} on {cfg.val_limit or 'all'} validation prompts by the mean win-rate over the rewards, "
              f"as CaPO's beta is from {cfg.betas.get('capo')}. Training seeds {cfg.seeds}; CIs over test prompts and "
              "training seeds.", ""]
+    parts += answers(cfg, root)
     paths = []
     for base in cfg.bases:
         b = root / slug(base)
         bud = budgets(cfg, b)
-        parts += [base_markdown(cfg, b, base, rows(cfg), comparisons, title="GRPO vs CaPO"), ""]
+        parts += [base_markdown(cfg, b, base, rows(cfg), comparisons), ""]
         parts += ["Budget per run (the selected seed-0 run's own counts for GRPO):", "",
                   "| cell | generated images | optimizer steps | denoiser fwd+bwd passes | reference forwards | "
                   "sampling passes |", "|---|---|---|---|---|---|"]
@@ -241,7 +242,8 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
             samp = v["sampling"] if v["sampling"] is not None else "as GRPO's (same images, same sampler)"
             parts.append(f"| {c} | {v['images']} | {v['steps']} | {v['passes']} | {v['reference']} | {samp} |")
         wall = artifacts.read_json(b / "wall.json")["seconds"] if (b / "wall.json").is_file() else None
-        parts += ["", f"Wall time of this base's comparison: {wall / 60:.0f} min on one CPU core." if wall else "", "",
+        parts += ["", f"Wall time of this base's comparison: {wall / 60:.0f} min (one process; the two bases ran side "
+                  "by side on the 2-core CPU)." if wall else "", "",
                   matched_markdown(cfg, b)]
         for name, fn in (("frontier", frontier_plot), ("overopt", overopt_plot)):
             png = reports / f"grpo_{name}_{slug(base)}.png"
@@ -251,6 +253,36 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     md = reports / "grpo.md"
     artifacts.write_text(md, "\n".join(parts))
     return [md, *paths]
+
+
+def answers(cfg, root: Path) -> list[str]:
+    """The two questions, answered from the head-to-head intervals of every base: a verdict
+    only where the interval decides it."""
+    from capo.experiments.preset import slug
+    from capo.report.evidence import Evidence, head_to_head
+
+    groups = {"Does GRPO beat CaPO (offline, and online) at this budget?": lambda c: c["b"].startswith("capo"),
+              "Does the calibrated advantage beat the weighted sum?": lambda c: c["b"].startswith("grpo")}
+    out = ["## The answers", ""]
+    for q, pick in groups.items():
+        found = []
+        for base in cfg.bases:
+            ev = Evidence(root / slug(base) / "eval")
+            for comp in filter(pick, comparisons(cfg, ev)):
+                for r in head_to_head(ev, comp):
+                    d = r["delta"]
+                    found.append((base, comp["a"], comp["b"], r["metric"], d, r["verdict"]))
+        decided = [f for f in found if f[5] != "inconclusive"]
+        out.append(f"**{q}** {len(decided)} of {len(found)} comparisons decided"
+                   + (": " + "; ".join(f"{a} vs {b} on {m} ({base}): {a if v == 'reproduced' else b} ahead, "
+                                      f"{d['delta']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
+                                      for base, a, b, m, d, v in decided) + "." if decided else
+                      ": every interval includes zero, so there is no verdict either way.")
+                   + (f" The widest interval is ±{max((f[4]['ci_high'] - f[4]['ci_low']) / 2 for f in found):.1f} "
+                      f"points, the narrowest ±{min((f[4]['ci_high'] - f[4]['ci_low']) / 2 for f in found):.1f}."
+                      if found else ""))
+        out.append("")
+    return out
 
 
 def frontier_plot(cfg, b: Path, path: Path, base: str) -> bool:
