@@ -135,6 +135,16 @@ def test_grpo_cells_equal_budget_and_report(tiny_chain, tmp_path):
         lo, hi = map(float, re.search(r"\[([-+.\d]+), ([-+.\d]+)\]", line).groups())
         want = "reproduced" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
         assert line.rstrip(" |").endswith(want)
+    # the answers count every comparison of each question (2 cells x 2 metrics vs CaPO; 1 x 2 between advantages)
+    assert "**Does GRPO beat CaPO (offline, and online) at this budget?** " in md and " of 4 comparisons decided" in md
+    assert "**Does the calibrated advantage beat the weighted sum?** " in md and " of 2 comparisons decided" in md
     assert (tmp_path / "reports" / "grpo_frontier_base.png").stat().st_size > 1000
     assert (tmp_path / "reports" / "grpo_overopt_base.png").stat().st_size > 1000
     assert not (tmp_path / "reports" / "online.md").exists()
+
+
+def test_running_mean_by_hand():
+    from capo.experiments.online_grpo import running_mean
+
+    assert running_mean([2.0, 4.0, 6.0, 8.0], 2).tolist() == [2.0, 3.0, 5.0, 7.0]
+    assert running_mean([1.0, 2.0, 6.0], 4).tolist() == [1.0, 1.5, 3.0]  # fewer than k at the start

@@ -51,7 +51,14 @@ def parse_cell(spec: str, rewards: list[str]) -> dict:
             "rewards": [reward] if reward else list(rewards)}
 
 
-def rollout_prompts(cfg) -> int:
+def rollout_prompts_of(n: int, seed: int, rollout: int, B: int) -> list[int]:
+    """The prompt indices of a single-process GRPO run's rollout (``capo.stages.grpo``)."""
+    from capo.stages.grpo import rollout_prompts as indices
+
+    return indices(n, seed, rollout, B, 1, 0)
+
+
+def prompts_per_rollout(cfg) -> int:
     """B: prompts per rollout that make a GRPO run generate ``n`` images per training prompt in
     ``steps`` rollouts of ``group_size`` images each."""
     return cfg.n * cfg.train_limit // (cfg.steps * cfg.group_size)
@@ -89,7 +96,7 @@ def run_cells(cfg, base: str, b: Path, models: dict[str, str], selected: dict[st
     from capo.stages import pairs, sweep, train
 
     q, gold = cfg.quiet, [cfg.gold] if cfg.gold else []
-    B = rollout_prompts(cfg)
+    B = prompts_per_rollout(cfg)
     tables = {r: str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards}
     for spec in cfg.grpo:
         c = parse_cell(spec, list(cfg.rewards))
@@ -219,7 +226,7 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     from capo.experiments.preset import slug
 
     reports.mkdir(parents=True, exist_ok=True)
-    B = rollout_prompts(cfg)
+    B = prompts_per_rollout(cfg)
     parts = [f"<!-- made by `capo online` (GRPO cells); experiment directory {root} -->",
              "# GRPO vs CaPO at an equal budget (issue #22)", "",
              f"Training prompts: {cfg.train_limit} of {cfg.train_prompts}; rewards {', '.join(cfg.rewards)} (in the "
@@ -300,29 +307,44 @@ def frontier_plot(cfg, b: Path, path: Path, base: str) -> bool:
                                  title=f"{base}: GRPO and CaPO along their KL grids", cells=spec)
 
 
+SMOOTH = 4  # rollouts in the over-optimisation figure's running mean
+
+
+def running_mean(v: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the last ``k`` values at each position (fewer at the start)."""
+    c = np.cumsum(np.insert(np.asarray(v, float), 0, 0.0))
+    i = np.arange(1, len(v) + 1)
+    return (c[i] - c[np.maximum(i - k, 0)]) / np.minimum(i, k)
+
+
 def overopt_plot(cfg, b: Path, path: Path, base: str) -> bool:
-    """Trained reward against gold along GRPO training: per cell, the rollouts' mean of each
-    trained reward and of the gold (a monitor), as the change from the first rollout in units of
-    the base samples' standard deviation, averaged over the cell's trained rewards and over the
-    training seeds that logged every step (seeds[1:]; seeds[0] when it is the only one)."""
+    """Trained reward against gold along GRPO training. Per cell and logged step: each rollout's
+    mean of every trained reward and of the gold (a monitor, never trained on) minus the base
+    model's mean on the same prompts (its training samples, scored by the same rewards), in
+    units of the base samples' standard deviation; averaged over the cell's trained rewards and
+    over the training seeds that logged every step (seeds[1:]; seeds[0] when it is the only
+    one); a running mean over ``SMOOTH`` rollouts. The path starts (square) at the first rollout:
+    the base policy, but sampled along GRPO's stochastic chain, so it need not sit at (0, 0)
+    (the base's samples come from its deterministic sampler); read the movement from there."""
     import pandas as pd
 
     from capo.report.figures import _plt, _save
 
     if not cfg.gold:
         return False
-    sd = {}
-    for r in [*cfg.rewards, cfg.gold]:
-        f = b / "samples" / "rewards" / r / "scores.parquet"
-        if f.is_file():
-            sd[r] = float(pd.read_parquet(f)[r].std())
-    if cfg.gold not in sd:
+    tables = {r: b / "samples" / "rewards" / r / "scores.parquet" for r in [*cfg.rewards, cfg.gold]}
+    if not all(f.is_file() for f in tables.values()):
         return False
+    scores = {r: pd.read_parquet(f) for r, f in tables.items()}
+    sd = {r: float(t[r].std()) for r, t in scores.items()}
+    per_prompt = {r: t.groupby("prompt_id")[r].mean() for r, t in scores.items()}
+    pids = [json.loads(x)["prompt_id"] for x in (b / "samples" / "prompts.jsonl").read_text().splitlines() if x.strip()]
+    B, U = prompts_per_rollout(cfg), int(cfg.grpo_options.get("grpo_updates", 1))
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
     drawn = False
-    for s in cfg.grpo:
-        c = parse_cell(s, list(cfg.rewards))
+    for spec in cfg.grpo:
+        c = parse_cell(spec, list(cfg.rewards))
         logs = []
         for seed in (cfg.seeds[1:] or cfg.seeds[:1]):
             f = (b / "runs" / seed_label(c["label"], seed) / "metrics.jsonl") if seed != cfg.seeds[0] else None
@@ -330,27 +352,32 @@ def overopt_plot(cfg, b: Path, path: Path, base: str) -> bool:
                 sel = json.loads((b / "sweep" / c["label"] / "sweep.json").read_text())["selected"]["checkpoint"]
                 f = Path(sel).parent / "metrics.jsonl"
             if f.is_file():
-                logs.append([json.loads(x) for x in f.read_text().splitlines() if x.strip()])
-        logs = [lg for lg in logs if lg and f"monitor_{cfg.gold}" in lg[0]]
+                logs.append((seed, [json.loads(x) for x in f.read_text().splitlines() if x.strip()]))
+        logs = [(seed, lg) for seed, lg in logs if lg and f"monitor_{cfg.gold}" in lg[0]]
         if not logs:
             continue
-        n = min(len(lg) for lg in logs)
+        n = min(len(lg) for _, lg in logs)
 
-        def gain(lg, key, r):
-            v = np.array([x[key] for x in lg[:n]])
-            return (v - v[0]) / sd[r]
-        x = np.mean([np.mean([gain(lg, f"reward_{r}", r) for r in c["rewards"]], axis=0) for lg in logs], axis=0)
-        y = np.mean([gain(lg, f"monitor_{cfg.gold}", cfg.gold) for lg in logs], axis=0)
-        ax.plot(x, y, marker="o", ms=2.5, lw=1.1, label=c["label"])
-        ax.annotate(f"step {logs[0][n - 1]['step']}", (x[-1], y[-1]), fontsize=6)
+        def gain(seed, lg, key, r):
+            """The logged rollout means of ``key`` minus the base's mean on each rollout's prompts."""
+            rollouts = [(x["step"] - 1) // U for x in lg[:n]]
+            base_mean = [per_prompt[r][[pids[i] for i in rollout_prompts_of(len(pids), seed, k, B)]].mean()
+                         for k in rollouts]
+            return (np.array([x[key] for x in lg[:n]]) - np.array(base_mean)) / sd[r]
+        x = np.mean([np.mean([gain(sd_, lg, f"reward_{r}", r) for r in c["rewards"]], axis=0) for sd_, lg in logs], 0)
+        y = np.mean([gain(sd_, lg, f"monitor_{cfg.gold}", cfg.gold) for sd_, lg in logs], axis=0)
+        x, y = running_mean(x, SMOOTH), running_mean(y, SMOOTH)  # one rollout's mean is noisy (B x G images)
+        line, = ax.plot(x, y, marker="o", ms=2.5, lw=1.1, label=c["label"])
+        ax.plot(x[:1], y[:1], marker="s", ms=6, mfc="none", color=line.get_color())  # step 1: the base policy
+        ax.annotate(f"step {logs[0][1][n - 1]['step']}", (x[-1], y[-1]), fontsize=6)
         drawn = True
     if not drawn:
         plt.close(fig)
         return False
     ax.axhline(0, color="k", lw=0.8, ls=":")
     ax.axvline(0, color="k", lw=0.8, ls=":")
-    ax.set_xlabel("trained reward gain on the rollouts (base s.d.)")
-    ax.set_ylabel("gold gain on the rollouts (base s.d.)")
+    ax.set_xlabel("trained reward over the base, same prompts (base s.d.)", fontsize=8)
+    ax.set_ylabel("gold over the base, same prompts (base s.d.)", fontsize=8)
     ax.legend(fontsize=7)
-    _save(fig, path, title=f"{base}: GRPO's trained reward vs gold along training")
+    _save(fig, path, title=f"{base}: GRPO's rollouts along training (running mean of {SMOOTH}; square: step 1)")
     return True
