@@ -122,7 +122,7 @@ def round_checkpoints(checkpoint: str, R: int) -> list[str]:
 def run(cfg: OnlineConfig) -> dict:
     from capo.experiments import online_grpo
     from capo.stages import evaluate, generate, iterate, pairs, score, sweep
-    from capo.experiments.preset import slug
+    from capo.experiments.preset import base_dir
 
     t0 = time.time()
     root, reports = Path(cfg.out), Path(cfg.reports)
@@ -134,7 +134,7 @@ def run(cfg: OnlineConfig) -> dict:
     summary = {}
     for base in cfg.bases:
         t_base = time.time()
-        b = root / slug(base)
+        b = root / base_dir(base)
         b.mkdir(parents=True, exist_ok=True)
         artifacts.lock(b)  # one process per base: two processes may run the two bases of one comparison
         log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {cfg.n}")

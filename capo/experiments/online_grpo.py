@@ -223,7 +223,7 @@ def matched_markdown(cfg, b: Path) -> str:
 
 def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     """``reports/grpo.md``, ``grpo_frontier_<base>.png`` and ``grpo_overopt_<base>.png``."""
-    from capo.experiments.preset import slug
+    from capo.experiments.preset import base_dir
 
     reports.mkdir(parents=True, exist_ok=True)
     B = prompts_per_rollout(cfg)
@@ -239,7 +239,7 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     parts += answers(cfg, root)
     paths = []
     for base in cfg.bases:
-        b = root / slug(base)
+        b = root / base_dir(base)
         bud = budgets(cfg, b)
         parts += [base_markdown(cfg, b, base, rows(cfg), comparisons), ""]
         parts += ["Budget per run (the selected seed-0 run's own counts for GRPO):", "",
@@ -253,7 +253,7 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
                   "by side on the 2-core CPU)." if wall else "", "",
                   matched_markdown(cfg, b)]
         for name, fn in (("frontier", frontier_plot), ("overopt", overopt_plot)):
-            png = reports / f"grpo_{name}_{slug(base)}.png"
+            png = reports / f"grpo_{name}_{base_dir(base)}.png"
             if fn(cfg, b, png, base):
                 parts += [f"![{name}, {base}]({png.name})", ""]
                 paths.append(png)
@@ -265,7 +265,7 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
 def answers(cfg, root: Path) -> list[str]:
     """The two questions, answered from the head-to-head intervals of every base: a verdict
     only where the interval decides it."""
-    from capo.experiments.preset import slug
+    from capo.experiments.preset import base_dir
     from capo.report.evidence import Evidence, head_to_head
 
     groups = {"Does GRPO beat CaPO (offline, and online) at this budget?": lambda c: c["b"].startswith("capo"),
@@ -274,7 +274,7 @@ def answers(cfg, root: Path) -> list[str]:
     for q, pick in groups.items():
         found = []
         for base in cfg.bases:
-            ev = Evidence(root / slug(base) / "eval")
+            ev = Evidence(root / base_dir(base) / "eval")
             for comp in filter(pick, comparisons(cfg, ev)):
                 for r in head_to_head(ev, comp):
                     d = r["delta"]

@@ -100,7 +100,7 @@ def base_markdown(cfg, b: Path, base: str, rows: list[tuple[str, str]] | None = 
 
 def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     """``reports/online.md`` and ``reports/online_<base>.png`` from the experiment directory."""
-    from capo.experiments.preset import slug
+    from capo.experiments.preset import base_dir
 
     reports.mkdir(parents=True, exist_ok=True)
     parts = [f"<!-- made by `capo online`; experiment directory {root} -->",
@@ -116,9 +116,9 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
              "target, so CaPO online vs DPO online says what the calibrated target adds.", ""]
     paths = []
     for base in cfg.bases:
-        b = root / slug(base)
+        b = root / base_dir(base)
         parts.append(base_markdown(cfg, b, base))
-        png = reports / f"online_{slug(base)}.png"
+        png = reports / f"online_{base_dir(base)}.png"
         rounds_plot(cfg, b, png, base)
         parts += [f"![gold win-rate against divergence along the rounds, {base}]({png.name})", ""]
         paths.append(png)

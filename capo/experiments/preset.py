@@ -201,7 +201,9 @@ def scaled(cfg: ReproduceConfig) -> ReproduceConfig:
         out=out_dir(cfg))
 
 
-def slug(spec: str) -> str:
+def base_dir(spec: str) -> str:
+    """The directory name of a base model inside an experiment directory: ``shapes-sdxl``, or a
+    path's last component, with anything but ``[A-Za-z0-9_.-]`` replaced by ``-``."""
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(spec).name if Path(spec).exists() else spec)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from capo import artifacts
 from capo.experiments.preset import (ReproduceConfig, benchmark_sets, cells, is_shapes, load_preset,  # noqa: F401 (the stage's config)
-                                     out_dir, scaled, slug)
+                                     out_dir, scaled, base_dir)
 from capo.vocabulary import OBJECTIVES, label, seed_label
 
 
@@ -69,7 +69,7 @@ def run(cfg: ReproduceConfig) -> dict:
     gold = [cfg.gold] if cfg.gold else []
     n_max = max([cfg.n, *cfg.n_ablation])
     for base in cfg.bases:
-        b = root / slug(base)
+        b = root / base_dir(base)
         log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {n_max}")
         run_stage("generate", generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"),
                                                       n=n_max, limit=cfg.train_limit, seed=cfg.seed, quiet=q), cfg.launch)
@@ -111,7 +111,7 @@ def run(cfg: ReproduceConfig) -> dict:
                 eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"), weighting=c["weighting"],
                 bias=c["bias"], lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
                 seed=cfg.seeds[0], train_options=dict(cfg.train_options), launch=cfg.launch, quiet=q,
-                report_to=cfg.report_to, run_name=f"{slug(base)}.{lab}"))
+                report_to=cfg.report_to, run_name=f"{base_dir(base)}.{lab}"))
             sel = res["selected"]
             selected[lab] = sel
             checkpoints[seed_label(lab, cfg.seeds[0])] = sel["checkpoint"]
@@ -123,7 +123,7 @@ def run(cfg: ReproduceConfig) -> dict:
                                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                             lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps, keep_checkpoints=0,
                                             log_every=max(1, cfg.steps // 5), quiet=q, report_to=cfg.report_to,
-                                            run_name=sweep.run_label(f"{slug(base)}.{lab}", s, sel["beta"]),
+                                            run_name=sweep.run_label(f"{base_dir(base)}.{lab}", s, sel["beta"]),
                                             **cfg.train_options), cfg.launch)
                 checkpoints[seed_label(lab, s)] = str(d / "final")
         for o in OBJECTIVES:

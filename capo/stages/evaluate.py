@@ -117,7 +117,7 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def is_shapes(model) -> bool:
+def is_shapes_model(model) -> bool:
     from capo.worlds.shapes.pipeline import ShapesPipeline
 
     return isinstance(model, ShapesPipeline)
@@ -218,7 +218,9 @@ def load_images_of(samples: Path, index) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- run
-def _slug(prompt_set: str) -> str:
+def prompt_set_dir(prompt_set: str) -> str:
+    """The directory name of a prompt set's samples: a named set as given, a file by its stem,
+    with anything but ``[A-Za-z0-9_.-]`` replaced by ``-``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(prompt_set).stem if Path(prompt_set).is_file() else prompt_set)
 
 
@@ -233,7 +235,7 @@ def run(cfg: EvalConfig) -> dict:
     t0 = time.time()
     image_mode = bool(cfg.images)
     models = parse_models(cfg.models or cfg.images)
-    shapes = cfg.detector == "shapes" if image_mode else is_shapes(load_model(models[0][1]))
+    shapes = cfg.detector == "shapes" if image_mode else is_shapes_model(load_model(models[0][1]))
     sets = benchmark_sets(cfg, image_mode, shapes)  # benchmark -> prompt sets (IMAGES: each folder's prompts)
     if "dpg" in sets:
         from capo.eval.dpg_bench import load_questions
@@ -263,7 +265,7 @@ def run(cfg: EvalConfig) -> dict:
         return {**artifacts.read_json(out / "results.json"), "skipped": True}
 
     def samples_of(ps: str, label: str, spec: str) -> Path:
-        d = out / "samples" / _slug(ps) / label
+        d = out / "samples" / prompt_set_dir(ps) / label
         if image_mode:
             from capo.eval.image_sets import to_samples_dir
 
