@@ -81,8 +81,8 @@ def test_gate_parsing_and_checks():
 
 
 def test_unknown_benchmark_and_duplicate_labels(tiny_chain, tmp_path):
-    with pytest.raises(ValueError, match=r"benchmarks = \['drawbench'\]: item 'drawbench' must be one of "
-                                         r"winrate \| geneval \| compbench \| dpg \| divergence"):
+    with pytest.raises(ValueError, match=r"benchmarks = \['drawbench'\]: item 'drawbench' unknown benchmark .*known: "
+                                         r"compbench, divergence, dpg, geneval, winrate"):
         evaluate.run(evaluate.EvalConfig(models=[str(tiny_chain / "base")], out=str(tmp_path / "x"),
                                          benchmarks=["drawbench"]))
     with pytest.raises(ValueError, match="unique"):
