@@ -57,7 +57,7 @@ def invalid_values(cls, key) -> list[tuple[str, str]]:
         below = float(x) if op == ">" else float(x) - 1
         bad.append((str(below if elem is float else int(below)), "rule"))
     if is_list:  # one bad item after a good one
-        good = {"@rewards": "shapes-pref", "@objectives": "capo", "@selectors": "frs"}.get(rule) or (
+        good = {"@rewards": "shapes-pref", "@objectives": "capo", "@selectors": "frs", "@benchmarks": "winrate"}.get(rule) or (
             rule.split("|")[0].strip() if "|" in rule else "3")
         bad = [(f"{good},{v}", kind) for v, kind in bad]
     return bad
