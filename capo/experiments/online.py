@@ -36,7 +36,7 @@ from typing import ClassVar
 
 from capo import artifacts
 from capo.config import stage_config
-from capo.experiments.online_report import run_label, write_report
+from capo.experiments.online_report import run_label, selected_entry, write_report
 from capo.vocabulary import seed_label
 SINGLE_PROCESS = True  # drives other stages; refused under several processes (cli)
 
@@ -160,8 +160,7 @@ def run(cfg: OnlineConfig) -> dict:
                     base_cache=str(b / "val-base"), lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
                     rounds=R, calibration=cfg.calibration, reference=cfg.reference, seed=cfg.seeds[0], quiet=q))
                 sel = res["selected"]
-                selected[lab] = {k2: sel[k2] for k2 in ("beta", "beta_trained", "criterion")} | {
-                    "bracketed": res["bracketed"], "grid": [p["beta"] for p in res["grid"]]}
+                selected[lab] = selected_entry(res)
                 finals = {cfg.seeds[0]: sel["checkpoint"]}
                 for s in cfg.seeds[1:]:
                     log(f"{base}: {lab} seed {s} at beta={sel['beta']:.6g}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
-from capo.experiments.online_report import base_markdown, run_label
+from capo.experiments.online_report import base_markdown, run_label, selected_entry
 from capo.vocabulary import seed_label
 
 ADVANTAGES = ("sum", "calibrated", "pareto")
@@ -117,8 +117,7 @@ def run_cells(cfg, base: str, b: Path, models: dict[str, str], selected: dict[st
             val_limit=cfg.val_limit, val_n=cfg.val_n, eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"),
             lr=cfg.lr, steps=cfg.steps, batch_size=B, seed=cfg.seeds[0], train_options=opts, quiet=q))
         sel = res["selected"]
-        selected[lab] = {k: sel[k] for k in ("beta", "beta_trained", "criterion")} | {
-            "bracketed": res["bracketed"], "grid": [p["beta"] for p in res["grid"]]}
+        selected[lab] = selected_entry(res)
         finals = {cfg.seeds[0]: sel["checkpoint"]}
         for s in cfg.seeds[1:]:
             log(f"{base}: {lab} seed {s} at beta={sel['beta']:.6g}")

@@ -12,6 +12,14 @@ import numpy as np
 from capo import artifacts
 
 
+def selected_entry(res: dict) -> dict:
+    """A cell's line of ``selected.json`` from its ``capo sweep`` result: the selected beta (as
+    given and as trained), its criterion value, whether the grid brackets it, and the grid."""
+    sel = res["selected"]
+    return {k: sel[k] for k in ("beta", "beta_trained", "criterion")} | {
+        "bracketed": res["bracketed"], "grid": [p["beta"] for p in res["grid"]]}
+
+
 def run_label(objective: str, R: int, r: int | None = None) -> str:
     """``capo-r3`` (the run's last checkpoint) or ``capo-r3-round1`` (an earlier round)."""
     return f"{objective}-r{R}" + (f"-round{r}" if r is not None and r < R else "")
