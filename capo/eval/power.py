@@ -434,23 +434,28 @@ def frontier(rows: Sequence[dict]) -> list[dict]:
 
 # The README's benchmark table: `capo reproduce --preset full` on the 2-core CPU (2026-12-02), per
 # base: generate + score + pairs of 4,096 training samples 290 s, sweeps + seeds 2,296 s for the
-# plan's 147 training runs (105 sweep runs with their validation images + 42 more seeds), eval of
-# 73 models x 50 x 2 = 7,300 test images 629 s, benchmarks 121 s (1,416 images). Rates per unit;
-# per base 290 + 2,296 + 0.0862 x 8,716 = 3,337 s, both bases 6,674 s against the 6,736 s measured.
+# plan's 147 training runs of 40 steps x 16 pairs (94,080 pairs; the 105 sweep runs with their
+# 5,300 validation images), eval of 73 models x 50 x 2 = 7,300 test images 629 s, benchmarks 121 s
+# (1,416 images). A validation image costs what a test image does (sampling + rewards), so the
+# training runs' share is 2,296 - 0.0862 x 5,300 = 1,839 s over 94,080 pairs: 0.0195 s per pair
+# (a 40 x 16 run 12.5 s; `bench/bench_training_run.py` times one at 19.3 s under cProfile, cold).
+# Per base 290 + 1,839 + 0.0862 x (5,300 + 8,716) = 3,337 s, both 6,674 s against 6,736 s measured.
 CPU_RATES = {
     "source": "README benchmark table, capo reproduce --preset full on the 2-core CPU (2026-12-02)",
-    "train_sample_s": 290 / 4096,      # generate + score + pairs, per training sample
-    "training_run_s": 2296 / 147,      # per training run (sweep runs' validation included)
-    "eval_image_s": 629 / 7300,        # per test or benchmark image (sampling + rewards)
+    "train_sample_s": 290 / 4096,                   # generate + score + pairs, per training sample
+    "pair_s": (2296 - 629 / 7300 * 5300) / 94080,   # one pair through a training step (policy fwd+bwd, reference fwd)
+    "eval_image_s": 629 / 7300,                     # per validation, test or benchmark image (sampling + rewards)
 }
 
 
 def cpu_seconds(base_plan: Mapping) -> float:
-    """Predicted 2-core CPU wall time of one shapes base of a ``capo.experiments.budget.experiment`` plan."""
+    """Predicted 2-core CPU wall time of one shapes base of a ``capo.experiments.budget.experiment`` plan:
+    training samples, pairs trained, and images sampled and scored (validation, test, benchmarks)."""
     im = base_plan["images"]
     return (CPU_RATES["train_sample_s"] * im["training samples"]
-            + CPU_RATES["training_run_s"] * base_plan["training_runs"]
-            + CPU_RATES["eval_image_s"] * (im["test (win-rates)"] + im["benchmarks (GenEval, CompBench)"]))
+            + CPU_RATES["pair_s"] * base_plan["pairs"]
+            + CPU_RATES["eval_image_s"] * (im["validation (beta selection)"] + im["test (win-rates)"]
+                                           + im["benchmarks (GenEval, CompBench)"]))
 
 
 # --------------------------------------------------------------------------- text
