@@ -6,6 +6,8 @@ CPUs as they do on GPUs.
 """
 
 from __future__ import annotations
+from capo import artifacts
+from capo.config import to_dict
 
 
 def on_cpu() -> bool:
@@ -38,8 +40,6 @@ def prepare_out_dir(state, out_dir, manifest: dict, overwrite: bool) -> bool:
     whether the run is already complete (True: nothing to do)."""
     from pathlib import Path
 
-    from capo import artifacts
-
     if state.is_main_process:
         artifacts.prepare_out_dir(out_dir, manifest, overwrite)
     state.wait_for_everyone()
@@ -64,8 +64,6 @@ def run_stage(name: str, cfg, launch: str | None = None) -> dict:
     from pathlib import Path
 
     import yaml
-
-    from capo.config import to_dict
 
     if launch is None:
         return importlib.import_module(STAGE_MODULES[name]).run(cfg)

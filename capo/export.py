@@ -58,7 +58,18 @@ from pathlib import Path
 from typing import ClassVar
 
 from capo import artifacts
-from capo.config import stage_config
+from capo.config import build, stage_config
+from capo.models import (
+    check_checkpoint,
+    CHECKPOINT_FILE,
+    diffusers_backends as DB,
+    load_checkpoint,
+    ModelLoadError,
+    MODELS,
+)
+from capo.registry import UnknownNameError
+from capo.report.compare import compare_table
+from capo.weights import missing
 
 EXPORT_RECORD = "capo_export.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
@@ -100,8 +111,6 @@ def config_from_cli(checkpoint: str, tokens, config_path: str | None = None) -> 
     """``capo export CHECKPOINT key=value ...``: the checkpoint as given (not parsed as YAML)."""
     import dataclasses
 
-    from capo.config import build
-
     cfg = build(ExportConfig, config_path, [*tokens, "checkpoint=."])
     return dataclasses.replace(cfg, checkpoint=checkpoint)
 
@@ -109,8 +118,6 @@ def config_from_cli(checkpoint: str, tokens, config_path: str | None = None) -> 
 # ----------------------------------------------------------------------------- inputs
 def read_checkpoint(path) -> dict:
     """The checkpoint's metadata, or an ``ExportError`` saying what ``path`` is instead."""
-    from capo.models import CHECKPOINT_FILE
-
     p = Path(path)
     if not p.exists():
         raise ExportError(f"{p}: no such file or directory")
@@ -144,8 +151,6 @@ def check_out(out) -> None:
 def base_chain(meta: dict) -> list[tuple[str, dict | None]]:
     """``[(spec, checkpoint meta or None), ...]`` from the checkpoint's base down to the root base
     model (an iterate round's base is the previous round's checkpoint)."""
-    from capo.models import CHECKPOINT_FILE
-
     chain, spec, seen = [], meta["base"], set()
     while True:
         p = Path(spec)
@@ -159,9 +164,6 @@ def base_chain(meta: dict) -> list[tuple[str, dict | None]]:
 
 def require_base(spec: str, ckpt) -> None:
     """An ``ExportError`` naming the base model and how to get it, when it is not on this machine."""
-    from capo.models import MODELS
-    from capo.weights import missing
-
     p = Path(spec)
     if p.is_dir() and ((p / "model_index.json").is_file() or (p / "capo_pipeline.json").is_file()):
         return
@@ -182,8 +184,6 @@ def require_base(spec: str, ckpt) -> None:
 
 def pipeline_class_of(spec: str) -> str | None:
     """The diffusers pipeline class of a root base spec (None: the shapes world's pipeline)."""
-    from capo.models import MODELS
-
     p = Path(spec)
     if (p / "model_index.json").is_file():
         return json.loads((p / "model_index.json").read_text()).get("_class_name")
@@ -251,8 +251,6 @@ def provenance(ckpt, meta: dict | None = None, depth: int = 0) -> dict:
     """What capo recorded about how a checkpoint was made: its metadata, the training run's
     config, the pairs (selector, rewards, calibration), the samples (prompts, n, seed), and for
     a merge each merged checkpoint's own provenance. Absent records are left out."""
-    from capo.models import CHECKPOINT_FILE
-
     p = Path(ckpt)
     if meta is None:
         try:
@@ -342,8 +340,6 @@ def results_label(results: dict, manifest: dict | None, ckpt, meta: dict, label:
 
 
 def evaluation_section(results: dict, label: str, source: Path) -> list[str]:
-    from capo.report.compare import compare_table
-
     lines = [f"Evaluated by `capo eval` ({source.name}) as **{label}** against the base model "
              f"**{results['base']}** on the same prompts and per-item seeds. Win-rates are the share of prompts x "
              "seeds where this model's image scores above the base's (ties count one half); changes are "
@@ -539,8 +535,6 @@ def render_card(cfg: ExportConfig, meta: dict, prov: dict, kind: str, pipeline_c
 
 
 def _sampler_of(pipeline_class: str | None) -> tuple[int, float, str | None]:
-    from capo.models import diffusers_backends as DB
-
     if pipeline_class == "StableDiffusionXLPipeline":
         return DB.SDXL_DEFAULT_STEPS, DB.SDXL_DEFAULT_GUIDANCE, "DDIMScheduler.from_config(pipe.scheduler.config)"
     if pipeline_class == "StableDiffusion3Pipeline":
@@ -551,9 +545,6 @@ def _sampler_of(pipeline_class: str | None) -> tuple[int, float, str | None]:
 # ----------------------------------------------------------------------------- run
 def run(cfg: ExportConfig) -> dict:
     import torch
-
-    from capo.models import ModelLoadError, check_checkpoint, load_checkpoint
-    from capo.registry import UnknownNameError
 
     ckpt = Path(cfg.checkpoint)
     meta = read_checkpoint(ckpt)

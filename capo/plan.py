@@ -31,6 +31,8 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from capo.models import CHECKPOINT_FILE
+from capo.stages.training import use_checkpointing
 
 GIB = 2**30
 CONFIGS = Path(__file__).parent / "models" / "configs"
@@ -82,8 +84,6 @@ def _shipped_count(model: str, lora_rank: int) -> dict:
 def kind_of(spec: str) -> str:
     """``sdxl`` | ``sd3`` | ``shapes`` of a model spec, without loading it: a registered real
     model, a diffusers folder (its ``model_index.json``), or a capo checkpoint (its base's)."""
-    from capo.models import CHECKPOINT_FILE
-
     p = Path(spec)
     if (p / CHECKPOINT_FILE).is_file():
         return kind_of(json.loads((p / CHECKPOINT_FILE).read_text())["base"])
@@ -97,8 +97,6 @@ def kind_of(spec: str) -> str:
 
 def count(model: str, lora_rank: int = 0) -> dict:
     """``{"kind", "params", "lora_params", "resolution"}`` of a model spec, nothing allocated."""
-    from capo.models import CHECKPOINT_FILE
-
     p = Path(model)
     if (p / CHECKPOINT_FILE).is_file():  # a fine-tuned checkpoint: its base's architecture
         return count(json.loads((p / CHECKPOINT_FILE).read_text())["base"], lora_rank)
@@ -261,8 +259,6 @@ def plan(model: str, *, lora_rank: int = 0, mixed_precision: str = "no", optimiz
         raise ValueError(f"no throughput measured for GPU {gpu!r}; known: {', '.join(GPUS)}")
     c = count(model, lora_rank)
     lora = lora_rank > 0
-    from capo.stages.training import use_checkpointing
-
     checkpointing = use_checkpointing(checkpointing, c["kind"])
     st = static_bytes(c["params"], c["lora_params"], lora, mixed_precision, optimizer, shards)
     act = activation_per_pair(c["kind"], checkpointing, c["resolution"], c.get("arch"), mixed_precision)
@@ -332,8 +328,6 @@ def grpo_chain(model: str, sample_steps: int | None = None, noise_level: float |
     stochastic: a flow SDE step always has a density, and SDXL base's scheduler has
     ``set_alpha_to_one: false``, so its last DDIM step has one too); a diffusers folder's own
     scheduler config; a shapes model is small and loaded."""
-    from capo.models import CHECKPOINT_FILE
-
     p = Path(model)
     if (p / CHECKPOINT_FILE).is_file() and kind_of(model) != "shapes":
         return grpo_chain(json.loads((p / CHECKPOINT_FILE).read_text())["base"], sample_steps, noise_level, guidance)
@@ -395,8 +389,6 @@ def grpo_plan(model: str, *, lora_rank: int = 0, mixed_precision: str = "no", op
     c = count(model, lora_rank)
     ch = grpo_chain(model, sample_steps, noise_level, guidance)
     lora = lora_rank > 0
-    from capo.stages.training import use_checkpointing
-
     checkpointing = use_checkpointing(checkpointing, c["kind"])
     B, G, N, cfg_mult, U = batch_size, group_size, ch["steps"], ch["cfg"], grpo_updates
     K = min(grpo_steps or ch["stochastic"], ch["stochastic"])

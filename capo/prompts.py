@@ -50,6 +50,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from capo.eval.prompts import load_prompt_set
 from capo.registry import WORLD_PROMPTS
 
 MAX_WORDS = 200  # longer lines are almost always a malformed file (a paragraph, a binary blob)
@@ -91,8 +92,6 @@ def _named(spec: str) -> list[dict]:
     family, _, name = spec.partition(":")
     if name and family in WORLD_PROMPTS:  # a world's own sets (capo.registry: imported only when named)
         return [dict(r) for r in WORLD_PROMPTS.get(family)(name)]
-    from capo.eval.prompts import load_prompt_set
-
     return [dict(r) for r in load_prompt_set(spec)]
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from capo.config import ConfigError
 
 # accelerate's tracker names (accelerate.tracking.LOGGER_TYPE_TO_CLASS); swanlab and trackio
 # need a recent accelerate (``missing`` says so)
@@ -76,8 +77,6 @@ def missing(report_to: str) -> str | None:
 
 def check(report_to: str) -> None:
     """Raise ``ConfigError`` when ``missing`` finds a problem."""
-    from capo.config import ConfigError
-
     if err := missing(report_to):
         raise ConfigError(err)
 

@@ -37,6 +37,10 @@ import copy
 from typing import Sequence
 
 import numpy as np
+from capo.eval.winrate import bootstrap_mean
+from capo.method.divergence import divergence_factor, divergence_of_predictions, param_distance
+from capo.method.schedules import add_noise, alphas_cumprod_of, ddpm_terms, flow_terms
+from capo.samples import item_seed
 
 STREAM = 0xD1F  # the divergence draws' stream key next to the item seed
 FLOW_T_CLAMP = 1e-3  # as stages.train.draw_times_and_noise
@@ -45,8 +49,6 @@ FLOW_T_CLAMP = 1e-3  # as stages.train.draw_times_and_noise
 def times_from_uniform(model, u):
     """``u ~ U[0, 1)`` (float64) -> (schedule terms, model time) with capo train's t distribution."""
     import torch
-
-    from capo.method.schedules import alphas_cumprod_of, ddpm_terms, flow_terms
 
     if model.prediction_type == "flow":
         t = u.clamp(FLOW_T_CLAMP, 1 - FLOW_T_CLAMP)
@@ -60,8 +62,6 @@ def item_draws(seed: int, prompt_id: str, k: int, n_t: int, latent_shape: Sequen
     """``u`` (n_t,) float64 and ``eps`` (n_t, C, H, W) float32 of image ``k`` of ``prompt_id``."""
     import torch
 
-    from capo.samples import item_seed
-
     s = int(np.random.SeedSequence([item_seed(seed, prompt_id, k), STREAM]).generate_state(1, np.uint64)[0])
     g = torch.Generator().manual_seed(s)
     u = torch.rand(n_t, generator=g, dtype=torch.float64)
@@ -71,8 +71,6 @@ def item_draws(seed: int, prompt_id: str, k: int, n_t: int, latent_shape: Sequen
 
 def _check_pair(model, reference) -> None:
     import torch
-
-    from capo.method.schedules import alphas_cumprod_of
 
     if model.prediction_type != reference.prediction_type:
         raise ValueError(f"model predicts {model.prediction_type!r} but the reference {reference.prediction_type!r}: "
@@ -109,10 +107,6 @@ def divergence_rows(model, reference, records: Sequence[dict], *, n: int = 2, se
     ``capo generate`` run of the policy) instead of sampling them again.
     """
     import torch
-
-    from capo.method.divergence import divergence_factor, divergence_of_predictions
-    from capo.method.schedules import add_noise
-    from capo.samples import item_seed
 
     if n < 1 or n_t < 1 or batch_size < 1:
         raise ValueError(f"n, n_t and batch_size must be >= 1, got n={n}, n_t={n_t}, batch_size={batch_size}")
@@ -170,8 +164,6 @@ def divergence_summary(rows, *, n_boot: int = 1000, seed: int = 0, ci: float = 0
     """Mean divergence with a prompt-bootstrap CI (``winrate.bootstrap_mean``): ``{"mean",
     "ci_low", "ci_high", "n_images", "n_prompts", "n_boot", "seed", "ci"}``. ``rows``: the
     output of ``divergence_rows`` (or a DataFrame of it)."""
-    from capo.eval.winrate import bootstrap_mean
-
     if hasattr(rows, "to_dict"):
         rows = rows.to_dict("records")
     return bootstrap_mean([r["divergence"] for r in rows], [r["prompt_id"] for r in rows],
@@ -189,6 +181,4 @@ def dense_denoiser_state(denoiser) -> dict:
 
 def param_distance_of(model, reference) -> float:
     """``||theta - theta_ref||_2`` of the two denoisers' dense weights (``method.divergence.param_distance``)."""
-    from capo.method.divergence import param_distance
-
     return param_distance(dense_denoiser_state(model.denoiser), dense_denoiser_state(reference.denoiser))

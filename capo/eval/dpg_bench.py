@@ -62,8 +62,11 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from capo import artifacts
 from capo.eval import prompts as _prompts
-from capo.eval.prompts import ELLA, RAW_URL, natural_key
+from capo.eval.geneval import _to_pil_rgb as f
+from capo.eval.prompts import ELLA, natural_key, RAW_URL
+from capo.progress import progress as bar
 
 # ----------------------------------------------------------------------------- constants
 
@@ -198,8 +201,6 @@ def resolve_csv(csv: str | os.PathLike | None = None, cache_dir: str | os.PathLi
         raise RuntimeError(f"download of {csv_url()} failed: {e}. Provide the file yourself at {p} "
                            "(or pass csv=) and retry") from e
     check_csv_bytes(data, csv_url())
-    from capo import artifacts
-
     artifacts.write_bytes(p, data)
     return p
 
@@ -373,8 +374,6 @@ def _to_pil_rgb(image):
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as im:
             return im.convert("RGB")
-    from capo.eval.geneval import _to_pil_rgb as f
-
     return f(image)
 
 
@@ -432,8 +431,6 @@ def write_grid_folder(samples: Mapping[str, Sequence[Any]], out_dir: str | os.Pa
     """Write upstream's image folder: ``<out_dir>/<prompt id>.png``, each ``make_grid`` of the
     prompt's four samples (PIL images, uint8 HxWx3 arrays or paths), atomically. Returns the
     paths, in ``samples``' order."""
-    from capo import artifacts
-
     out = Path(out_dir)
     bad = [pid for pid in samples if not pid or "/" in pid or "\\" in pid or "." in pid]
     if bad:
@@ -706,8 +703,6 @@ def score_images(images: str | os.PathLike | Mapping[str, Any], vqa: Any, *,
     elif not hasattr(vqa, "vqa") and callable(vqa):
         vqa = vqa()
     batch = getattr(vqa, "vqa_batch", None)
-
-    from capo.progress import progress as bar
 
     rows: list[dict] = []
     results: list[dict] = []

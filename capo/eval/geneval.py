@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from capo import artifacts
 from capo.method.positions import POSITION_THRESHOLD, relative_position
 
 THRESHOLD = 0.3
@@ -326,8 +327,6 @@ def result_record(filename: str, record: Mapping[str, Any], correct: bool, reaso
 def write_results_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
     """Upstream's ``results.jsonl`` (``evaluate_images.py --outfile``): one ``result_record`` a
     line, the input of upstream's ``evaluation/summary_scores.py``."""
-    from capo import artifacts
-
     path = Path(path)
     artifacts.write_text(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
     return path

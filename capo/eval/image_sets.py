@@ -32,6 +32,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+from capo import artifacts
+from capo.artifacts import sha256_file
+from capo.eval.geneval import CAPO_RECORD_KEYS, upstream_metadata
+from capo.eval.t2i_compbench import parse_sample_name
+from capo.samples import load_samples
 
 LAYOUTS = ("capo", "geneval", "t2i-compbench", "dpg-bench", "table")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -158,8 +163,6 @@ def _record(known: dict | None, prompt_id: str, prompt: str, problems, extra: di
 
 
 def _read_capo(root: Path, known, problems) -> ImageSet:
-    from capo.samples import load_samples
-
     _, index = load_samples(root)
     recs = [json.loads(line) for line in (root / "prompts.jsonl").read_text(encoding="utf-8").splitlines() if line]
     records, remap = [], {}
@@ -175,8 +178,6 @@ def _read_capo(root: Path, known, problems) -> ImageSet:
 
 
 def _read_geneval(root: Path, known, problems) -> ImageSet:
-    from capo.eval.geneval import CAPO_RECORD_KEYS, upstream_metadata
-
     records, rows = [], []
     for d in sorted(root.iterdir()):
         if not d.is_dir():
@@ -219,8 +220,6 @@ def _read_geneval(root: Path, known, problems) -> ImageSet:
 
 
 def _read_compbench(root: Path, known, problems) -> ImageSet:
-    from capo.eval.t2i_compbench import parse_sample_name
-
     flat = root / "samples" if (root / "samples").is_dir() else root
     records: dict[str, dict] = {}
     rows = []
@@ -312,8 +311,6 @@ def fingerprint(image_set: ImageSet) -> str:
     depends on, wherever the files lie."""
     import hashlib
 
-    from capo.artifacts import sha256_file
-
     h = hashlib.sha256()
     for r in sorted(image_set.rows, key=lambda r: (r["prompt_id"], r["sample_id"])):
         h.update(f"{r['prompt_id']}/{r['sample_id']}/{sha256_file(r['path'])}\n".encode())
@@ -325,8 +322,6 @@ def to_samples_dir(image_set: ImageSet, out: str | Path, overwrite: bool = False
     ``index.parquet`` (paths to the original files) and a manifest fingerprinting the images.
     An existing identical import is reused."""
     import pandas as pd
-
-    from capo import artifacts
 
     out = Path(out)
     config = {"layout": image_set.layout, "root": str(image_set.root.resolve())}
@@ -355,9 +350,6 @@ def write_layout(samples: str | Path, layout: str, out: str | Path) -> Path:
     upstream's ``inference_eval.py`` numbers them) or ``dpg-bench`` (``<prompt id>.png``, the first
     four images tiled 2x2). Files are copied; ``out`` must not hold images already."""
     import shutil
-
-    from capo import artifacts
-    from capo.eval.geneval import upstream_metadata
 
     image_set = read_image_set(samples, layout="capo")
     out = Path(out)

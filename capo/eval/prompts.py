@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from capo import artifacts
 from capo.artifacts import sha256_file
 
 RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
@@ -273,8 +274,6 @@ def _download(f: UpstreamFile, dest: Path) -> None:
     got = hashlib.sha256(data).hexdigest()
     if got != f.sha256:
         raise ValueError(f"checksum mismatch for {f.url}: expected sha256 {f.sha256}, got {got}")
-    from capo import artifacts
-
     artifacts.write_bytes(dest, data)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 from typing import Any, Mapping
+from capo import openclip
+from capo.eval import dpg_bench as D, geneval as G, t2i_compbench as T
 
 # the parts of a card that make two figures comparable (run-specific fingerprints of the models
 # compared are not among them: comparing models is the point)
@@ -28,9 +30,6 @@ def _version(module: str) -> str | None:
 
 def geneval_part(detector: str, device: str | None = None) -> dict:
     """GenEval's detector, colour classifier, thresholds and exactness for ``detector``."""
-    from capo import openclip
-    from capo.eval import geneval as G
-
     if detector == "shapes":
         det = {"name": "shapes", "model": "the shapes world's template-fitting evaluator", "version": _version("capo")}
         status = "shapes-world analogue: GenEval's rules on the shapes world's own detector (not a GenEval number)"
@@ -65,8 +64,6 @@ def compbench_part(categories: list[str], shapes: bool, ran: Mapping[str, dict] 
     if shapes:
         return {c: {"metric": "shapes-world analogue", "exact": False,
                     "status": "the shapes world's evaluator (not a T2I-CompBench number)"} for c in categories}
-    from capo.eval import t2i_compbench as T
-
     out = {}
     for c in categories:
         entry = dict((ran or {}).get(c) or T.PROTOCOL.get(c) or {"exact": False})
@@ -78,8 +75,6 @@ def compbench_part(categories: list[str], shapes: bool, ran: Mapping[str, dict] 
 
 
 def dpg_part(vqa: str, questions: str | None) -> dict:
-    from capo.eval import dpg_bench as D
-
     info = D.PROTOCOL.get("vqa", {}).get(vqa, {}) if isinstance(D.PROTOCOL.get("vqa"), dict) else {}
     return {"vqa": vqa, "model": D.MPLUG_MODEL if vqa == "mplug" else D.BLIP_VQA_MODEL,
             "exact": vqa == "mplug" and questions is None, "pic_num": D.PIC_NUM,

@@ -55,10 +55,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from capo.eval.detectors import UNIDET_SCORE_THRESHOLD, run_detector, unidet_input_size
+from capo.eval.detectors import run_detector, unidet_input_size, UNIDET_SCORE_THRESHOLD
 from capo.eval.geneval import _to_pil_rgb
 from capo.eval.prompts import complex_kind
-from capo.method.positions import DISTANCE_THRESHOLD, IOU_THRESHOLD, Box, determine_position
+from capo.method.positions import Box, determine_position, DISTANCE_THRESHOLD, IOU_THRESHOLD
+import capo.eval.detectors as D
+from capo.eval.geneval import get_detector
 
 CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex", "numeracy", "3d_spatial")
 METRIC_OF_CATEGORY = {"color": "blip_vqa", "shape": "blip_vqa", "texture": "blip_vqa",
@@ -1408,9 +1410,6 @@ def resolve_detector(detector, category: str, *, device: str | None = None, **de
     """The detector a category scores with: an object is used as is; a name goes to
     ``capo.eval.geneval.get_detector`` (for "unidet" with the category's checkpoint); None
     takes upstream's UniDet when its stack is supplied (``unidet_available``), else OWLv2."""
-    import capo.eval.detectors as D
-    from capo.eval.geneval import get_detector
-
     if detector is not None and not isinstance(detector, str):
         return detector
     ckpt = D.UNIDET_CHECKPOINT_OF_CATEGORY.get(category, "RS200")

@@ -7,8 +7,10 @@ and time plan is ``capo.plan``; this module prices a preset made of many of them
 
 from __future__ import annotations
 
-from capo.experiments.preset import prompt_count
+from capo import weights
+from capo.experiments.preset import benchmark_sets, cells, prompt_count, scaled
 from capo.plan import ANCHOR, GPUS, grpo_plan, kind_of, plan
+from capo.vocabulary import OBJECTIVES
 
 # Sizes of a generated sample on disk, per kind at the native resolution: the PNG (an estimate:
 # a 1024 x 1024 RGB PNG of a generated image, ~1.5 MB; capo's assumption, not a measurement) and
@@ -35,10 +37,6 @@ def experiment(cfg, memo: dict | None = None) -> dict:
         return memo[(spec, limit)]
     import collections
     import glob
-
-    from capo import weights
-    from capo.experiments.preset import benchmark_sets, cells, scaled
-    from capo.vocabulary import OBJECTIVES
 
     if cfg.gpu not in GPUS:
         raise ValueError(f"no throughput measured for GPU {cfg.gpu!r}; known: {', '.join(GPUS)}")
@@ -175,8 +173,6 @@ def grpo_cells(cfg, *, group_size: int = 8, sample_steps: int | None = None, grp
     ``sample_steps`` (default the model's), ``grpo_steps`` (0: all), ``grpo_updates``, ``steps``
     (default the preset's); ``beta`` > 0 prices the reference pass. GPU-hours: the runs'
     (``grpo_plan`` on ``cfg.gpus`` GPUs) and the sampling of their validation and test images."""
-    from capo.experiments.preset import scaled
-
     cfg = scaled(cfg)
     opts = cfg.train_options
     steps = cfg.steps if steps is None else steps

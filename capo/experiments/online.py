@@ -36,7 +36,10 @@ from typing import ClassVar
 
 from capo import artifacts
 from capo.config import stage_config
+from capo.experiments import online_grpo
 from capo.experiments.online_report import run_label, selected_entry, write_report
+from capo.experiments.preset import base_dir
+from capo.stages import evaluate, generate, iterate, pairs, score, sweep
 from capo.vocabulary import seed_label
 SINGLE_PROCESS = True  # drives other stages; refused under several processes (cli)
 
@@ -111,8 +114,6 @@ class OnlineConfig:
 
 def round_checkpoints(checkpoint: str, R: int) -> list[str]:
     """Every round's checkpoint of the run whose last checkpoint is ``checkpoint``."""
-    from capo.stages import iterate
-
     if R == 1:
         return [checkpoint]
     run_dir = Path(checkpoint).parents[2]  # <run>/round-R/train/final
@@ -120,10 +121,6 @@ def round_checkpoints(checkpoint: str, R: int) -> list[str]:
 
 
 def run(cfg: OnlineConfig) -> dict:
-    from capo.experiments import online_grpo
-    from capo.stages import evaluate, generate, iterate, pairs, score, sweep
-    from capo.experiments.preset import base_dir
-
     t0 = time.time()
     root, reports = Path(cfg.out), Path(cfg.reports)
     root.mkdir(parents=True, exist_ok=True)

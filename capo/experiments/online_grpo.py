@@ -34,6 +34,12 @@ import numpy as np
 
 from capo import artifacts
 from capo.experiments.online_report import base_markdown, run_label, selected_entry
+from capo.experiments.preset import base_dir
+from capo.report import figures, frontier
+from capo.report.evidence import eval_columns, Evidence, head_to_head
+from capo.report.figures import _plt, _save
+from capo.stages import pairs, sweep, train
+from capo.stages.grpo import rollout_prompts as indices
 from capo.vocabulary import seed_label
 
 ADVANTAGES = ("sum", "calibrated", "pareto")
@@ -53,8 +59,6 @@ def parse_cell(spec: str, rewards: list[str]) -> dict:
 
 def rollout_prompts_of(n: int, seed: int, rollout: int, B: int) -> list[int]:
     """The prompt indices of a single-process GRPO run's rollout (``capo.stages.grpo``)."""
-    from capo.stages.grpo import rollout_prompts as indices
-
     return indices(n, seed, rollout, B, 1, 0)
 
 
@@ -93,8 +97,6 @@ def contradictions(cfg):
 
 def run_cells(cfg, base: str, b: Path, models: dict[str, str], selected: dict[str, dict], log) -> None:
     """Sweep, train and register (in ``models`` / ``selected``) every GRPO cell of ``base``."""
-    from capo.stages import pairs, sweep, train
-
     q, gold = cfg.quiet, [cfg.gold] if cfg.gold else []
     B = prompts_per_rollout(cfg)
     tables = {r: str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards}
@@ -162,8 +164,6 @@ def comparisons(cfg, ev) -> list[dict]:
     """The two questions of issue #22, per base: GRPO (each mix cell) vs CaPO offline and vs
     CaPO online on the trained rewards' mean and the gold; calibrated vs sum advantage, on the
     mix and on each single reward."""
-    from capo.report.evidence import eval_columns
-
     cols, names = eval_columns(ev, dict(zip(cfg.rewards, cfg.roles)))
     crit = tuple(r for r in cfg.rewards if r in cols)
     golds = [(names[g], ("win", g)) for g in cols if g not in crit]
@@ -198,7 +198,6 @@ def rows(cfg) -> list[tuple[str, str]]:
 def matched_markdown(cfg, b: Path) -> str:
     """Validation win-rate at matched divergence of CaPO offline and the GRPO mix cells,
     interpolated along each cell's beta grid (capo.report.frontier; one training seed, descriptive)."""
-    from capo.report import frontier
     cells = [run_label("capo", 1)] + [parse_cell(s, list(cfg.rewards))["label"] for s in cfg.grpo]
     sweeps = {c: json.loads((b / "sweep" / c / "sweep.json").read_text()) for c in cells
               if (b / "sweep" / c / "sweep.json").is_file()}
@@ -222,8 +221,6 @@ def matched_markdown(cfg, b: Path) -> str:
 
 def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     """``reports/grpo.md``, ``grpo_frontier_<base>.png`` and ``grpo_overopt_<base>.png``."""
-    from capo.experiments.preset import base_dir
-
     reports.mkdir(parents=True, exist_ok=True)
     B = prompts_per_rollout(cfg)
     parts = [f"<!-- made by `capo online` (GRPO cells); experiment directory {root} -->",
@@ -264,9 +261,6 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
 def answers(cfg, root: Path) -> list[str]:
     """The two questions, answered from the head-to-head intervals of every base: a verdict
     only where the interval decides it."""
-    from capo.experiments.preset import base_dir
-    from capo.report.evidence import Evidence, head_to_head
-
     groups = {"Does GRPO beat CaPO (offline, and online) at this budget?": lambda c: c["b"].startswith("capo"),
               "Does the calibrated advantage beat the weighted sum?": lambda c: c["b"].startswith("grpo")}
     out = ["## The answers", ""]
@@ -294,7 +288,6 @@ def answers(cfg, root: Path) -> list[str]:
 def frontier_plot(cfg, b: Path, path: Path, base: str) -> bool:
     """Validation win-rate (mean over the rewards, and gold) against divergence along each
     cell's beta grid: CaPO offline and every GRPO cell."""
-    from capo.report import figures, frontier
     cells = [run_label("capo", 1)] + [parse_cell(s, list(cfg.rewards))["label"] for s in cfg.grpo]
     sweeps = {c: json.loads((b / "sweep" / c / "sweep.json").read_text()) for c in cells
               if (b / "sweep" / c / "sweep.json").is_file()}
@@ -326,8 +319,6 @@ def overopt_plot(cfg, b: Path, path: Path, base: str) -> bool:
     the base policy, but sampled along GRPO's stochastic chain, so it need not sit at (0, 0)
     (the base's samples come from its deterministic sampler); read the movement from there."""
     import pandas as pd
-
-    from capo.report.figures import _plt, _save
 
     if not cfg.gold:
         return False

@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
+from capo.eval.stats import two_level_bootstrap
+from capo.experiments.preset import base_dir
+from capo.report.evidence import eval_columns, Evidence, head_to_head
+from capo.report.figures import _plt, _save, COLORS
+from capo.report.render import cell, to_markdown
+from capo.report.tables import _win_table
 
 
 def selected_entry(res: dict) -> dict:
@@ -30,8 +36,6 @@ def divergence_stats(ev, cells: list[str]) -> dict[str, dict]:
     two-level (prompts, training seeds) bootstrap CI."""
     import pandas as pd
 
-    from capo.eval.stats import two_level_bootstrap
-
     out = {}
     for c in cells:
         parts = [pd.read_parquet(ev.dir / "results" / lab / "divergence_per_image.parquet").assign(seed=s)
@@ -44,8 +48,6 @@ def divergence_stats(ev, cells: list[str]) -> dict[str, dict]:
 
 def comparisons(cfg, ev) -> list[dict]:
     """Online vs offline per objective and R > 1; online CaPO vs online DPO at each R."""
-    from capo.report.evidence import eval_columns
-
     cols, names = eval_columns(ev, dict(zip(cfg.rewards, cfg.roles)))
     crit = tuple(r for r in cfg.rewards if r in cols)
     metrics = [("mean of " + "/".join(names[r] for r in crit), ("mean-win", crit))] + \
@@ -65,10 +67,6 @@ def base_markdown(cfg, b: Path, base: str, rows: list[tuple[str, str]] | None = 
                   comps=comparisons, title: str = "") -> str:
     """One base's section: the win-rate / divergence table of ``rows`` ((name, cell); default
     the (objective, R) runs) and the head-to-head of ``comps(cfg, evidence)``."""
-    from capo.report.evidence import eval_columns, Evidence, head_to_head
-    from capo.report.render import cell, to_markdown
-    from capo.report.tables import _win_table
-
     ev = Evidence(b / "eval")
     roles = dict(zip(cfg.rewards, cfg.roles))
     cols, names = eval_columns(ev, roles)
@@ -108,8 +106,6 @@ def base_markdown(cfg, b: Path, base: str, rows: list[tuple[str, str]] | None = 
 
 def write_report(root: Path, reports: Path, cfg) -> list[Path]:
     """``reports/online.md`` and ``reports/online_<base>.png`` from the experiment directory."""
-    from capo.experiments.preset import base_dir
-
     reports.mkdir(parents=True, exist_ok=True)
     parts = [f"<!-- made by `capo online`; experiment directory {root} -->",
              "# Offline vs online training (issue #13)", "",
@@ -138,9 +134,6 @@ def write_report(root: Path, reports: Path, cfg) -> list[Path]:
 def rounds_plot(cfg, b: Path, path: Path, base: str) -> None:
     """Gold (or first reward) win-rate against divergence, one line per (objective, R) from the
     base through its rounds; means over training seeds with two-level CIs."""
-    from capo.report.figures import COLORS, _plt, _save
-    from capo.report.evidence import Evidence
-
     plt = _plt()
     ev = Evidence(b / "eval")
     metric_reward = cfg.gold if cfg.gold and cfg.gold in ev.res.get("rewards", []) else cfg.rewards[0]

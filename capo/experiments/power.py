@@ -31,6 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from capo.eval import power as W
+from capo.eval.stats import bootstrap_contrasts
+from capo.experiments import budget
+from capo.experiments.preset import prompt_count
+from capo.report.evidence import comparisons, Evidence
 
 DEFAULT_SEEDS = (3, 5, 8, 10, 12, 15, 20)
 DEFAULT_IMAGES = (1, 2, 4, 8)
@@ -98,8 +102,6 @@ def summary_pilot(path: str | Path, metric: str = "gold", design: tuple | None =
 
 def _evidences(path: Path) -> dict[str, object]:
     """base -> Evidence of one run directory (a reproduce root or one eval directory)."""
-    from capo.report.evidence import Evidence
-
     if (path / "results.json").is_file():
         res = json.loads((path / "results.json").read_text())
         base = path.parent.name if path.name == "eval" else res.get("base", path.name)
@@ -121,9 +123,6 @@ def _metric_of(comp: dict, metric: str, gold: str | None):
 def image_pilot(paths: list[str | Path], rewards: list[str], roles: list[str], gold: str | None,
                 metric: str = "gold") -> dict:
     """A pilot from runs with per-image results (module docstring)."""
-    from capo.eval.stats import bootstrap_contrasts
-    from capo.report.evidence import comparisons
-
     per_base: dict[str, list] = {}
     for p in paths:
         for b, ev in _evidences(Path(p)).items():
@@ -207,9 +206,6 @@ def preset_cost(cfg, memo: dict | None = None):
     """(S, P, K) -> cost of the whole preset at that design, from ``capo.experiments.budget.experiment``: CPU
     hours on the 2-core machine for the shapes presets (``power.cpu_seconds``), GPU-hours
     otherwise; ``feasible`` False when the test set has fewer than P prompts."""
-    from capo.experiments import budget
-    from capo.experiments.preset import prompt_count
-
     memo = {} if memo is None else memo
     cache: dict = {}
 
@@ -417,8 +413,6 @@ def preset_table(cfg, max_rows: int = 12, memo: dict | None = None) -> str:
     images per prompt) their cost from the plan and the difference each decides with
     ``cfg.power_level`` probability; parts from ``cfg.pilot`` or the committed full run's.
     ``memo``: the prompt counts of the preset's own plan (``capo.experiments.budget.experiment``)."""
-    from capo.experiments.preset import prompt_count
-
     memo = {} if memo is None else memo
     target, level = cfg.power_target, cfg.power_level
     S0, K0 = len(cfg.seeds), cfg.eval_n

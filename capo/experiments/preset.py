@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import ClassVar
 
 from capo import tracking
-from capo.config import stage_config
-from capo.vocabulary import OBJECTIVES, bias_name, label
+from capo.config import load_yaml, stage_config
+from capo.plan import kind_of
+from capo.prompts import load_prompts
+from capo.stages import evaluate
+from capo.stages.train import option_errors
+from capo.vocabulary import bias_name, label, OBJECTIVES
 
 
 DEFAULT_BETAS = {o: [50.0, 150.0, 500.0, 1500.0, 5000.0] for o in OBJECTIVES}
@@ -97,8 +101,6 @@ class ReproduceConfig:
             yield f"gold: {self.gold} is also a training reward (the gold is never trained on)"
         if self.criterion == "budget" and self.divergence_budget is None:
             yield "divergence_budget: criterion=budget needs it"
-        from capo.stages.train import option_errors
-
         yield from option_errors(self.train_options, self.steps)
         real = [b for b in self.bases if not is_shapes(b)]
         if self.human_pairs and real and not self.pickapic:
@@ -114,8 +116,6 @@ class ReproduceConfig:
 
 
 def load_preset(name: str) -> dict:
-    from capo.config import load_yaml
-
     root = Path(__file__).resolve().parents[2] / "configs"
     path = Path(name) if Path(name).is_file() else root / f"reproduce-{name}.yaml"
     if not path.is_file():
@@ -151,8 +151,6 @@ def cells(cfg: ReproduceConfig, pair_dirs: dict[str, Path]) -> dict[str, dict]:
 
 
 def is_shapes(spec: str) -> bool:
-    from capo.plan import kind_of
-
     return kind_of(spec) == "shapes"
 
 
@@ -164,8 +162,6 @@ def out_dir(cfg: ReproduceConfig) -> str:
 def benchmark_sets(cfg: ReproduceConfig, base: str) -> tuple[str, list[str]]:
     """Table 3's prompt sets for ``base``: GenEval and the CompBench categories (the shapes
     world's for a shapes model), on the same half (``@val`` / ``@test``) as ``eval_prompts``."""
-    from capo.stages import evaluate
-
     split = cfg.eval_prompts.rpartition("@")[2] if "@" in cfg.eval_prompts else None
     suffix = f"@{split}" if split in ("val", "test") else ""
     shapes = is_shapes(base)
@@ -216,8 +212,6 @@ SET_SIZES = {"parti": 1632, "dpg-bench": 1065, "geneval": 553, "t2i-compbench": 
 def prompt_count(spec: str, limit: int | None) -> tuple[int | None, bool]:
     """(number of prompts ``spec`` gives under ``limit``, exact?). Without the files: the limit,
     else half the upstream size for a ``@val`` / ``@test`` half, else the upstream size."""
-    from capo.prompts import load_prompts
-
     try:
         return len(load_prompts(spec, limit=limit)), True
     except Exception:  # noqa: BLE001 - files not here yet: estimate from the upstream size

@@ -35,11 +35,12 @@ from capo import artifacts
 from capo.experiments.preset import (ReproduceConfig, benchmark_sets, cells, is_shapes, load_preset,  # noqa: F401 (the stage's config)
                                      out_dir, scaled, base_dir)
 from capo.vocabulary import OBJECTIVES, label, seed_label
+from capo.report import figures, tables
+from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
 
 
 def run(cfg: ReproduceConfig) -> dict:
     from capo.dist import run_stage
-    from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
 
     if cfg.dry_run:
         from capo.experiments import budget, power
@@ -154,8 +155,6 @@ def run(cfg: ReproduceConfig) -> dict:
 
 
 def write_reports(root: Path, reports: Path, cfg: ReproduceConfig) -> None:
-    from capo.report import figures, tables
-
     roles = dict(zip(cfg.rewards, cfg.roles))
     reports.mkdir(parents=True, exist_ok=True)
     tables.write(root, reports, roles, pref=cfg.rewards[0], with_paper=True, gold=cfg.gold,

@@ -79,6 +79,8 @@ import math
 
 import numpy as np
 import torch
+from capo.method.calibration import calibrate
+from capo.method.selection import nondominated_sort, normalise_weights
 
 ADVANTAGES = ("sum", "calibrated", "pareto")
 ADVANTAGE_NORMS = ("std", "none")
@@ -159,9 +161,6 @@ def group_scores(rewards: np.ndarray, how: str = "sum", transforms=None, weights
     """One score per image from ``rewards`` ``(P, G, L)`` (P groups of G images, L rewards; or
     ``(P, G)``): ``sum`` | ``calibrated`` | ``pareto`` (module docstring). ``transforms``: the
     BT transform of each reward (``calibrated``; default identity). Returns ``(P, G)``."""
-    from capo.method.calibration import calibrate
-    from capo.method.selection import nondominated_sort, normalise_weights
-
     r = np.asarray(rewards, dtype=np.float64)
     if r.ndim == 2:
         r = r[:, :, None]

@@ -42,6 +42,7 @@ from functools import reduce
 
 import torch
 from torch import Tensor
+from capo.method.selection import normalise_weights as normalise
 
 StateDict = Mapping[str, Tensor]
 
@@ -112,8 +113,6 @@ def _check_compatible(
 def normalise_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     """Merge weights as floats summing to 1; ``None`` gives uniform weights 1/n
     (``capo.method.selection.normalise_weights``, for models; fewer than one raises)."""
-    from capo.method.selection import normalise_weights as normalise
-
     return normalise(weights, n, what="models").tolist()
 
 

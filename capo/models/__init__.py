@@ -24,6 +24,7 @@ from pathlib import Path
 
 from capo.models.errors import ModelLoadError  # noqa: F401 - part of this package's interface
 from capo.registry import MODELS
+from capo import artifacts
 
 CHECKPOINT_FILE = "capo_checkpoint.json"
 DENOISER_WEIGHTS = "denoiser.safetensors"
@@ -54,8 +55,6 @@ def load_model(spec: str):
 def model_fingerprint(spec: str) -> str:
     """A stable identity of a model spec: the checkpoint's recorded identity, a directory's
     content hash, or the registered name itself."""
-    from capo import artifacts
-
     p = Path(spec)
     if (p / CHECKPOINT_FILE).is_file():
         return json.loads((p / CHECKPOINT_FILE).read_text())["fingerprint"]
@@ -76,8 +75,6 @@ def save_checkpoint(out_dir, base_spec: str, denoiser_state: dict | None = None,
     import hashlib
 
     from safetensors.torch import save_file
-
-    from capo import artifacts
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,8 +100,6 @@ def check_checkpoint(path) -> dict:
     """A capo checkpoint's metadata, after the checks that need no weights loaded: valid JSON,
     its weight files intact (size and sha256 as recorded), its base model unchanged. Every
     failure is a ``ModelLoadError`` saying how to re-create it."""
-    from capo import artifacts
-
     p = Path(path)
     try:
         meta = json.loads((p / CHECKPOINT_FILE).read_text())

@@ -34,7 +34,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capo.report.evidence import Evidence, comparisons, head_to_head
+from capo.eval.stats import verdict
+from capo.report import frontier
+from capo.report.evidence import cell_weighting, comparisons, Evidence, head_to_head
 from capo.report.paper import PAPER_BASES
 
 CLAIMS = {
@@ -59,8 +61,6 @@ def combine(verdicts: list[str]) -> str:
 
 def evaluate(ev: Evidence, built_tables: dict, roles: dict[str, str], pref: str, base: str) -> dict[str, dict]:
     """Per claim: its comparisons (a, b, metric, delta dict, verdict) and the combined verdict."""
-    from capo.eval.stats import verdict
-
     out: dict[str, dict] = {k: {"comparisons": []} for k in CLAIMS}
     unet = PAPER_BASES.get(base, "SDXL") == "SDXL"
     for comp in comparisons(ev, roles, pref):
@@ -107,8 +107,6 @@ def weakest(comps: list[dict], claim_verdict: str) -> dict | None:
 
 
 def _is_b15(ev: Evidence, cell: str) -> bool:
-    from capo.report.evidence import cell_weighting
-
     return cell_weighting(ev, cell) == "b1.5"
 
 
@@ -118,8 +116,6 @@ def _d(d: dict) -> dict:
 
 def matched(root: Path, base: str, a: str, b: str, reward: str) -> str:
     """A − B validation win-rate at the common divergence levels of the two cells' frontiers."""
-    from capo.report import frontier
-
     sw = {}
     for c in (a, b):
         f = root / base / "sweep" / c / "sweep.json"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import operator
 import re
 from typing import NamedTuple
+from capo.eval.geneval import TAGS
+from capo.eval.t2i_compbench import CATEGORIES
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -144,9 +146,6 @@ def expected_metric(name: str, benchmarks: list[str], rewards: list[str]) -> str
     """Why ``name`` cannot be a metric of an evaluation of ``benchmarks`` with ``rewards`` (None
     if it can): checked before anything is evaluated, so a typo costs nothing."""
     import difflib
-
-    from capo.eval.geneval import TAGS
-    from capo.eval.t2i_compbench import CATEGORIES
 
     family, _, rest = name.partition(".")
     bench = {"winrate": "winrate", "score": "winrate", "geneval": "geneval", "compbench": "compbench",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.vocabulary import OBJECTIVES, bias_name, label, split_label
+from capo.eval.stats import bootstrap_contrasts, two_level_bootstrap, verdict
+from capo.vocabulary import bias_name, label, OBJECTIVES, split_label
 
 
 def load_json(path: Path) -> dict | None:
@@ -94,8 +95,6 @@ class Evidence:
         raise ValueError(f"unknown metric {metric!r}")
 
     def stats(self, cells: list[str], metric: tuple, bench: str = "winrate"):
-        from capo.eval.stats import bootstrap_contrasts
-
         key = (tuple(cells), metric, bench)
         if key not in self._stats:
             vals, pids, sids = self.values(cells, metric, bench)
@@ -185,8 +184,6 @@ def comparisons(ev: Evidence, roles: dict[str, str], pref: str) -> list[dict]:
 def head_to_head(ev: Evidence, comp: dict) -> list[dict]:
     """Per metric: the paired difference of win-rates over the base (pp) and the direct
     A-vs-B win-rate (%), each with its two-level CI and verdict."""
-    from capo.eval.stats import two_level_bootstrap, verdict
-
     rows = []
     for name, metric in comp["metrics"]:
         d = ev.stats([comp["a"], comp["b"]], metric).difference(comp["a"], comp["b"])

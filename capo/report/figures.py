@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.vocabulary import MULTI_REWARD, OBJECTIVES, label, obj_name
+from capo.report import frontier
+from capo.report.evidence import Evidence
+from capo.samples import image_folders
+from capo.vocabulary import label, MULTI_REWARD, obj_name, OBJECTIVES
 
 COLORS = {"dpo": "tab:blue", "ipo": "tab:orange", "capo": "tab:green"}  # one colour per objective
 
@@ -88,8 +91,6 @@ def qualitative_grid(eval_dir: Path, labels: list[str], path: Path, n_prompts: i
         return
     d = sets[0]
     labels = [lab for lab in labels if (d / lab).is_dir()]
-    from capo.samples import image_folders
-
     every = [json.loads(x) for x in (d / labels[0] / "prompts.jsonl").read_text().splitlines()]
     folders = image_folders(every)  # as generate names them (upstream's line numbers where the set has them)
     prompts = every[:n_prompts]
@@ -155,8 +156,6 @@ def frontier_plot(sweeps: dict[str, dict], rewards: list[str], names: dict[str, 
     filled. ``cells``: (sweep key, legend, colour, line style) each; default every
     ``<objective>-frs`` (solid) and ``<objective>-sum`` (dashed) cell of ``sweeps``. False
     (nothing written) when there is no such cell or no reward."""
-    from capo.report import frontier
-
     plt = _plt()
     if cells is None:
         cells = [(label(o, sel), f"{obj_name(o)}-{sel.upper()}", COLORS[o], ls) for o in OBJECTIVES
@@ -199,8 +198,6 @@ def overopt_plot(sweeps: dict[str, dict], gold: str, names: dict[str, str], path
     curve per objective through its ``beta`` grid (in ``beta`` order, the smallest and
     largest ``beta`` written beside their points), the selected ``beta`` filled. False
     (nothing written) when there is no single-reward cell that measured ``gold``."""
-    from capo.report import frontier
-
     plt = _plt()
     trained: dict[str, dict[str, dict]] = {}  # reward -> objective -> sweep
     for cell, sw in sweeps.items():
@@ -253,8 +250,6 @@ def frontier_plots(base_dir: Path, reports: Path, names: dict[str, str]) -> list
     ``reports/overopt_<base>.png`` (``overopt_plot`` against the first report-only reward).
     Returns the files written: none when the directory has no sweeps, and each figure only
     when its cells exist."""
-    from capo.report import frontier
-
     base_dir, reports = Path(base_dir), Path(reports)
     sweeps = load_sweeps(base_dir)
     if not sweeps:
@@ -280,8 +275,6 @@ def write_all(root: Path, reports: Path, roles: dict[str, str], gold: str | None
     names = dict(roles)
     if gold:
         names[gold] = f"gold ({gold})"
-    from capo.report.evidence import Evidence
-
     for res_path in sorted(root.glob("*/eval/results.json")):
         base = res_path.parent.parent.name
         ev = Evidence(res_path.parent)

@@ -4,6 +4,7 @@ and LaTeX (booktabs); bold / italics from the paired contrasts of a column."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from capo.eval.stats import best_beyond_ci
 
 
 @dataclass
@@ -37,8 +38,6 @@ def stat_cell(summary: dict | None, digits: int = 1) -> dict:
 
 def mark_column(t: Table, j: int, contrasts, arms: list[str], higher: bool = True) -> None:
     """Bold / italics in column ``j`` from the paired contrasts of ``arms`` (one per row)."""
-    from capo.eval.stats import best_beyond_ci
-
     if contrasts is None or len(arms) < 2:
         return
     marks = best_beyond_ci(contrasts, arms, higher=higher)

@@ -32,10 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from capo.report.evidence import Evidence, comparisons, eval_columns, head_to_head, load_json, weighting_rows
+from capo import artifacts
+from capo.eval.stats import two_level_bootstrap
+from capo.report import claims
+from capo.report.evidence import comparisons, eval_columns, Evidence, head_to_head, load_json, weighting_rows
 from capo.report.paper import PAPER_BASES, paper_table
-from capo.report.render import Table, cell, mark_column, stat_cell, to_csv_rows, to_latex, to_markdown
-from capo.vocabulary import MULTI_REWARD, OBJECTIVES, label, obj_name, split_label
+from capo.report.render import cell, mark_column, stat_cell, Table, to_csv_rows, to_latex, to_markdown
+from capo.vocabulary import label, MULTI_REWARD, obj_name, OBJECTIVES, split_label
 
 
 # ----------------------------------------------------------------------------- evidence
@@ -120,8 +123,6 @@ def table5(ev: Evidence, roles: dict[str, str], base: str, weighting_rows: list[
 
 def table3(bench_dir: Path, base: str) -> Table | None:
     """GenEval / CompBench of the base and CaPO+FRS (mean over seeds), deltas with two-level CIs."""
-    from capo.eval.stats import two_level_bootstrap
-
     res = load_json(bench_dir / "results.json")
     if not res:
         return None
@@ -373,9 +374,6 @@ def write(root: str | Path, reports: str | Path, roles: dict[str, str], pref: st
     """tables.md, tables.csv (one row per cell), tables.tex (booktabs) and claims.md into ``reports``."""
     import csv
     import io
-
-    from capo import artifacts
-    from capo.report import claims
 
     root, reports = Path(root), Path(reports)
     built = build(root, roles, pref)

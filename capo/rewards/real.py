@@ -91,10 +91,25 @@ from pathlib import Path
 
 import numpy as np
 
+from capo import openclip
 from capo.rewards import RewardLoadError
-from capo.rewards.base import (CLIP_MAX_TOKENS, DEFAULT_BATCH_SIZE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Pixels, Reward,
-                               autocast_dtype, first_line, from_pretrained, has_processor, hub_hint, pooled_output,
-                               require, resolve_device, to_pil)
+from capo.rewards.base import (
+    autocast_dtype,
+    CLIP_MAX_TOKENS,
+    DEFAULT_BATCH_SIZE,
+    first_line,
+    from_pretrained,
+    has_processor,
+    hub_hint,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    Pixels,
+    pooled_output,
+    require,
+    resolve_device,
+    Reward,
+    to_pil,
+)
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -341,8 +356,6 @@ def hps_model(arch: str = HPS_ARCH, device: str = "cpu"):
     """``(model, tokenizer)``: the open_clip architecture HPSv2 builds (``create_model_and_transforms(
     'ViT-H-14', 'laion2B-s32B-b79K', force_quick_gelu=False, ...)``, hpsv2/img_score.py) with the
     activation of that tag (plain GELU), random weights: the checkpoint replaces them all."""
-    from capo import openclip
-
     model, _, tokenizer = openclip.create(arch, None, trained_as=HPS_TAG, load_weights=False, device=device)
     return model, tokenizer
 

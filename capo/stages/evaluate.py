@@ -40,7 +40,25 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import stage_config, to_dict
+from capo.eval import protocol as P, t2i_compbench as T
+from capo.eval.divergence import divergence_rows, param_distance_of
+from capo.eval.dpg_bench import get_vqa, PIC_NUM, score_images
+from capo.eval.geneval import (
+    clip_color_classifier,
+    evaluate_objects,
+    get_detector,
+    result_record,
+    select_objects,
+    write_results_jsonl,
+)
+from capo.eval.image_sets import ImageSetError, read_image_set
+from capo.eval.winrate import bootstrap_delta, win_rate
+from capo.prompts import load_prompts, records_fingerprint, strata_of
 from capo.registry import BENCHMARKS
+from capo.samples import LatentCache, load_images
+from capo.stages import generate, score
+from capo.worlds.shapes.evaluator import detect_batch, score_compbench
+from capo.worlds.shapes.pipeline import ShapesPipeline
 
 SHAPES_REWARDS = ["shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"]
 REAL_REWARDS = ["pickscore", "hps", "aesthetic", "vqascore"]
@@ -118,8 +136,6 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def is_shapes_model(model) -> bool:
-    from capo.worlds.shapes.pipeline import ShapesPipeline
-
     return isinstance(model, ShapesPipeline)
 
 
@@ -129,8 +145,6 @@ def geneval_rows(records_by_id: dict, index, images: np.ndarray, detector, color
     """Per-image GenEval verdicts; each row also carries upstream's ``results.jsonl`` record
     (``upstream``: ``capo.eval.geneval.result_record``). ``color_fn`` classifies the colour of
     detections that carry none (the CLIP classifier for real detectors; built on first use)."""
-    from capo.eval.geneval import evaluate_objects, result_record, select_objects
-
     dets = detector(list(images))
     rows = []
     for (pid, sid, rel), img, d in zip(zip(index["prompt_id"], index["sample_id"], index["path"]), images, dets):
@@ -148,8 +162,6 @@ def geneval_rows(records_by_id: dict, index, images: np.ndarray, detector, color
 
 def lazy_color_fn(device=None):
     """GenEval's CLIP colour classifier, loaded the first time a detection needs a colour."""
-    from capo.eval.geneval import clip_color_classifier
-
     held: list = []
 
     def color_fn(image, det):
@@ -168,8 +180,6 @@ def compbench_rows(records_by_id: dict, index, images: np.ndarray, scorer) -> li
 
 
 def shapes_compbench_scorer():
-    from capo.worlds.shapes.evaluator import detect_batch, score_compbench
-
     def score(images, records):
         return [score_compbench(r, d) for r, d in zip(records, detect_batch(np.stack(images)))]
 
@@ -181,8 +191,6 @@ def real_compbench_scorer(detector: str = "auto", device=None, protocols: dict |
     lazy: each category's models load on its first use). ``detector`` scores spatial, numeracy,
     3d_spatial and complex's spatial part (auto: upstream's UniDet when supplied, else OWLv2);
     ``protocols`` receives each built scorer's protocol entry (exact or variant, and why)."""
-    from capo.eval import t2i_compbench as T
-
     cache: dict = {}
 
     def get(cat, records):
@@ -212,8 +220,6 @@ def real_compbench_scorer(detector: str = "auto", device=None, protocols: dict |
 
 
 def load_images_of(samples: Path, index) -> np.ndarray:
-    from capo.samples import load_images
-
     return load_images(samples, index["path"])
 
 
@@ -227,10 +233,7 @@ def prompt_set_dir(prompt_set: str) -> str:
 def run(cfg: EvalConfig) -> dict:
     import pandas as pd
 
-    from capo.eval.geneval import get_detector, write_results_jsonl
     from capo.models import check_model, load_model, model_fingerprint
-    from capo.prompts import load_prompts, records_fingerprint, strata_of
-    from capo.stages import generate, score
 
     t0 = time.time()
     image_mode = bool(cfg.images)
@@ -313,8 +316,6 @@ def run(cfg: EvalConfig) -> dict:
     held_vqa: list = []
 
     def dpg_vqa():
-        from capo.eval.dpg_bench import get_vqa
-
         if not held_vqa:
             held_vqa.append(get_vqa(cfg.dpg_vqa))
         return held_vqa[0]
@@ -393,8 +394,6 @@ def _paired(frames: dict, label: str, base_label: str):
 
 def winrate_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
     """Per reward: the win-rate over the base with its CI, the mean score and its paired delta."""
-    from capo.eval.winrate import bootstrap_delta, win_rate
-
     f = _paired(frames, label, base_label)
     pids = f["prompt_id"].to_numpy()
     rewards = [c for c in frames[label].columns if c not in ("prompt_id", "sample_id")]
@@ -409,7 +408,6 @@ def winrate_summary(frames: dict, label: str, base_label: str, n_boot: int, **_)
 def geneval_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
     """GenEval's per-tag and overall accuracy; against the base, their paired deltas."""
     from capo.eval.geneval import summarize
-    from capo.eval.winrate import bootstrap_delta
 
     out = {"geneval": summarize(frames[label].to_dict("records"))}
     if label != base_label:
@@ -421,7 +419,6 @@ def geneval_summary(frames: dict, label: str, base_label: str, n_boot: int, **_)
 def compbench_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
     """T2I-CompBench's per-category means; against the base, each category's paired delta."""
     from capo.eval.t2i_compbench import summarize
-    from capo.eval.winrate import bootstrap_delta
 
     out = {"compbench": summarize(frames[label].to_dict("records"))}
     if label != base_label:
@@ -436,8 +433,6 @@ def compbench_summary(frames: dict, label: str, base_label: str, n_boot: int, **
 
 def dpg_summary(frames: dict, label: str, base_label: str, n_boot: int, dpg: dict | None = None, **_) -> dict:
     """DPG-Bench's summary per prompt set (upstream's, kept while scoring); the overall paired delta."""
-    from capo.eval.winrate import bootstrap_delta
-
     out = {"dpg": next(iter(dpg.values())) if len(dpg) == 1 else dict(dpg)}
     if label != base_label:
         f = _paired(frames, label, base_label)
@@ -466,8 +461,6 @@ def prompt_sets_of(sets: dict[str, list[str]]) -> list[str]:
 def read_image_folders(entries, sets, records) -> dict:
     """``{(prompt set, label): ImageSet}`` for ``images=`` folders, read and checked before any
     model loads; the folders of one prompt set must hold the same (prompt, image) items."""
-    from capo.eval.image_sets import ImageSetError, read_image_set
-
     out = {}
     for ps in prompt_sets_of(sets):
         for label, path in entries:
@@ -488,9 +481,6 @@ def read_image_folders(entries, sets, records) -> dict:
 def protocol_card(cfg, sets, records_of, models, detector_name, shapes, rewards, image_sets, manifest,
                   compbench_protocols: dict) -> dict:
     """The evaluation's protocol card (``capo.eval.protocol``)."""
-    from capo.eval import protocol as P
-    from capo.prompts import records_fingerprint
-
     base = models[0][0]
     card = {"capo": manifest.get("versions", {}).get("capo"), "git": manifest.get("git_commit"),
             "seed": None if cfg.images else cfg.seed, "source": "images" if cfg.images else "models",
@@ -519,8 +509,6 @@ def dpg_frame(idx, samples: Path, questions, vqa, summaries: dict, ps: str):
     of the questions after the dependency rule), the summary kept in ``summaries[ps]``."""
     import pandas as pd
 
-    from capo.eval.dpg_bench import PIC_NUM, score_images
-
     images: dict[str, list] = {}
     for pid, sid, rel in sorted(zip(idx["prompt_id"], idx["sample_id"], idx["path"]), key=lambda t: (t[0], t[1])):
         images.setdefault(str(pid), []).append(str(samples / rel))
@@ -546,9 +534,7 @@ def divergence_frames(cfg: EvalConfig, models, prompt_sets, records, samples_of)
     parameter distance."""
     import pandas as pd
 
-    from capo.eval.divergence import divergence_rows, param_distance_of
     from capo.models import load_model
-    from capo.samples import LatentCache
 
     base = load_model(models[0][1])
     out = {}

@@ -36,6 +36,7 @@ from capo.dist import partial_state, prepare_out_dir
 from capo.eval.geneval import upstream_metadata
 from capo.progress import progress
 from capo.samples import image_folders, item_seed, shard_done, write_png  # noqa: F401 (re-exported)
+from capo.prompts import load_prompts, records_fingerprint
 
 
 @stage_config
@@ -67,7 +68,6 @@ def run(cfg: GenerateConfig) -> dict:
     from safetensors.torch import save_file
 
     from capo.models import load_model, model_fingerprint
-    from capo.prompts import load_prompts, records_fingerprint
 
     t0 = time.time()
     state = partial_state()

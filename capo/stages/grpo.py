@@ -45,7 +45,23 @@ import numpy as np
 
 from capo import artifacts
 from capo.config import to_dict
+from capo.dist import accelerator as make_accelerator, prepare_out_dir
+from capo.method.grpo import (
+    ddim_std,
+    ddim_step,
+    flow_sde_std,
+    flow_sde_step,
+    gaussian_log_prob,
+    group_advantages,
+    group_scores,
+    grpo_loss,
+    step_kl,
+)
+from capo.method.schedules import eps_from_prediction
 from capo.progress import progress
+from capo.prompts import load_prompts, records_fingerprint
+from capo.rewards import load_reward
+from capo.stages.training import latest_checkpoint, rotate_checkpoints, save_final, TrainingDiverged
 
 NOISE_DEFAULTS = {"ddim": 1.0, "flow": 0.7}  # DDPO's eta; Flow-GRPO's a
 TRACKING_KEYS = ("report_to", "run_name", "tracker_project")  # never part of a run key (capo.tracking)
@@ -83,8 +99,6 @@ def contradictions(cfg):
 # ----------------------------------------------------------------------------- inputs
 def _prompt_source(cfg) -> dict:
     """Prompt records, rewards, their BT transforms and weights, and the manifest inputs."""
-    from capo.prompts import load_prompts, records_fingerprint
-
     if cfg.prompts is not None:
         records = load_prompts(cfg.prompts)
         return {"records": records, "rewards": list(cfg.rewards), "transforms": None, "weights": cfg.reward_weights,
@@ -131,8 +145,6 @@ class Chain:
     def __init__(self, model, steps: int, noise_level: float | None):
         import torch
 
-        from capo.method.grpo import ddim_std, flow_sde_std
-
         self.model, self.N = model, int(steps)
         self.flow = model.prediction_type == "flow"
         self.noise = float(noise_level if noise_level is not None else NOISE_DEFAULTS["flow" if self.flow else "ddim"])
@@ -165,9 +177,6 @@ class Chain:
     def step(self, i: int, x, pred, stochastic: bool = True):
         """``(mean, std)`` of step ``i`` from the raw model output ``pred`` at ``x``; deterministic
         (eta = 0 / the ODE's Euler step, std 0) when not ``stochastic``."""
-        from capo.method.grpo import ddim_step, flow_sde_step
-        from capo.method.schedules import eps_from_prediction
-
         level = self.noise if stochastic else 0.0
         if self.flow:
             return flow_sde_step(x, pred, float(self.sigmas[i]), float(self.sigmas[i + 1]), level, self.cap)
@@ -191,8 +200,6 @@ def sample_chain(model, net, chain: Chain, cond, uncond, guidance: float, seeds,
     initial noise is ``model.initial_noise([seeds[k]])`` and its step noises come from a CPU
     generator seeded by ``seeds[k] + 1``: nothing depends on the batch."""
     import torch
-
-    from capo.method.grpo import gaussian_log_prob
 
     x = model.initial_noise(seeds).float()
     gens = [torch.Generator().manual_seed((int(s) + 1) % 2 ** 63) for s in seeds]
@@ -306,10 +313,7 @@ def setup(cfg) -> Run | dict:
     import torch
     from accelerate.utils import set_seed
 
-    from capo.dist import accelerator as make_accelerator
-    from capo.dist import prepare_out_dir
     from capo.models import load_model, model_fingerprint
-    from capo.rewards import load_reward
     from capo.stages.training import (frozen_reference, latest_checkpoint, logged_step, make_optimizer, make_policy,
                                       reference_denoiser, use_checkpointing)
 
@@ -384,8 +388,6 @@ def rollout(s: Run, r: int) -> dict:
     log-probabilities), their rewards (and monitors), scores and group-relative advantages."""
     import torch
 
-    from capo.method.grpo import group_advantages, group_scores
-
     cfg, acc, chain = s.cfg, s.accelerator, s.chain
     world, B, G, U = acc.num_processes, cfg.batch_size, cfg.group_size, cfg.grpo_updates
     n_img = B * G
@@ -445,9 +447,6 @@ def update(s: Run, roll: dict, u: int) -> None:
     per micro-batch and step the clipped surrogate and the KL to the reference, one AdamW step."""
     import torch
 
-    from capo.method.grpo import gaussian_log_prob, grpo_loss, step_kl
-    from capo.stages.training import TrainingDiverged, latest_checkpoint
-
     cfg, acc, chain = s.cfg, s.accelerator, s.chain
     U, n_img, micro, lat, adv = cfg.grpo_updates, roll["n_img"], roll["micro"], roll["lat"], roll["adv"]
     mb = roll["order"][u * (n_img // U):(u + 1) * (n_img // U)]
@@ -501,8 +500,6 @@ def log_and_checkpoint(s: Run, roll: dict) -> None:
     processes); a checkpoint (accelerate state, budget, step) at rollout boundaries."""
     import torch
 
-    from capo.stages.training import rotate_checkpoints
-
     cfg, acc = s.cfg, s.accelerator
     if s.step % cfg.log_every == 0 or s.step == cfg.steps:
         rec = {k: float(np.mean([w[k] for w in s.window])) for k in s.window[0]}
@@ -532,8 +529,6 @@ def finish(s: Run, t_start: float) -> dict:
     """``final/`` (the full denoiser or the adapter), the manifest with the budget and the chain,
     and (``keep_checkpoints=0``) no resume state left."""
     import shutil
-
-    from capo.stages.training import save_final
 
     cfg, acc = s.cfg, s.accelerator
     acc.wait_for_everyone()

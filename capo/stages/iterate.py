@@ -41,6 +41,7 @@ from typing import ClassVar
 
 from capo import artifacts, tracking
 from capo.config import stage_config, to_dict
+from capo.stages import generate, pairs, score, train
 
 SEED_STRIDE = 1000  # seed offset between rounds (training seed and sampling seed)
 SINGLE_PROCESS = True  # drives other stages; refused under several processes (cli)
@@ -124,7 +125,6 @@ def first_round(pairs_dir: Path) -> dict:
 
 def run(cfg: IterateConfig) -> dict:
     from capo.models import model_fingerprint
-    from capo.stages import generate, pairs, score, train
 
     t0 = time.time()
     first = first_round(Path(cfg.pairs))

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from capo import artifacts
 from capo.config import stage_config, to_dict
+from capo.method.merging import apply_delta, lora_scaling, merge, merge_lora
 
 
 @stage_config
@@ -41,7 +42,6 @@ class MergeConfig:
 def run(cfg: MergeConfig) -> dict:
     from safetensors.torch import load_file
 
-    from capo.method.merging import apply_delta, lora_scaling, merge, merge_lora
     from capo.models import CHECKPOINT_FILE, DENOISER_WEIGHTS, load_model, save_checkpoint
 
     t0 = time.time()

@@ -58,8 +58,6 @@ class PairsConfig:
     LATER: ClassVar[dict] = {"reference": None}  # keys added later (capo.config.to_dict)
 
     def contradictions(self):
-        from capo.method.calibration import parse_transform
-
         if not self.rewards_tables:
             yield "rewards_tables: give at least one reward table"
         for name, spec in self.transforms.items():

@@ -22,6 +22,7 @@ from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
 from capo.progress import progress
 from capo.samples import load_images, load_samples  # noqa: F401 (re-exported)
+from capo.rewards import load_reward, REWARDS
 
 
 @stage_config
@@ -47,9 +48,6 @@ class ScoreConfig:
 
 def run(cfg: ScoreConfig) -> dict:
     import pandas as pd
-
-    from capo.rewards import load_reward
-    from capo.rewards import REWARDS
 
     t0 = time.time()
     state = partial_state()

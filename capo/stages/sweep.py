@@ -50,6 +50,15 @@ import numpy as np
 
 from capo import artifacts, tracking
 from capo.config import stage_config, to_dict
+from capo.eval.divergence import divergence_rows, divergence_summary, param_distance_of, times_from_uniform
+from capo.eval.winrate import win_rate
+from capo.method.implicit import loss_factor
+from capo.method.schedules import alphas_cumprod_of
+from capo.prompts import load_prompts, records_fingerprint
+from capo.rewards import load_reward
+from capo.samples import item_seed
+from capo.stages import iterate, train
+from capo.stages.train import option_errors
 
 CRITERIA = ("mean-winrate", "budget")
 SINGLE_PROCESS = True  # drives other stages; refused under several processes (cli)
@@ -118,8 +127,6 @@ class SweepConfig:
             yield "divergence_budget: criterion=budget needs it (the largest validation divergence allowed)"
         if self.steps < self.rounds:
             yield f"steps: {self.steps} cannot be split over rounds = {self.rounds}"
-        from capo.stages.train import option_errors
-
         yield from option_errors(self.train_options, self.steps)
         if (self.train_options or self.launch) and self.rounds > 1:
             yield "train_options, launch: only for rounds = 1 (capo iterate sets its own training keys)"
@@ -143,10 +150,6 @@ def factor_scale(model, weighting: str, bias: float, m: int = 4096) -> float:
     """``E_t[-w_t lambda'_t]`` over capo train's ``t`` distribution of ``model`` (a midpoint
     rule with ``m`` points; exactly the mean over every DDPM timestep). 1 for constant."""
     import torch
-
-    from capo.eval.divergence import times_from_uniform
-    from capo.method.implicit import loss_factor
-    from capo.method.schedules import alphas_cumprod_of
 
     if weighting == "constant":
         return 1.0
@@ -174,8 +177,6 @@ def _model(spec: str):
 
 
 def _reward(name: str):
-    from capo.rewards import load_reward
-
     if name not in _REWARDS:
         _REWARDS[name] = load_reward(name)
     return _REWARDS[name]
@@ -185,8 +186,6 @@ def sample_and_score(model, records: list[dict], n: int, seed: int, rewards: lis
     """Images of ``model`` for ``records`` x ``n`` (per-item seeds as ``capo generate``),
     scored by ``rewards``. Returns (DataFrame prompt_id, sample_id, <reward>..., latents)."""
     import pandas as pd
-
-    from capo.samples import item_seed
 
     items = [(r, k) for r in records for k in range(n)]
     prompts = [r["prompt"] for r, _ in items]
@@ -207,7 +206,6 @@ def sample_and_score(model, records: list[dict], n: int, seed: int, rewards: lis
 def base_validation(cfg: SweepConfig, records: list[dict], rewards: list[str]):
     """The base model's validation scores, computed once per (model, prompts, n, seed, rewards)."""
     from capo.models import model_fingerprint
-    from capo.prompts import records_fingerprint
 
     d = Path(cfg.base_cache or Path(cfg.out) / "base-val")
     key = artifacts.run_key({"n": cfg.val_n, "seed": cfg.eval_seed, "rewards": sorted(rewards)},
@@ -223,9 +221,6 @@ def base_validation(cfg: SweepConfig, records: list[dict], rewards: list[str]):
 def validate(cfg: SweepConfig, spec: str, records: list[dict], base_scores, rewards: list[str]) -> dict:
     """Validation figures of checkpoint ``spec``: win-rates over the base per reward,
     divergence (mean, CI), parameter distance."""
-    from capo.eval.divergence import divergence_rows, divergence_summary, param_distance_of
-    from capo.eval.winrate import win_rate
-
     model, base = _model(spec), _model(cfg.model)
     df, latents = sample_and_score(model, records, cfg.val_n, cfg.eval_seed, rewards, cfg.batch)
     f = df.merge(base_scores, on=["prompt_id", "sample_id"], suffixes=("", "@base"))
@@ -262,8 +257,6 @@ def select(values: list[float | None]) -> int | None:
 def run(cfg: SweepConfig) -> dict:
     from capo.dist import run_stage
     from capo.models import model_fingerprint
-    from capo.prompts import load_prompts, records_fingerprint
-    from capo.stages import iterate, train
 
     t0 = time.time()
     records = load_prompts(cfg.val_prompts, limit=cfg.val_limit, stratify=True)

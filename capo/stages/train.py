@@ -42,6 +42,11 @@ from capo.stages.training import (TrainingDiverged, frozen_reference,
                                   latest_checkpoint, logged_step, make_optimizer, make_policy, reference_denoiser,
                                   rotate_checkpoints, save_final, use_checkpointing)
 from capo.samples import LatentCache  # noqa: F401 (re-exported)
+from capo import plan
+from capo.method.implicit import implicit_reward, loss_factor, squared_error
+from capo.method.schedules import add_noise, alphas_cumprod_of, ddpm_terms, eps_from_prediction, flow_terms
+from capo.method.selection import frs
+from capo.registry import OBJECTIVES
 
 
 GRPO_KEYS = ("prompts", "rewards", "reward_weights", "reward_paths", "group_size", "advantage", "advantage_norm",
@@ -224,8 +229,6 @@ class PairSource:
             ids += [self.prompts[i] for i in perm[off: off + B - len(ids)]]
         if not self.fresh:
             return [(p, *self.fixed[p]) for p in ids]
-        from capo.method.selection import frs
-
         rows = [self.row[p] for p in ids]
         sel = frs(self.points[rows], np.random.default_rng([seed, 11, m]), max_tries=self.max_tries,
                   weights=self.weights)
@@ -244,8 +247,6 @@ def draw_times_and_noise(model, latents_shape, seed: int, m: int, shared: bool):
     """Per-pair ``t`` and noises for micro-batch ``m``; pair j's draws come from a generator
     seeded by ``(seed, m, j)`` alone. Returns (terms, t_model, eps_w, eps_l)."""
     import torch
-
-    from capo.method.schedules import alphas_cumprod_of, ddpm_terms, flow_terms
 
     B = latents_shape[0]
     gens = [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 13, m, j]).generate_state(1)[0]))
@@ -308,8 +309,6 @@ def dry_run(cfg: TrainConfig) -> dict:
     """The plan of this run (``capo.plan``), printed; under FSDP (accelerate's
     ``ACCELERATE_USE_FSDP``) the sharded state is divided over ``WORLD_SIZE``."""
     import os
-
-    from capo import plan
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
@@ -418,9 +417,6 @@ class Run:
 
     def errors(self, net, x_t, t_model, hidden, pooled, terms, eps):
         """||eps - eps_hat(x_t, t)||^2 per image (Eq. 5's error) of denoiser ``net``."""
-        from capo.method.implicit import squared_error
-        from capo.method.schedules import eps_from_prediction
-
         self.model.denoiser = net  # model.predict runs model.denoiser
         pred = self.model.predict(x_t, t_model, hidden, pooled)
         eps_hat = eps_from_prediction(pred.float(), x_t, terms.alpha, terms.sigma, self.model.prediction_type)
@@ -444,7 +440,6 @@ def setup(cfg: TrainConfig) -> Run | dict:
     from accelerate.utils import set_seed
 
     from capo.models import load_model
-    from capo.registry import OBJECTIVES
 
     objective = OBJECTIVES.get(cfg.objective)
     pairs_dir = Path(cfg.pairs)
@@ -528,9 +523,6 @@ def train_step(s: Run, batches) -> None:
     (Eq. 5's errors of the policy and the frozen reference, the implicit rewards r_w, r_l), the
     objective (Eq. 4 / Eq. 8), the clipped update, and the EMA."""
     import torch
-
-    from capo.method.implicit import implicit_reward, loss_factor
-    from capo.method.schedules import add_noise
 
     cfg, acc, model, B = s.cfg, s.accelerator, s.model, s.cfg.batch_size
     for _ in range(cfg.grad_accum):

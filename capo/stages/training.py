@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from capo.models import save_checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -118,8 +119,6 @@ def rotate_checkpoints(out: Path, keep: int) -> None:
 def save_final(accelerator, policy, unwrapped, cfg, out: Path, extra: dict) -> None:
     """``out/final``: the full denoiser's state dict (gathered from every shard under FSDP: a
     collective, so every process calls this) or the LoRA adapter, as a capo checkpoint."""
-    from capo.models import save_checkpoint
-
     state = accelerator.get_state_dict(policy) if cfg.lora_rank == 0 else None
     if state is not None:  # a compiled module's keys carry torch.compile's wrapper prefix
         state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}

@@ -23,6 +23,8 @@ from typing import ClassVar
 
 from capo import artifacts
 from capo.config import stage_config, to_dict
+from capo.eval.geneval import evaluate_image, summarize
+from capo.samples import item_seed
 
 CHECKSUMS = "checksums.json"
 
@@ -85,9 +87,6 @@ def verify(root: Path) -> list[str]:
 
 def quality(pipe, records: list[dict], n: int, seed: int = 0) -> dict:
     """GenEval-like per-tag accuracy of a base model by the world's evaluator."""
-    from capo.eval.geneval import evaluate_image, summarize
-    from capo.samples import item_seed
-
     from .evaluator import detect_batch
 
     prompts = [r["prompt"] for r in records for _ in range(n)]
@@ -178,9 +177,7 @@ def show(model: str, out: str, per_tag: int = 4, seed: int = 0) -> Path:
     (the evaluator says correct) or red (wrong), with the prompt above it."""
     from PIL import Image, ImageDraw
 
-    from capo.eval.geneval import evaluate_image
     from capo.models import load_model
-    from capo.samples import item_seed
 
     from .evaluator import detect_batch
     from .grammar import prompt_sets

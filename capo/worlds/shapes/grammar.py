@@ -43,6 +43,7 @@ import numpy as np
 
 from .evaluator import compbench_position, relative_position
 from .scene import COLORS, EXTENTS, MAX_OBJECTS, SHAPES, SIZES, TEXTURES, Obj, Scene
+from capo.prompts import PromptError
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "numeracy", "complex")
@@ -229,8 +230,6 @@ def _rank(seed: int, record: dict) -> int:
 def named_prompt_set(name: str) -> list[dict]:
     """``capo.prompts``' named set ``shapes:<name>``: the records of ``prompt_sets(distinct=True)``
     (each prompt once; the evaluation sets repeat prompts to fill their tags)."""
-    from capo.prompts import PromptError
-
     sets = prompt_sets(distinct=True)
     if name not in sets:
         raise PromptError(f"unknown shapes prompt set {name!r}; known: {', '.join('shapes:' + k for k in sets)}")

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
+from capo.samples import load_images, load_samples
 
 
 def label_pairs(samples: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
     import pandas as pd
-
-    from capo.samples import load_images, load_samples
 
     from . import truth
 

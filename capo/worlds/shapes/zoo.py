@@ -7,6 +7,8 @@ and committed); each model directory's content hash is its fingerprint.
 from __future__ import annotations
 
 from pathlib import Path
+from capo import artifacts
+from capo.worlds.shapes.pipeline import ShapesPipeline
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
 
@@ -22,14 +24,10 @@ def artifact_dir(name: str) -> Path:
 
 
 def _load(name: str):
-    from capo.worlds.shapes.pipeline import ShapesPipeline
-
     return ShapesPipeline.from_pretrained(artifact_dir(name))
 
 
 def _fingerprint(name: str):
-    from capo import artifacts
-
     return lambda: artifacts.fingerprint(artifact_dir(name))
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..grammar import VOCAB
 from .prompts import _prompt_text, parse_prompt
+from capo.rewards import RewardLoadError
 
 PREF, VQA, AESTHETIC, GOLD = "shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"
 LEARNED = (PREF, VQA, AESTHETIC)
@@ -335,8 +336,6 @@ def artifact_dir(name: str) -> Path:
 
 
 def _load(name: str, path=None, device=None, **kwargs) -> LearnedReward:
-    from capo.rewards import RewardLoadError
-
     d = Path(path) if path is not None else artifact_dir(name)
     if not ((d / CONFIG_NAME).is_file() and (d / WEIGHTS_NAME).is_file()):
         raise RewardLoadError(

@@ -25,6 +25,7 @@ import numpy as np
 
 from .models import AestheticReward, PrefReward, VQAReward, images_to_tensor
 from .negatives import hard_negative
+from capo.progress import progress
 
 AESTHETIC_LABEL_NOISE = 0.03  # std of the noise on truth.aesthetic labels (aesthetic units, [0, 1])
 MATCH_THRESHOLD = 0.8  # truth.alignment at or above which an (image, prompt) pair is a "yes"
@@ -76,7 +77,6 @@ def _pool(records: Sequence[dict], k: int, sample_images: Callable, rng: np.rand
           neg_rng: np.random.Generator, progress_desc: str, show: bool, chunk: int = 256) -> dict:
     """``k`` images per record (image ``i * k + j`` is record ``i``'s ``j``-th), truth
     labels, and one hard-negative prompt per image with its truth label."""
-    from capo.progress import progress
     from ..truth import alignment
 
     recs = [r for r in records for _ in range(k)]
@@ -109,7 +109,6 @@ def _fit(params, loss_fn: Callable, steps: int, lr: float, deadline: float, desc
     returns the batch loss. Stops early at ``deadline`` (``time.monotonic``)."""
     import torch
 
-    from capo.progress import progress
     from ..pretrain import lr_at
 
     params = [p for p in params if p.requires_grad]
