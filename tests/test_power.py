@@ -312,7 +312,8 @@ def test_reproduce_dry_run_prints_the_power_table(tmp_path):
     assert r.exit_code == 0, r.output
     assert "power (capo.eval.power)" in r.output and "(this preset)" in r.output
     assert "defaults from the committed full run" in r.output
-    assert "smallest design deciding +5 with 80% probability" in r.output and "CPU-hours" in r.output
+    # the committed 12-seed run's intervals: no design of the default grid reaches 80% at +5
+    assert "no design of the grid decides +5 with 80% probability" in r.output and "CPU-hours" in r.output
     assert "shapes:geneval@test has 50 prompts" in r.output
     # a pilot: the parts `capo power --json` measured on a run (one base: it stands for both)
     _write_eval(tmp_path / "run")

@@ -335,17 +335,18 @@ def parts_from_half_width(half: float, S: int, P: int, K: int, ci: float = CI) -
 
 
 # The defaults where no pilot is given: the committed `capo reproduce --preset full` run
-# (reports/tables.csv, 2026-12-02; 3 training seeds x 50 test prompts x 2 images). Its per-image
+# (reports/tables.csv, 2026-12-03; 12 training seeds x 50 test prompts x 1 image; the 3-seed run of
+# 2026-12-02 gave 5.62 / 9.01 pp^2). Its per-image
 # results are not committed, so the parts come from its intervals (4. above): per base, the mean
 # over the 16 head-to-head comparisons of u_S = (half-width of the gold win-rate difference /
-# t_2)^2, in pp^2. `capo.experiments.power.summary_pilot("reports/tables.csv")` recomputes them
+# t_{S-1})^2, in pp^2. `capo.experiments.power.summary_pilot("reports/tables.csv")` recomputes them
 # (tests/test_power.py checks that it gives these numbers).
 COMMITTED_FULL = {
-    "source": "reports/tables.csv (capo reproduce --preset full, 2026-12-02): gold win-rate differences of the "
-              "16 head-to-head comparisons per base, u_S = (half-width / t_2)^2 averaged",
-    "design": (3, 50, 2),
+    "source": "reports/tables.csv (capo reproduce --preset full, 2026-12-03): gold win-rate differences of the "
+              "16 head-to-head comparisons per base, u_S = (half-width / t_11)^2 averaged",
+    "design": (12, 50, 1),
     "metric": "gold win-rate difference (pp)",
-    "u_seed": {"shapes-sd3": 5.6248, "shapes-sdxl": 9.0097},
+    "u_seed": {"shapes-sd3": 5.9723, "shapes-sdxl": 5.4836},
 }
 
 
