@@ -441,11 +441,12 @@ def frontier(rows: Sequence[dict]) -> list[dict]:
 # training runs' share is 2,296 - 0.0862 x 5,300 = 1,839 s over 94,080 pairs: 0.0195 s per pair
 # (a 40 x 16 run 12.5 s; `bench/bench_training_run.py` times one at 19.3 s under cProfile, cold).
 # Per base 290 + 1,839 + 0.0862 x (5,300 + 8,716) = 3,337 s, both 6,674 s against 6,736 s measured.
+_IMAGE_S = 629 / 7300  # per validation, test or benchmark image (sampling + rewards)
 CPU_RATES = {
     "source": "README benchmark table, capo reproduce --preset full on the 2-core CPU (2026-12-02)",
-    "train_sample_s": 290 / 4096,                   # generate + score + pairs, per training sample
-    "pair_s": (2296 - 629 / 7300 * 5300) / 94080,   # one pair through a training step (policy fwd+bwd, reference fwd)
-    "eval_image_s": 629 / 7300,                     # per validation, test or benchmark image (sampling + rewards)
+    "train_sample_s": 290 / 4096,                 # generate + score + pairs, per training sample
+    "pair_s": (2296 - _IMAGE_S * 5300) / 94080,   # one pair through a training step (policy fwd+bwd, reference fwd)
+    "eval_image_s": _IMAGE_S,
 }
 
 
