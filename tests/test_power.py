@@ -5,6 +5,7 @@ planner's recommended designs checked by simulation with capo's own interval cod
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -324,3 +325,18 @@ def test_reproduce_dry_run_prints_the_power_table(tmp_path):
     r = CliRunner().invoke(main, ["reproduce", "--preset", "full", "--dry-run", f"pilot={js}", "power_target=30"])
     assert r.exit_code == 0, r.output
     assert f"pilot {js}" in r.output and "smallest design deciding +30" in r.output
+
+
+def test_committed_full_run_parts_say_prompts_not_seeds_limit_it():
+    """README's reading of reports/power-full.json (the 12-seed full run's per-image parts): at
+    12 x 50 x 1 a typical comparison decides +5 less than half the time, 60 seeds on the same 50
+    prompts still fall short of 80% (the prompt part does not shrink with seeds), and
+    12 x 200 x 1 passes 80% on both bases."""
+    from capo.experiments import power as PW
+
+    pilot = PW.json_pilot(Path(__file__).resolve().parents[1] / "reports" / "power-full.json")
+    for base, (now_lo, now_hi) in {"shapes-sd3": (0.35, 0.5), "shapes-sdxl": (0.4, 0.55)}.items():
+        typical = pilot["bases"][base]["pooled"]["measured"]
+        assert typical.prompt > 10 * typical.seed
+        assert now_lo < W.power(typical, 12, 50, 1, 5.0) < now_hi
+        assert W.power(typical, 60, 50, 1, 5.0) < 0.8 < W.power(typical, 12, 200, 1, 5.0)
