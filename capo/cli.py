@@ -1,14 +1,42 @@
 """The ``capo`` command line: thin click wrappers that parse options, build a stage config
-and call ``capo.stages.<stage>.run(cfg)``. Heavy imports happen inside the commands."""
+and call ``capo.stages.<stage>.run(cfg)``. capo's modules load with the CLI (the stage commands'
+help is read from their configs); heavy third-party packages load inside the stages that use them."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
+import json
+import os
 import re
+import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
-from pathlib import Path
+
+from capo import artifacts
+from capo import export as model_export
+from capo.artifacts import ArtifactError, no_trace_on_failure
+from capo.config import build, ConfigError, rule_text
+from capo.datasets import pickapic
+from capo.eval import detectors  # noqa: F401 (registers OWLv2 and UniDet beside GenEval's detectors)
+from capo.eval.geneval import DETECTORS
+from capo.eval.image_sets import write_layout
+from capo.eval.prompts import PROMPT_SETS
+from capo.experiments import power as PW, reproduce as R
+from capo.experiments.preset import preset_config
+from capo.models import ModelLoadError
+from capo.registry import all_registries, UnknownNameError
+from capo.report import replication, tables as T
+from capo.report.compare import check_gate_names, check_gates, compare_metrics, compare_table
+from capo.rewards import RewardLoadError
+from capo.stages import evaluate, pairs as pairs_stage
+from capo.worlds.shapes import build as B, zoo
+
 
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
@@ -26,7 +54,6 @@ def main():
 
     Typical flow: generate -> score -> pairs -> train -> merge -> eval -> tables.
     """
-    import os
 
     if os.environ.get("CAPO_QUIET", "") not in ("", "0") or not sys.stderr.isatty():
         # library chatter (weight-loading bars, dtype notes) off; capo's own summaries stay
@@ -53,10 +80,6 @@ def main():
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_tries, n, reference, overwrite, quiet):
     """Select preference pairs from reward TABLES (parquet/CSV: prompt_id, sample_id, one column per reward)."""
-    from capo.artifacts import ArtifactError, no_trace_on_failure
-    from capo.registry import UnknownNameError
-    from capo.stages import pairs as stage
-
     try:
         tmap = {}
         for t in transforms:
@@ -65,11 +88,11 @@ def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_
                 raise ValueError(f"--transform {t!r} is not of the form REWARD=SPEC")
             tmap[name] = spec
         w = [float(x) for x in _csv(weights)] if weights else None
-        cfg = stage.PairsConfig(rewards_tables=list(tables), out=out, selector=selector, rewards=_csv(rewards),
+        cfg = pairs_stage.PairsConfig(rewards_tables=list(tables), out=out, selector=selector, rewards=_csv(rewards),
                                 weights=w, transforms=tmap, seed=seed, draws=draws, max_tries=max_tries, n=n,
                                 reference=list(reference) or None, overwrite=overwrite)
         with no_trace_on_failure(cfg.out):
-            res = stage.run(cfg)
+            res = pairs_stage.run(cfg)
     except (ValueError, ArtifactError, UnknownNameError) as e:
         _fail(str(e))
     if not quiet:
@@ -91,11 +114,6 @@ def pairs(tables, out, selector, rewards, weights, transforms, seed, draws, max_
 @click.option("--overwrite", is_flag=True, help="Replace an output directory holding a different run.")
 def import_(source, files, model, out, limit, overwrite):
     """Labelled preference pairs (Pick-a-Pic v2 parquet shards) -> capo samples + pairs for `capo train`."""
-    from capo.artifacts import ArtifactError, no_trace_on_failure
-    from capo.datasets import pickapic
-    from capo.models import ModelLoadError
-    from capo.registry import UnknownNameError
-
     try:
         with no_trace_on_failure(out):
             res = pickapic.import_pairs(list(files), model, out, limit=limit, overwrite=overwrite)
@@ -114,8 +132,6 @@ def import_(source, files, model, out, limit, overwrite):
 def layout_(samples, layout, out):
     """Copy a `capo generate` directory into a benchmark's own layout (GenEval's <00000>/samples/,
     T2I-CompBench's samples/<prompt>_<000000>.png, DPG-Bench's 2x2 <id>.png) for upstream's tools."""
-    from capo.artifacts import ArtifactError
-    from capo.eval.image_sets import write_layout
 
     try:
         path = write_layout(samples, layout, out)
@@ -129,10 +145,6 @@ def layout_(samples, layout, out):
 def ls_(kind):
     """List registered names: models, rewards, benchmarks, prompt sets, detectors, selectors,
     objectives, transforms, world prompt families."""
-    import capo.eval.detectors  # noqa: F401 - registers OWLv2 and UniDet beside GenEval's detectors
-    from capo.eval.geneval import DETECTORS
-    from capo.eval.prompts import PROMPT_SETS
-    from capo.registry import all_registries
 
     listed = {k: [(n, reg.doc(n)) for n in reg.names()] for k, reg in all_registries().items()}
     listed["prompt-sets"] = [(n, PROMPT_SETS[n].description) for n in sorted(PROMPT_SETS)]
@@ -165,14 +177,6 @@ STAGES = {  # command -> (module, config class, one-line help)
 
 def _fields_help(module: str, cls_name: str) -> str:
     """The config's fields with their defaults and comments, read from the dataclass source."""
-    import importlib
-    import inspect
-
-    import dataclasses
-    import json
-
-    from capo.config import rule_text
-
     cls = getattr(importlib.import_module(module), cls_name)
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
@@ -191,10 +195,6 @@ def _fields_help(module: str, cls_name: str) -> str:
 
 def _relaunch(k: int) -> None:
     """Re-run this command under torchrun with k processes (gloo on CPU, nccl on GPUs)."""
-    import os
-    import socket
-    import subprocess
-
     argv = sys.argv[1:]
     i = argv.index("--num-processes") if "--num-processes" in argv else None
     if i is not None:
@@ -208,7 +208,6 @@ def _relaunch(k: int) -> None:
     # abbreviations of its options (--n, --no...) out of them otherwise.
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={k}", f"--master_port={port}",
            "-m", "capo"]
-    import json
 
     sys.exit(subprocess.run(cmd, env={**os.environ, "CAPO_ARGV": json.dumps(argv)}).returncode)
 
@@ -221,13 +220,6 @@ def _stage_command(name: str, module: str, cls_name: str, doc: str):
                   help="Processes to launch (torchrun); or use `accelerate launch -m capo ...`.")
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def _cmd(config_path, num_processes, args):
-        import importlib
-        import os
-
-        from capo.artifacts import ArtifactError, no_trace_on_failure
-        from capo.config import ConfigError, build
-        from capo.models import ModelLoadError
-        from capo.registry import UnknownNameError
 
         stage = importlib.import_module(module)
         if getattr(stage, "SINGLE_PROCESS", False) and max(num_processes, int(os.environ.get("WORLD_SIZE", "1"))) > 1:
@@ -286,14 +278,9 @@ for _name, (_module, _cls, _doc) in STAGES.items():
 def export_(checkpoint, config_path, args):
     """A capo checkpoint as a diffusers pipeline directory (full or merged) or diffusers LoRA weights,
     with a Hub model card (README.md): capo export CHECKPOINT out=DIR [results=EVAL/results.json]."""
-    from capo.artifacts import ArtifactError
-    from capo.config import ConfigError
-    from capo.export import config_from_cli, run
-    from capo.models import ModelLoadError
-    from capo.registry import UnknownNameError
 
     try:
-        res = run(config_from_cli(checkpoint, args, config_path))
+        res = model_export.run(model_export.config_from_cli(checkpoint, args, config_path))
     except (ConfigError, ValueError, ArtifactError, UnknownNameError, ModelLoadError, FileNotFoundError) as e:
         _fail(str(e))
     click.echo(f"export: {checkpoint} -> {res['out']} ({res['kind']}"
@@ -334,11 +321,6 @@ def compare(model_a, model_b, prompts, limit, n, benchmarks, rewards, out, gates
     (38% of null comparisons at the defaults, bench/bench_gate.py); a CI gate
     ('geneval.overall:ci_high < 0') only when the whole 95% CI is below the line (4%).
     """
-    from capo.artifacts import ArtifactError
-    from capo.models import ModelLoadError
-    from capo.registry import UnknownNameError
-    from capo.report.compare import check_gate_names, check_gates, compare_metrics, compare_table
-    from capo.stages import evaluate
 
     try:
         labels = evaluate.parse_models([model_a, model_b])
@@ -369,9 +351,6 @@ def world():
                     + _fields_help("capo.worlds.shapes.build", "WorldConfig"))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def world_build(args):
-    from capo.artifacts import ArtifactError, no_trace_on_failure
-    from capo.config import ConfigError, build
-    from capo.worlds.shapes import build as B
 
     try:
         cfg = build(B.WorldConfig, None, args)
@@ -393,11 +372,8 @@ def world_build(args):
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def world_show(model, out, per_tag, seed):
     """Write a PNG grid of a model's samples per GenEval tag, framed by the evaluator's verdict."""
-    from capo.models import ModelLoadError
-    from capo.worlds.shapes.build import show
-
     try:
-        path = show(model, out, per_tag, seed)
+        path = B.show(model, out, per_tag, seed)
     except ModelLoadError as e:
         _fail(str(e))
     click.echo(f"world show: -> {path}")
@@ -406,12 +382,9 @@ def world_show(model, out, per_tag, seed):
 @world.command(name="verify")
 def world_verify():
     """Check the shipped artifacts against their checksums."""
-    from capo.worlds.shapes import zoo
-    from capo.worlds.shapes.build import verify
-
     if not (zoo.ARTIFACTS / "checksums.json").is_file():
         _fail(f"{zoo.ARTIFACTS}: no shipped world (run `capo world build`)")
-    bad = verify(zoo.ARTIFACTS)
+    bad = B.verify(zoo.ARTIFACTS)
     if bad:
         _fail("shipped artifacts differ from checksums.json: " + "; ".join(bad[:10]))
     click.echo(f"world: {zoo.ARTIFACTS} matches checksums.json")
@@ -428,8 +401,6 @@ def world_verify():
 @click.option("--gold", default="shapes-gold", show_default=True, help="Hidden-truth reward for the matched-divergence table.")
 def tables(root, out, with_paper, rewards, roles, gold):
     """Render the paper's Tables 1-5, head-to-head tests, the beta sweep and the claims report."""
-    from capo.report import tables as T
-
     rw, rl = _csv(rewards), _csv(roles)
     try:
         if out:
@@ -453,8 +424,6 @@ def replicate(runs, out, rewards, roles):
 
     Exits 1 when a claim or comparison is reproduced in one run and contradicted in another.
     """
-    from capo import artifacts
-    from capo.report import replication
 
     rw, rl = _csv(rewards), _csv(roles)
     named = {}
@@ -498,8 +467,6 @@ def power_(runs, target, level, metric, seeds, prompts, images, preset, design, 
     or eval runs with per-image results, a tables.csv, or a `capo power --json` file) and, for a target
     difference, the half-width and probability of a decided verdict per design (seeds x prompts x images
     per prompt), and the smallest design reaching --power (capo.eval.power; capo.experiments.power)."""
-    from capo.experiments import power as PW
-
     def ints(v, name):
         try:
             return [int(x) for x in _csv(v)] if v else None
@@ -531,29 +498,12 @@ def reproduce(preset, dry_run, scale, args):
     on real weights (GPUs). Extra key=value arguments override the preset (capo reproduce --preset
     quick steps=10).
     """
-    import os
-    import tempfile
-
-    import yaml
-
-    from capo.artifacts import ArtifactError, no_trace_on_failure
-    from capo.config import ConfigError, build
-    from capo.models import ModelLoadError
-    from capo.rewards import RewardLoadError
-    from capo.experiments import reproduce as R
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _fail("reproduce runs in one process (it drives the other stages); run it plainly and give "
               "launch='accelerate launch ...' to run its generate, score and training stages on every GPU")
     try:
-        data = {**R.load_preset(preset), "preset": Path(preset).stem.removeprefix("reproduce-")}
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(data, f)
         extra = (["dry_run=true"] if dry_run else []) + ([f"scale={scale}"] if scale is not None else [])
-        try:
-            cfg = build(R.ReproduceConfig, f.name, [*args, *extra])
-        finally:
-            Path(f.name).unlink(missing_ok=True)
+        cfg = preset_config(preset, [*args, *extra])
         if cfg.dry_run:
             R.run(cfg)
             return

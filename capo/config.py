@@ -14,6 +14,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+from capo.registry import all_registries
 
 T = TypeVar("T")
 
@@ -93,8 +94,9 @@ def _coerce(cls, key: str, value: Any) -> Any:
     return value
 
 
-def build(cls: type[T], config_path: str | None, tokens: list[str] | tuple[str, ...]) -> T:
-    """A stage config from an optional YAML file and command-line tokens.
+def build(cls: type[T], config_path: str | None, tokens: list[str] | tuple[str, ...],
+          defaults: dict[str, Any] | None = None) -> T:
+    """A stage config from ``defaults``, an optional YAML file over them and command-line tokens.
 
     Tokens are ``key=value``, ``--key value``, ``--key=value`` or ``--flag`` (booleans);
     dashes in keys become underscores; values are parsed as YAML (``5e-6``, ``true``,
@@ -103,7 +105,7 @@ def build(cls: type[T], config_path: str | None, tokens: list[str] | tuple[str, 
     """
     import yaml
 
-    data = load_yaml(config_path) if config_path else {}
+    data = {**(defaults or {}), **(load_yaml(config_path) if config_path else {})}
     hints = typing.get_type_hints(cls)
     toks = list(tokens)
     i = 0
@@ -157,8 +159,6 @@ _BOUND = re.compile(r"^\s*(>=|<=|>|<)\s*(\S+)\s*$")
 def _rule_error(rule: str, v: Any) -> str | None:
     """What is wrong with ``v`` under ``rule`` (None if nothing)."""
     if rule.startswith("@"):
-        from capo.registry import all_registries
-
         reg = all_registries()[rule[1:]]
         if v not in reg:
             near = difflib.get_close_matches(str(v), reg.names(), 3, 0.5)

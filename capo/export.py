@@ -190,8 +190,6 @@ def pipeline_class_of(spec: str) -> str | None:
     if (p / "capo_pipeline.json").is_file() or spec.startswith("shapes"):
         return None
     if spec in MODELS:
-        from capo.models import diffusers_backends as DB
-
         return {"sdxl": DB.SDXLModel.pipeline_class, "sd3-medium": DB.SD3Model.pipeline_class}.get(spec)
     return None
 

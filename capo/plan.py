@@ -31,7 +31,12 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+
+from capo import models
 from capo.models import CHECKPOINT_FILE
+from capo.models.diffusers_backends import (SD3_DEFAULT_GUIDANCE, SD3_DEFAULT_STEPS, SDXL_DEFAULT_GUIDANCE,
+                                            SDXL_DEFAULT_STEPS)
+from capo.stages.grpo import Chain
 from capo.stages.training import use_checkpointing
 
 GIB = 2**30
@@ -111,9 +116,7 @@ def count(model: str, lora_rank: int = 0) -> dict:
                     "arch": (cls, config)}
     import torch
 
-    from capo.models import load_model  # the shapes models: small enough to count for real
-
-    m = load_model(model)
+    m = models.load_model(model)
     n, lora = _count(m.denoiser, lora_rank, torch)
     return {"kind": getattr(m, "kind", "other"), "params": n, "lora_params": lora,
             "resolution": tuple(getattr(m, "resolution", (0, 0)))}
@@ -333,24 +336,18 @@ def grpo_chain(model: str, sample_steps: int | None = None, noise_level: float |
         return grpo_chain(json.loads((p / CHECKPOINT_FILE).read_text())["base"], sample_steps, noise_level, guidance)
     kind = kind_of(model)
     if kind == "shapes":
-        from capo.models import load_model
-        from capo.stages.grpo import Chain
 
-        m = load_model(model)
+        m = models.load_model(model)
         n = int(sample_steps or m.default_steps)
         stochastic = len(Chain(m, n, noise_level).stochastic)
         g = float(m.default_guidance if guidance is None else guidance)
     else:
-        from capo.models.diffusers_backends import (SD3_DEFAULT_GUIDANCE, SD3_DEFAULT_STEPS, SDXL_DEFAULT_GUIDANCE,
-                                                    SDXL_DEFAULT_STEPS)
-
         steps0, g0 = (SDXL_DEFAULT_STEPS, SDXL_DEFAULT_GUIDANCE) if kind == "sdxl" else (SD3_DEFAULT_STEPS,
                                                                                           SD3_DEFAULT_GUIDANCE)
         n, g = int(sample_steps or steps0), float(g0 if guidance is None else guidance)
         stochastic = n
         sched = p / "scheduler" / "scheduler_config.json"
         if kind == "sdxl" and sched.is_file():  # the folder's DDIM: its last step may have no density
-            from capo.stages.grpo import Chain
 
             class _Schedule:  # what Chain reads of a DDPM model
                 prediction_type = "epsilon"

@@ -50,6 +50,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from capo.datasets import diffusiondb
 from capo.eval.prompts import load_prompt_set
 from capo.registry import WORLD_PROMPTS
 
@@ -86,8 +87,6 @@ def _read_file(path: Path) -> list[dict]:
 
 def _named(spec: str) -> list[dict]:
     if spec == "diffusiondb" or spec.startswith("diffusiondb:"):
-        from capo.datasets import diffusiondb
-
         return diffusiondb.load(spec.partition(":")[2] or None)
     family, _, name = spec.partition(":")
     if name and family in WORLD_PROMPTS:  # a world's own sets (capo.registry: imported only when named)

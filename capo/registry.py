@@ -28,7 +28,8 @@ class Registry:
         self._docs: dict[str, str] = {}
 
     def register(self, name: str, entry: Any = None, doc: str = ""):
-        """``reg.register("x", obj)``, ``reg.register("x", "pkg.mod:attr")`` or as a decorator."""
+        """``reg.register("x", obj)``, ``reg.register("x", "pkg.mod:attr")`` (or ``"pkg.mod:Class.attr"``)
+        or as a decorator."""
         if entry is None:
             def deco(obj):
                 self.register(name, obj, doc or (obj.__doc__ or "").strip().split("\n")[0])
@@ -57,7 +58,9 @@ class Registry:
         entry = self._entries[name]
         if isinstance(entry, str) and ":" in entry:
             module, _, attr = entry.partition(":")
-            entry = getattr(importlib.import_module(module), attr)
+            entry = importlib.import_module(module)
+            for part in attr.split("."):  # "pkg.mod:Class.method" names a class's loader
+                entry = getattr(entry, part)
             self._entries[name] = entry
         return entry
 
@@ -91,6 +94,12 @@ MODELS.register("sdxl", "capo.models.diffusers_backends:load_sdxl",
 MODELS.register("sd3-medium", "capo.models.diffusers_backends:load_sd3_medium",
                 "SD3 medium (stabilityai/stable-diffusion-3-medium-diffusers): rectified flow, flow DPM-solver, "
                 "guidance 5.0, 50 steps")
+# Saved pipeline directories (capo.models.load_model): the file that marks the format -> its loader.
+PIPELINE_DIRS = Registry("pipeline directory format")
+PIPELINE_DIRS.register("capo_pipeline.json", "capo.worlds.shapes.pipeline:ShapesPipeline.from_pretrained",
+                       "a shapes-world pipeline saved by ShapesPipeline.save_pretrained")
+PIPELINE_DIRS.register("model_index.json", "capo.models.diffusers_backends:load_diffusers_dir",
+                       "a diffusers pipeline directory (SDXL or SD3 layout)")
 
 
 # Reward models (capo.rewards): factories imported only when a reward is loaded.
@@ -135,4 +144,5 @@ for _name, _doc in {
 
 def all_registries() -> dict[str, Registry]:
     """Every registry, by the name ``capo ls`` and config rules (``@rewards``) use."""
-    return {**ALL, "models": MODELS, "rewards": REWARDS, "world-prompts": WORLD_PROMPTS, "benchmarks": BENCHMARKS}
+    return {**ALL, "models": MODELS, "pipeline-dirs": PIPELINE_DIRS, "rewards": REWARDS, "world-prompts": WORLD_PROMPTS,
+            "benchmarks": BENCHMARKS}

@@ -13,6 +13,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from capo.eval.prompts import default_cache_dir, get_prompt_set
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,6 @@ class Need:
             v = os.environ.get(self.source)
             return bool(v) and Path(v).exists()
         if self.kind == "prompts":  # in capo's cache (checksums are checked when the set is read)
-            from capo.eval.prompts import default_cache_dir, get_prompt_set
 
             return all((default_cache_dir() / f.local).is_file() for f in get_prompt_set(self.source).files())
         if self.kind == "path":

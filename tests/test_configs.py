@@ -36,3 +36,30 @@ def test_config_header_command_and_keys(path):
     module, cls = STAGES[stage].split(":")
     cfg = build(getattr(importlib.import_module(module), cls), str(path), [])  # unknown keys raise
     assert set(load_yaml(path)) <= set(vars(cfg))
+
+
+def test_build_layers_defaults_file_and_tokens(tmp_path):
+    """``build(cls, file, tokens, defaults=...)``: the file wins over the defaults, tokens over both;
+    an unknown key in the defaults is the same helpful error as in a file."""
+    from capo.config import ConfigError
+    from capo.stages.pairs import PairsConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 3\ndraws: 2\n")
+    d = {"rewards_tables": ["a.parquet"], "out": "o", "seed": 1, "draws": 5, "max_tries": 7}
+    cfg = build(PairsConfig, str(f), ["draws=4"], defaults=d)
+    assert (cfg.seed, cfg.draws, cfg.max_tries, cfg.out) == (3, 4, 7, "o")
+    assert build(PairsConfig, None, [], defaults=d).draws == 5
+    with pytest.raises(ConfigError, match="seeed"):
+        build(PairsConfig, None, [], defaults={**d, "seeed": 1})
+
+
+def test_preset_config_is_the_preset_with_tokens_over_it():
+    from capo.experiments.preset import load_preset, preset_config
+
+    raw = load_preset("quick")
+    cfg = preset_config("quick", ["seeds=[7]"])
+    assert cfg.preset == "quick" and cfg.seeds == [7]
+    assert cfg.steps == raw["steps"] and cfg.bases == raw["bases"]
+    with pytest.raises(ValueError, match="unknown reproduce preset"):
+        preset_config("no-such-preset")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from capo.models import load_model, ModelLoadError
 from capo.worlds.shapes import models as M
 from capo.worlds.shapes import pretrain
 from capo.worlds.shapes.pipeline import ShapesPipeline, build_pipeline
@@ -123,9 +124,18 @@ def test_save_load_roundtrip(kind, tmp_path):
     assert any(p.suffix == ".safetensors" for p in (tmp_path / "p" / "vae").iterdir())
     loaded = ShapesPipeline.from_pretrained(tmp_path / "p")
     assert loaded.vae_scaling == 2.5 and loaded.default_steps == pipe.default_steps
+    # the generic spec path finds the format by its marker file (capo.registry.PIPELINE_DIRS)
+    by_spec = load_model(str(tmp_path / "p"))
+    assert isinstance(by_spec, ShapesPipeline) and by_spec.vae_scaling == 2.5
     a_img, a = pipe.sample(PROMPTS, [1, 2, 3, 4], steps=2)
     b_img, b = loaded.sample(PROMPTS, [1, 2, 3, 4], steps=2)
     assert torch.equal(a, b) and np.array_equal(a_img, b_img)
+
+
+def test_a_directory_of_no_known_format_is_a_clear_error(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="capo_pipeline.json.*model_index.json"):
+        load_model(str(tmp_path))
 
 
 @pytest.mark.parametrize("missing", ["text_encoder", "vae", "tokenizer", "transformer", "capo_pipeline.json"])

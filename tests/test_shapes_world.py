@@ -355,7 +355,7 @@ def test_truth_parses_text_only_records_and_refuses_prompts_outside_the_grammar(
     import numpy as np
 
     from capo.worlds.shapes import truth
-    from capo.worlds.shapes.rewards.prompts import parse_prompt
+    from capo.worlds.shapes.parsing import parse_prompt
 
     img = np.zeros((32, 32, 3), np.uint8)
     text = "a photo of a green square left of a circle"

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
+from capo import models
+from capo.samples import shard_done, write_png
 
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "ranking_id")
 
@@ -100,18 +102,16 @@ def import_pairs(paths: list[str], model: str, out, limit: int | None = None, sh
     """Pick-a-Pic comparisons -> ``<out>/samples`` and ``<out>/pairs`` (module docstring)."""
     import pandas as pd
 
-    from capo.models import load_model, model_fingerprint
-
     t0 = time.time()
     out = Path(out)
     df, counts = read_rows(paths, limit)
     config = {"source": "pickapic", "limit": limit, "shard_rows": shard_rows}
-    inputs = {"model": {"path": model, "sha256": model_fingerprint(model)}}
+    inputs = {"model": {"path": model, "sha256": models.model_fingerprint(model)}}
     inputs |= {f"pickapic_{i}": p for i, p in enumerate(paths)}
     manifest = artifacts.make_manifest("import", config, inputs)
     samples = out / "samples"
     if artifacts.existing_run(samples, manifest, overwrite) != "complete":
-        m = load_model(model)  # inputs load before anything is written
+        m = models.load_model(model)  # inputs load before anything is written
         if not artifacts.prepare_out_dir(samples, manifest, overwrite):
             _write_samples(df, m, samples, shard_rows, batch)
             index = pd.concat([pd.DataFrame(artifacts.read_json(f)["rows"])
@@ -138,8 +138,6 @@ def _write_samples(df, model, samples: Path, shard_rows: int, batch: int) -> Non
     """The samples directory's prompts, images and cache shards (resumes at the first unfinished shard)."""
     import torch
     from safetensors.torch import save_file
-
-    from capo.samples import shard_done, write_png
 
     if not (samples / "prompts.jsonl").is_file():
         artifacts.write_text(samples / "prompts.jsonl", "".join(

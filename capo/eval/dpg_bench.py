@@ -64,6 +64,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.eval import prompts as _prompts
+from capo.eval.geneval import _load_error
 from capo.eval.geneval import _to_pil_rgb as f
 from capo.eval.prompts import ELLA, natural_key, RAW_URL
 from capo.progress import progress as bar
@@ -647,8 +648,6 @@ def blip_vqa(model_id_or_path: str = BLIP_VQA_MODEL, *, device: str | None = Non
             model = model or BlipForQuestionAnswering.from_pretrained(model_id_or_path, **kw)
             processor = processor or BlipProcessor.from_pretrained(model_id_or_path)
         except Exception as e:
-            from capo.eval.geneval import _load_error
-
             raise _load_error("the BLIP VQA model", model_id_or_path, e) from e
     return BlipVQA(model, processor, model_id=model_id_or_path, device=device, batch_size=batch_size,
                    generate_kwargs=generate_kwargs)

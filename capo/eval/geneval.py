@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from capo import artifacts
+from capo import openclip
 from capo.method.positions import POSITION_THRESHOLD, relative_position
 
 THRESHOLD = 0.3
@@ -413,8 +414,6 @@ def clip_color_classifier(model_id_or_path: str = COLOR_CLIP_ARCH, *, pretrained
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp = color_precision(precision, device) == "amp"
     if model is None or preprocess is None or tokenizer is None:
-        from capo import openclip
-
         arch, weights = model_id_or_path, pretrained
         if os.path.isfile(model_id_or_path):
             arch, weights = COLOR_CLIP_ARCH, model_id_or_path

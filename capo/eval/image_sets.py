@@ -34,8 +34,11 @@ from pathlib import Path
 from typing import Any, Sequence
 from capo import artifacts
 from capo.artifacts import sha256_file
+from capo.eval.dpg_bench import PIC_NUM, write_grid_folder
 from capo.eval.geneval import CAPO_RECORD_KEYS, upstream_metadata
 from capo.eval.t2i_compbench import parse_sample_name
+from capo.eval.t2i_compbench import write_upstream_layout
+from capo.samples import image_folders
 from capo.samples import load_samples
 
 LAYOUTS = ("capo", "geneval", "t2i-compbench", "dpg-bench", "table")
@@ -360,8 +363,6 @@ def write_layout(samples: str | Path, layout: str, out: str | Path) -> Path:
         by_prompt.setdefault(r["prompt_id"], []).append(r["path"])
     records = [r for r in image_set.records if r["prompt_id"] in by_prompt]
     if layout == "geneval":
-        from capo.samples import image_folders
-
         missing = [r["prompt_id"] for r in records if "tag" not in r or "include" not in r]
         if missing:
             raise ImageSetError(f"{samples}: {len(missing)} prompt(s) without GenEval metadata (tag, include), "
@@ -372,12 +373,8 @@ def write_layout(samples: str | Path, layout: str, out: str | Path) -> Path:
                 (out / folder / "samples").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(f, out / folder / "samples" / f"{k:05}.png")
     elif layout == "t2i-compbench":
-        from capo.eval.t2i_compbench import write_upstream_layout
-
         write_upstream_layout(out, [r["prompt"] for r in records], [by_prompt[r["prompt_id"]] for r in records])
     elif layout == "dpg-bench":
-        from capo.eval.dpg_bench import PIC_NUM, write_grid_folder
-
         short = [r["prompt_id"] for r in records if len(by_prompt[r["prompt_id"]]) < PIC_NUM]
         if short:
             raise ImageSetError(f"{samples}: DPG-Bench tiles {PIC_NUM} images per prompt; {len(short)} prompt(s) "

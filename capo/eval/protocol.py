@@ -15,6 +15,7 @@ import importlib
 from typing import Any, Mapping
 from capo import openclip
 from capo.eval import dpg_bench as D, geneval as G, t2i_compbench as T
+from capo.rewards import PARITY
 
 # the parts of a card that make two figures comparable (run-specific fingerprints of the models
 # compared are not among them: comparing models is the point)
@@ -85,12 +86,8 @@ def dpg_part(vqa: str, questions: str | None) -> dict:
 
 
 def winrate_part(rewards: list[str]) -> dict:
-    """Per reward: whether its whole path equals upstream's (``capo.rewards.PARITY``, when the
+    """Per reward: whether its whole path equals upstream's (``capo.rewards.PARITY``, where the
     reward module states it), else what it is."""
-    try:
-        from capo.rewards import PARITY  # type: ignore[attr-defined]
-    except ImportError:
-        PARITY = {}
     return {r: dict(PARITY.get(r, {"exact": r.startswith("shapes-") or r.startswith("toy-"),
                                    "status": "capo's own reward" if r.startswith(("shapes-", "toy-")) else
                                    "no parity statement"})) for r in rewards}

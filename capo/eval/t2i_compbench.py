@@ -55,12 +55,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from capo.eval.detectors import DEFAULT_DEPTH_MODEL, depth_estimator
 from capo.eval.detectors import run_detector, unidet_input_size, UNIDET_SCORE_THRESHOLD
+import capo.eval.detectors as D
+from capo.eval.geneval import _load_error, get_detector
 from capo.eval.geneval import _to_pil_rgb
 from capo.eval.prompts import complex_kind
 from capo.method.positions import Box, determine_position, DISTANCE_THRESHOLD, IOU_THRESHOLD
-import capo.eval.detectors as D
-from capo.eval.geneval import get_detector
+from capo.openclip import create
 
 CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex", "numeracy", "3d_spatial")
 METRIC_OF_CATEGORY = {"color": "blip_vqa", "shape": "blip_vqa", "texture": "blip_vqa",
@@ -1118,8 +1120,6 @@ def blip_vqa_scorer(model_id_or_path: str = BLIP_VQA_MODEL, *, device: str | Non
             model = model or BlipForQuestionAnswering.from_pretrained(model_id_or_path)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_id_or_path)
         except Exception as e:
-            from capo.eval.geneval import _load_error
-
             raise _load_error("the BLIP-VQA model", model_id_or_path, e) from e
     noun_phrases_fn, parser_name = parsed_with(noun_phrases_fn, nlp, "noun_chunks")
     device = _device(device)
@@ -1199,8 +1199,6 @@ def clip_score_scorer(model_name: str = CLIP_ARCH, *, pretrained: str = CLIP_PRE
     import torch
 
     if model is None or preprocess is None or tokenizer is None:
-        from capo.openclip import create
-
         try:
             model, preprocess, tokenizer = create(model_name, pretrained, device=_device(device))
         except Exception as e:
@@ -1460,8 +1458,6 @@ def category_scorer(category: str, *, device: str | None = None, detector=None, 
         scorer = numeracy_scorer(det, nlp=parser, score_threshold=score_threshold)
     elif category == "3d_spatial":
         if depth is None:
-            from capo.eval.detectors import DEFAULT_DEPTH_MODEL, depth_estimator
-
             depth = depth_estimator(depth_model or DEFAULT_DEPTH_MODEL, device=device)
         depth_name = getattr(depth, "name", "custom")
         scorer = spatial_3d_scorer(det, depth, nlp=parser, score_threshold=score_threshold,

@@ -37,6 +37,7 @@ from typing import ClassVar
 from capo import artifacts
 from capo.config import stage_config
 from capo.experiments import online_grpo
+from capo.experiments.online_grpo import contradictions
 from capo.experiments.online_report import run_label, selected_entry, write_report
 from capo.experiments.preset import base_dir
 from capo.stages import evaluate, generate, iterate, pairs, score, sweep
@@ -107,8 +108,6 @@ class OnlineConfig:
         if self.val_prompts == self.eval_prompts:
             yield f"val_prompts: the same set as eval_prompts ({self.val_prompts}); use SET@val / SET@test"
         if self.grpo:
-            from capo.experiments.online_grpo import contradictions
-
             yield from contradictions(self)
 
 

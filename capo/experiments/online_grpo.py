@@ -40,6 +40,7 @@ from capo.report.evidence import eval_columns, Evidence, head_to_head
 from capo.report.figures import _plt, _save
 from capo.stages import pairs, sweep, train
 from capo.stages.grpo import rollout_prompts as indices
+from capo.stages.train import option_errors
 from capo.vocabulary import seed_label
 
 ADVANTAGES = ("sum", "calibrated", "pareto")
@@ -90,8 +91,6 @@ def contradictions(cfg):
     if own := sorted(set(cfg.grpo_options) & {"group_size", "advantage", "monitor_rewards"}):
         yield f"grpo_options: {', '.join(own)} set by the comparison (use group_size= and the cell names)"
     else:
-        from capo.stages.train import option_errors
-
         yield from option_errors(cfg.grpo_options, cfg.steps, "grpo_options")
 
 

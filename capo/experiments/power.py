@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from capo import artifacts
 from capo.eval import power as W
 from capo.eval.stats import bootstrap_contrasts
 from capo.experiments import budget
+from capo.experiments import preset as R
 from capo.experiments.preset import prompt_count
 from capo.report.evidence import comparisons, Evidence
 
@@ -380,31 +382,13 @@ def main(runs: list[str], target: float = 5.0, level: float = 0.8, metric: str =
     pilot = load_pilot(list(runs), list(rewards), list(roles), gold, metric, design)
     cost = None
     if preset:
-        from capo.config import build
-        from capo.experiments import preset as R
 
-        cost = preset_cost(_preset_cfg(R, build, preset))
+        cost = preset_cost(R.preset_config(preset, ["dry_run=true"]))
     planned = plan_pilot(pilot, target, level, seeds, prompts, images, cost)
     text = render(pilot, planned, detail)
     if json_out:
-        from capo import artifacts
-
         artifacts.write_text(json_out, json.dumps(to_json(pilot, planned), indent=1, default=float) + "\n")
     return text
-
-
-def _preset_cfg(R, build, preset: str):
-    import tempfile
-
-    import yaml
-
-    data = {**R.load_preset(preset), "preset": Path(preset).stem.removeprefix("reproduce-")}
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(data, f)
-    try:
-        return build(R.ReproduceConfig, f.name, ["dry_run=true"])
-    finally:
-        Path(f.name).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- capo reproduce --dry-run

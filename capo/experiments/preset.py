@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from capo import tracking
-from capo.config import load_yaml, stage_config
+from capo.config import build, load_yaml, stage_config
 from capo.plan import kind_of
 from capo.prompts import load_prompts
 from capo.stages import evaluate
@@ -122,6 +122,12 @@ def load_preset(name: str) -> dict:
         known = sorted(p.stem.removeprefix("reproduce-") for p in root.glob("reproduce-*.yaml"))
         raise ValueError(f"unknown reproduce preset {name!r}; known: {', '.join(known)} (or a YAML path)")
     return load_yaml(path)
+
+
+def preset_config(preset: str, tokens: list[str] | tuple[str, ...] = ()) -> ReproduceConfig:
+    """A preset (its name or a YAML path) as a ``ReproduceConfig``, key=value ``tokens`` over it."""
+    data = {**load_preset(preset), "preset": Path(preset).stem.removeprefix("reproduce-")}
+    return build(ReproduceConfig, None, tokens, defaults=data)
 
 
 def cells(cfg: ReproduceConfig, pair_dirs: dict[str, Path]) -> dict[str, dict]:

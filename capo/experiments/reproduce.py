@@ -32,19 +32,19 @@ import time
 from pathlib import Path
 
 from capo import artifacts
+from capo import dist
+from capo.datasets.pickapic import import_pairs
+from capo.experiments import budget, power
 from capo.experiments.preset import (ReproduceConfig, benchmark_sets, cells, is_shapes, load_preset,  # noqa: F401 (the stage's config)
                                      out_dir, scaled, base_dir)
-from capo.vocabulary import OBJECTIVES, label, seed_label
 from capo.report import figures, tables
 from capo.stages import evaluate, generate, merge, pairs, score, sweep, train
+from capo.vocabulary import OBJECTIVES, label, seed_label
+from capo.worlds.shapes.labelled import label_pairs
 
 
 def run(cfg: ReproduceConfig) -> dict:
-    from capo.dist import run_stage
-
     if cfg.dry_run:
-        from capo.experiments import budget, power
-
         memo: dict = {}  # prompt counts, shared by the plan and the power table's designs
         p = budget.experiment(cfg, memo=memo)
         g = budget.grpo_cells(cfg, memo=memo) if cfg.grpo else None
@@ -72,9 +72,9 @@ def run(cfg: ReproduceConfig) -> dict:
     for base in cfg.bases:
         b = root / base_dir(base)
         log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {n_max}")
-        run_stage("generate", generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"),
+        dist.run_stage("generate", generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"),
                                                       n=n_max, limit=cfg.train_limit, seed=cfg.seed, quiet=q), cfg.launch)
-        run_stage("score", score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q), cfg.launch)
+        dist.run_stage("score", score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q), cfg.launch)
         tables = {r: str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards}
         pair_dirs: dict[str, Path] = {}
         for r in cfg.rewards:
@@ -85,14 +85,10 @@ def run(cfg: ReproduceConfig) -> dict:
             pairs.run(pairs.PairsConfig(rewards_tables=list(tables.values()), out=str(pair_dirs[sel]),
                                         selector=sel.split("-")[0], seed=cfg.seed, n=k))
         if cfg.human_pairs and is_shapes(base):
-            from capo.worlds.shapes.labelled import label_pairs
-
             pair_dirs["human"] = b / "pairs" / "human"
             label_pairs(b / "samples", pair_dirs["human"], seed=cfg.seed)
         elif cfg.human_pairs:  # Table 4's Diffusion-DPO baseline: Pick-a-Pic v2's human labels
             import glob
-
-            from capo.datasets.pickapic import import_pairs
 
             shards = sorted(glob.glob(cfg.pickapic))
             if not shards:
@@ -119,7 +115,7 @@ def run(cfg: ReproduceConfig) -> dict:
             for s in cfg.seeds[1:]:
                 log(f"{base}: train {lab} seed {s} at beta={sel['beta']:.6g}")
                 d = b / "train" / seed_label(lab, s)
-                run_stage("train", train.TrainConfig(model=base, pairs=str(c["pairs"]), out=str(d), objective=c["objective"],
+                dist.run_stage("train", train.TrainConfig(model=base, pairs=str(c["pairs"]), out=str(d), objective=c["objective"],
                                             beta=sel["beta_trained"], weighting=c["weighting"], bias=c["bias"],
                                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                             lora_rank=cfg.lora_rank, seed=s, checkpoint_every=cfg.steps, keep_checkpoints=0,

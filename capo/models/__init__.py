@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capo.models.errors import ModelLoadError  # noqa: F401 - part of this package's interface
-from capo.registry import MODELS
 from capo import artifacts
+from capo.models.errors import ModelLoadError  # noqa: F401 - part of this package's interface
+from capo.registry import MODELS, PIPELINE_DIRS
 
 CHECKPOINT_FILE = "capo_checkpoint.json"
 DENOISER_WEIGHTS = "denoiser.safetensors"
-
 
 
 def load_model(spec: str):
@@ -36,14 +35,9 @@ def load_model(spec: str):
     p = Path(spec)
     if (p / CHECKPOINT_FILE).is_file():
         return load_checkpoint(p)
-    if (p / "capo_pipeline.json").is_file():
-        from capo.worlds.shapes.pipeline import ShapesPipeline
-
-        return ShapesPipeline.from_pretrained(p)
-    if p.is_dir() and (p / "model_index.json").is_file():
-        from capo.models.diffusers_backends import load_diffusers_dir  # real SDXL / SD3 layouts
-
-        return load_diffusers_dir(p)
+    for marker in PIPELINE_DIRS.names():  # a saved shapes pipeline or a diffusers directory
+        if (p / marker).is_file():
+            return PIPELINE_DIRS.get(marker)(p)
     if spec in MODELS:
         return MODELS.get(spec)()
     if p.exists():

@@ -9,6 +9,7 @@ import operator
 import re
 from typing import NamedTuple
 from capo.eval.geneval import TAGS
+from capo.eval.protocol import render
 from capo.eval.t2i_compbench import CATEGORIES
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -95,8 +96,6 @@ def compare_table(results: dict, label: str) -> str:
     if note:
         rows.append(note)
     if results.get("protocol"):
-        from capo.eval.protocol import render
-
         rows += ["", render(results["protocol"])]
     return "\n".join(rows)
 

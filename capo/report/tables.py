@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
+from capo.eval import protocol
 from capo.eval.stats import two_level_bootstrap
-from capo.report import claims
+from capo.report import claims, frontier
 from capo.report.evidence import comparisons, eval_columns, Evidence, head_to_head, load_json, weighting_rows
 from capo.report.paper import PAPER_BASES, paper_table
 from capo.report.render import cell, mark_column, stat_cell, Table, to_csv_rows, to_latex, to_markdown
@@ -259,10 +260,6 @@ def n_table(ev: Evidence, roles: dict[str, str], base: str) -> Table | None:
 def matched_markdown(base_dir: Path, roles: dict[str, str], gold: str | None) -> str:
     """Validation win-rate at matched divergence (capo.report.frontier), per objective, for the
     FRS and SUM cells: which objective buys more reward, or more truth, per unit of divergence."""
-    try:
-        from capo.report import frontier
-    except ImportError:
-        return ""
     sweeps = {f.parent.name: json.loads(f.read_text()) for f in sorted((base_dir / "sweep").glob("*/sweep.json"))}
     lines = []
     for sel in ("frs", "sum"):
@@ -341,28 +338,26 @@ def render(root: str | Path, roles: dict[str, str], pref: str, with_paper: bool 
     parts.append("## Win-rate at matched divergence (validation)\n")
     for b in built:
         parts += [f"### base: {b}\n", matched_markdown(root / b, roles, gold) or "*(no sweep)*", ""]
-    protocol = protocol_markdown(root, list(built))
-    if protocol:
-        parts += ["## Protocol\n", protocol, ""]
+    cards = protocol_markdown(root, list(built))
+    if cards:
+        parts += ["## Protocol\n", cards, ""]
     return "\n".join(parts) + "\n"
 
 
 def protocol_markdown(root: Path, bases: list[str]) -> str:
     """Each evaluation's protocol card (``capo.eval.protocol``), and what the bases' cards
     disagree on, so that figures measured differently are never set side by side silently."""
-    from capo.eval.protocol import differences, render
-
     parts, cards = [], {}
     for b in bases:
         for part in ("eval", "bench"):
             res = load_json(root / b / part / "results.json")
             if res and res.get("protocol"):
                 cards[(b, part)] = res["protocol"]
-                parts += [f"### base: {b}, {part}\n", render(res["protocol"]), ""]
+                parts += [f"### base: {b}, {part}\n", protocol.render(res["protocol"]), ""]
     for part in ("eval", "bench"):
         keyed = [(b, cards[(b, part)]) for b in bases if (b, part) in cards]
         for (b0, c0), (b1, c1) in zip(keyed, keyed[1:]):
-            diff = differences(c0, c1)
+            diff = protocol.differences(c0, c1)
             if diff:
                 parts.append(f"**The {part} figures of {b0} and {b1} were measured differently:** "
                              + "; ".join(diff) + ".\n")

@@ -39,10 +39,11 @@ from typing import ClassVar
 import numpy as np
 
 from capo import artifacts
+from capo import models
 from capo.config import stage_config, to_dict
-from capo.eval import protocol as P, t2i_compbench as T
+from capo.eval import divergence, geneval, protocol as P, t2i_compbench as T
 from capo.eval.divergence import divergence_rows, param_distance_of
-from capo.eval.dpg_bench import get_vqa, PIC_NUM, score_images
+from capo.eval.dpg_bench import get_vqa, load_questions, PIC_NUM, score_images
 from capo.eval.geneval import (
     clip_color_classifier,
     evaluate_objects,
@@ -51,7 +52,7 @@ from capo.eval.geneval import (
     select_objects,
     write_results_jsonl,
 )
-from capo.eval.image_sets import ImageSetError, read_image_set
+from capo.eval.image_sets import fingerprint, ImageSetError, read_image_set, to_samples_dir
 from capo.eval.winrate import bootstrap_delta, win_rate
 from capo.prompts import load_prompts, records_fingerprint, strata_of
 from capo.registry import BENCHMARKS
@@ -233,35 +234,29 @@ def prompt_set_dir(prompt_set: str) -> str:
 def run(cfg: EvalConfig) -> dict:
     import pandas as pd
 
-    from capo.models import check_model, load_model, model_fingerprint
-
     t0 = time.time()
     image_mode = bool(cfg.images)
-    models = parse_models(cfg.models or cfg.images)
-    shapes = cfg.detector == "shapes" if image_mode else is_shapes_model(load_model(models[0][1]))
+    specs = parse_models(cfg.models or cfg.images)
+    shapes = cfg.detector == "shapes" if image_mode else is_shapes_model(models.load_model(specs[0][1]))
     sets = benchmark_sets(cfg, image_mode, shapes)  # benchmark -> prompt sets (IMAGES: each folder's prompts)
     if "dpg" in sets:
-        from capo.eval.dpg_bench import load_questions
-
         questions = load_questions(cfg.dpg_questions)  # a missing question file fails before any work
     all_sets = prompt_sets_of(sets)
     records = {ps: load_prompts(ps, limit=None if image_mode else cfg.limit, stratify=True, subset_seed=cfg.subset_seed)
                for ps in all_sets if ps != IMAGES}
-    image_sets = read_image_folders(models, sets, records) if image_mode else {}
+    image_sets = read_image_folders(specs, sets, records) if image_mode else {}
     rewards = cfg.rewards if cfg.rewards is not None else (SHAPES_REWARDS if shapes else REAL_REWARDS)
     detector_name = ("shapes" if shapes else "mask2former") if cfg.detector == "auto" else cfg.detector
 
     out = Path(cfg.out)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}
     if image_mode:
-        from capo.eval.image_sets import fingerprint
-
         inputs = {f"images:{ps}:{label}": {"path": str(s.root), "layout": s.layout, "sha256": fingerprint(s)}
                   for (ps, label), s in image_sets.items()}
     else:
-        for _, spec in models:  # a damaged checkpoint fails here, before anything is written
-            check_model(spec)
-        inputs = {f"model:{label}": {"path": spec, "sha256": model_fingerprint(spec)} for label, spec in models}
+        for _, spec in specs:  # a damaged checkpoint fails here, before anything is written
+            models.check_model(spec)
+        inputs = {f"model:{label}": {"path": spec, "sha256": models.model_fingerprint(spec)} for label, spec in specs}
     inputs |= {f"prompts:{ps}": {"path": ps, "sha256": records_fingerprint(r)} for ps, r in records.items()}
     manifest = artifacts.make_manifest("eval", config, inputs)
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
@@ -270,8 +265,6 @@ def run(cfg: EvalConfig) -> dict:
     def samples_of(ps: str, label: str, spec: str) -> Path:
         d = out / "samples" / prompt_set_dir(ps) / label
         if image_mode:
-            from capo.eval.image_sets import to_samples_dir
-
             return to_samples_dir(image_sets[(ps, label)], d)
         generate.run(generate.GenerateConfig(model=spec, prompts=ps, out=str(d), n=cfg.n, seed=cfg.seed,
                                              limit=cfg.limit, stratify=True, subset_seed=cfg.subset_seed,
@@ -323,29 +316,27 @@ def run(cfg: EvalConfig) -> dict:
     color_fn = None
     if "geneval" in sets:
         if detector_name == "shapes":
-            from capo.worlds.shapes.evaluator import detect_batch
-
             detector = lambda ims: detect_batch(np.stack(ims))  # noqa: E731
         else:
             detector = get_detector(detector_name)
             color_fn = lazy_color_fn()
-    results: dict = {"base": models[0][0], "models": dict(models), "prompt_sets": sets,
-                     "n_prompts": {ps: len(records_of(ps, models[0][0])) for ps in all_sets},
-                     "strata": {ps: strata_of(records_of(ps, models[0][0])) for ps in all_sets},
+    results: dict = {"base": specs[0][0], "models": dict(specs), "prompt_sets": sets,
+                     "n_prompts": {ps: len(records_of(ps, specs[0][0])) for ps in all_sets},
+                     "strata": {ps: strata_of(records_of(ps, specs[0][0])) for ps in all_sets},
                      "n_per_prompt": per_prompt_of(image_sets[next(iter(image_sets))]) if image_mode else cfg.n,
-                     "images": {label: str(spec) for label, spec in models} if image_mode else None,
+                     "images": {label: str(spec) for label, spec in specs} if image_mode else None,
                      "seed": cfg.seed, "rewards": list(rewards), "detector": detector_name,
-                     "results": {label: {} for label, _ in models}}
+                     "results": {label: {} for label, _ in specs}}
     memo: dict = {}  # one computation per (benchmark, model spec), however many labels name it
     frames = {bench: {label: memo[(bench, spec)] if (bench, spec) in memo else
-                      memo.setdefault((bench, spec), per_image(bench, label, spec)) for label, spec in models}
+                      memo.setdefault((bench, spec), per_image(bench, label, spec)) for label, spec in specs}
               for bench in sets if bench != "winrate" or "winrate" in cfg.benchmarks}
     if "divergence" in cfg.benchmarks:
-        frames["divergence"] = divergence_frames(cfg, models, sets["winrate"], records, samples_of)
-    results["protocol"] = protocol_card(cfg, sets, records_of, models, detector_name, shapes, rewards,
+        frames["divergence"] = divergence_frames(cfg, specs, sets["winrate"], records, samples_of)
+    results["protocol"] = protocol_card(cfg, sets, records_of, specs, detector_name, shapes, rewards,
                                         image_sets, manifest, compbench_protocols)
-    base_label = models[0][0]
-    for label, spec in models:
+    base_label = specs[0][0]
+    for label, spec in specs:
         entry = results["results"][label]
         for bench in frames:
             if bench != "divergence" or label in frames["divergence"]:
@@ -357,12 +348,12 @@ def run(cfg: EvalConfig) -> dict:
         for bench in ("winrate", "geneval", "compbench", "dpg", "divergence"):
             if bench in entry:
                 artifacts.write_json(out / "results" / label / f"{bench}.json",
-                                     {"eval_run": manifest["run_key"], "model": dict(models)[label],
+                                     {"eval_run": manifest["run_key"], "model": dict(specs)[label],
                                       "prompt_sets": sets["winrate" if bench == "divergence" else bench],
                                       "result": entry[bench],
                                       "delta": entry.get(f"{bench}_delta")})
     artifacts.write_json(out / "results.json", results)
-    artifacts.finish(out, manifest, counts={"models": len(models), **{f"prompts:{k}": len(v) for k, v in records.items()}},
+    artifacts.finish(out, manifest, counts={"models": len(specs), **{f"prompts:{k}": len(v) for k, v in records.items()}},
                      seconds=round(time.time() - t0, 3))
     return {**results, "skipped": False}
 
@@ -407,9 +398,7 @@ def winrate_summary(frames: dict, label: str, base_label: str, n_boot: int, **_)
 
 def geneval_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
     """GenEval's per-tag and overall accuracy; against the base, their paired deltas."""
-    from capo.eval.geneval import summarize
-
-    out = {"geneval": summarize(frames[label].to_dict("records"))}
+    out = {"geneval": geneval.summarize(frames[label].to_dict("records"))}
     if label != base_label:
         f = _paired(frames, label, base_label)
         out["geneval_delta"] = _geneval_deltas(f, f["prompt_id"].to_numpy(), n_boot, bootstrap_delta)
@@ -418,9 +407,7 @@ def geneval_summary(frames: dict, label: str, base_label: str, n_boot: int, **_)
 
 def compbench_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
     """T2I-CompBench's per-category means; against the base, each category's paired delta."""
-    from capo.eval.t2i_compbench import summarize
-
-    out = {"compbench": summarize(frames[label].to_dict("records"))}
+    out = {"compbench": T.summarize(frames[label].to_dict("records"))}
     if label != base_label:
         f = _paired(frames, label, base_label)
         out["compbench_delta"] = {}
@@ -444,10 +431,8 @@ def dpg_summary(frames: dict, label: str, base_label: str, n_boot: int, dpg: dic
 
 def divergence_summary(frames: dict, label: str, base_label: str, n_boot: int, **_) -> dict:
     """The reverse-process KL term from the base on the model's own images, and the parameter distance."""
-    from capo.eval.divergence import divergence_summary as summarize
-
     dv = frames[label]
-    return {"divergence": {**summarize(dv["rows"], n_boot=n_boot), "param_distance": dv["param_distance"]}}
+    return {"divergence": {**divergence.divergence_summary(dv["rows"], n_boot=n_boot), "param_distance": dv["param_distance"]}}
 
 
 IMAGES = "images"  # the prompt set of an image folder: the prompts its own layout names
@@ -528,18 +513,16 @@ def per_prompt_of(image_set) -> int:
     return max(counts.values())
 
 
-def divergence_frames(cfg: EvalConfig, models, prompt_sets, records, samples_of) -> dict:
+def divergence_frames(cfg: EvalConfig, specs, prompt_sets, records, samples_of) -> dict:
     """Per model (the base excluded): divergence rows on the win-rate prompts, from the
     latents of its evaluation images (the same images the win-rates score), and the
     parameter distance."""
     import pandas as pd
 
-    from capo.models import load_model
-
-    base = load_model(models[0][1])
+    base = models.load_model(specs[0][1])
     out = {}
-    for label, spec in models[1:]:
-        model = load_model(spec)
+    for label, spec in specs[1:]:
+        model = models.load_model(spec)
         rows = []
         for ps in prompt_sets:
             d = samples_of(ps, label, spec)

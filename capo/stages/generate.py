@@ -31,12 +31,13 @@ from typing import ClassVar
 import numpy as np
 
 from capo import artifacts
+from capo import models
 from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
 from capo.eval.geneval import upstream_metadata
 from capo.progress import progress
-from capo.samples import image_folders, item_seed, shard_done, write_png  # noqa: F401 (re-exported)
 from capo.prompts import load_prompts, records_fingerprint
+from capo.samples import image_folders, item_seed, shard_done, write_png  # noqa: F401 (re-exported)
 
 
 @stage_config
@@ -67,20 +68,18 @@ def run(cfg: GenerateConfig) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from capo.models import load_model, model_fingerprint
-
     t0 = time.time()
     state = partial_state()
     records = load_prompts(cfg.prompts, limit=cfg.limit, stratify=cfg.stratify, subset_seed=cfg.subset_seed)
     config = to_dict(cfg) | {"out": None, "overwrite": None, "quiet": None}
     manifest = artifacts.make_manifest("generate", config, {
-        "model": {"path": cfg.model, "sha256": model_fingerprint(cfg.model)},
+        "model": {"path": cfg.model, "sha256": models.model_fingerprint(cfg.model)},
         "prompts": {"path": cfg.prompts, "sha256": records_fingerprint(records)},
     })
     out = Path(cfg.out)
     if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
-    model = load_model(cfg.model)  # inputs load before anything is written
+    model = models.load_model(cfg.model)  # inputs load before anything is written
     if prepare_out_dir(state, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
     if state.is_main_process and not (out / "prompts.jsonl").is_file():

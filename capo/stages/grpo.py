@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
+from capo import models
 from capo.config import to_dict
 from capo.dist import accelerator as make_accelerator, prepare_out_dir
 from capo.method.grpo import (
@@ -61,7 +62,9 @@ from capo.method.schedules import eps_from_prediction
 from capo.progress import progress
 from capo.prompts import load_prompts, records_fingerprint
 from capo.rewards import load_reward
-from capo.stages.training import latest_checkpoint, rotate_checkpoints, save_final, TrainingDiverged
+from capo.stages.training import (frozen_reference, latest_checkpoint, logged_step, make_optimizer, make_policy,
+                                  reference_denoiser, rotate_checkpoints, save_final, TrainingDiverged,
+                                  use_checkpointing)
 
 NOISE_DEFAULTS = {"ddim": 1.0, "flow": 0.7}  # DDPO's eta; Flow-GRPO's a
 TRACKING_KEYS = ("report_to", "run_name", "tracker_project")  # never part of a run key (capo.tracking)
@@ -313,22 +316,18 @@ def setup(cfg) -> Run | dict:
     import torch
     from accelerate.utils import set_seed
 
-    from capo.models import load_model, model_fingerprint
-    from capo.stages.training import (frozen_reference, latest_checkpoint, logged_step, make_optimizer, make_policy,
-                                      reference_denoiser, use_checkpointing)
-
     src = _prompt_source(cfg)
     accelerator = make_accelerator(mixed_precision=cfg.mixed_precision)
     out = Path(cfg.out)
     config = {k: v for k, v in to_dict(cfg).items() if k not in TRACKING_KEYS}
     config |= {"out": None, "overwrite": None, "quiet": None, "stop_after": None}
-    inputs = {"model": {"path": cfg.model, "sha256": model_fingerprint(cfg.model)}, **src["inputs"]}
+    inputs = {"model": {"path": cfg.model, "sha256": models.model_fingerprint(cfg.model)}, **src["inputs"]}
     if cfg.reference:
-        inputs["reference"] = {"path": cfg.reference, "sha256": model_fingerprint(cfg.reference)}
+        inputs["reference"] = {"path": cfg.reference, "sha256": models.model_fingerprint(cfg.reference)}
     manifest = artifacts.make_manifest("train", config, inputs, processes=accelerator.num_processes)
     if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
-    model = load_model(cfg.model)
+    model = models.load_model(cfg.model)
     rewards = [load_reward(r, device=accelerator.device, **({"path": cfg.reward_paths[r]} if r in cfg.reward_paths else {}))
                for r in src["rewards"]]
     if both := sorted(set(src["rewards"]) & set(cfg.monitor_rewards)):

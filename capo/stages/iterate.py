@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from capo import artifacts, tracking
+from capo import models
 from capo.config import stage_config, to_dict
 from capo.stages import generate, pairs, score, train
 
@@ -124,12 +125,10 @@ def first_round(pairs_dir: Path) -> dict:
 
 
 def run(cfg: IterateConfig) -> dict:
-    from capo.models import model_fingerprint
-
     t0 = time.time()
     first = first_round(Path(cfg.pairs))
     sm = first["samples_manifest"]
-    if sm["inputs"]["model"]["sha256"] != model_fingerprint(cfg.model):
+    if sm["inputs"]["model"]["sha256"] != models.model_fingerprint(cfg.model):
         raise artifacts.ArtifactError(
             f"{cfg.pairs}: built from samples of {sm['inputs']['model']['path']!r}, not of {cfg.model!r}: round 1 "
             "trains on the base model's own samples")
@@ -174,7 +173,7 @@ def run(cfg: IterateConfig) -> dict:
                                     report_to=cfg.report_to, run_name=f"{name}.round-{r}", **common))
         model = str(round_checkpoint(out, r))
         rounds.append({"round": r, "steps": steps[r - 1], "checkpoint": model,
-                       "fingerprint": model_fingerprint(model), "pairs": str(pairs_dir),
+                       "fingerprint": models.model_fingerprint(model), "pairs": str(pairs_dir),
                        "samples": str(first["samples"] if r == 1 else d / "samples")})
     done = artifacts.finish(out, manifest, rounds=rounds, final=model, seconds=round(time.time() - t0, 3))
     log(f"done: {model}")

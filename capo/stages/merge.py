@@ -4,7 +4,7 @@ Task vectors (fine-tuned minus base; for LoRA checkpoints the dense ``s * B @ A`
 merged linearly or by slerp with weights (``capo.method.merging``; slerp of more than two
 models is sequential in the given order, so pass checkpoints in a fixed order, e.g. the
 order of the reward list) and added to the base. The result is a full-weight capo
-checkpoint in ``out`` (``load_model(out)`` reads it).
+checkpoint in ``out`` (``models.load_model(out)`` reads it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from capo import artifacts
+from capo import models
 from capo.config import stage_config, to_dict
 from capo.method.merging import apply_delta, lora_scaling, merge, merge_lora
 
@@ -42,14 +43,12 @@ class MergeConfig:
 def run(cfg: MergeConfig) -> dict:
     from safetensors.torch import load_file
 
-    from capo.models import CHECKPOINT_FILE, DENOISER_WEIGHTS, load_model, save_checkpoint
-
     t0 = time.time()
     metas = []
     for c in cfg.checkpoints:
-        f = Path(c) / CHECKPOINT_FILE
+        f = Path(c) / models.CHECKPOINT_FILE
         if not f.is_file():
-            raise artifacts.ArtifactError(f"{c}: not a capo checkpoint (no {CHECKPOINT_FILE})")
+            raise artifacts.ArtifactError(f"{c}: not a capo checkpoint (no {models.CHECKPOINT_FILE})")
         metas.append(json.loads(f.read_text()))
     bases = {(m["base"], m["base_fingerprint"]) for m in metas}
     if len(bases) != 1:
@@ -63,11 +62,11 @@ def run(cfg: MergeConfig) -> dict:
     if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
 
-    base_state = {k: v.clone() for k, v in load_model(base_spec).denoiser.state_dict().items()}
+    base_state = {k: v.clone() for k, v in models.load_model(base_spec).denoiser.state_dict().items()}
     formats = {m["format"] for m in metas}
     if formats == {"full"}:
-        models = [load_file(str(Path(c) / DENOISER_WEIGHTS)) for c in cfg.checkpoints]
-        merged = merge(base_state, models, weights=cfg.weights, method=cfg.method)
+        states = [load_file(str(Path(c) / models.DENOISER_WEIGHTS)) for c in cfg.checkpoints]
+        merged = merge(base_state, states, weights=cfg.weights, method=cfg.method)
     elif formats == {"lora"}:
         adapters, scalings = [], []
         for c in cfg.checkpoints:
@@ -78,7 +77,7 @@ def run(cfg: MergeConfig) -> dict:
     else:
         raise ValueError(f"cannot merge a mix of full and LoRA checkpoints ({sorted(formats)})")
     artifacts.prepare_out_dir(out, manifest, cfg.overwrite)  # every input read: now write
-    save_checkpoint(out, base_spec, denoiser_state=merged,
+    models.save_checkpoint(out, base_spec, denoiser_state=merged,
                     extra={"merged_from": cfg.checkpoints, "method": cfg.method, "weights": cfg.weights})
     done = artifacts.finish(out, manifest, seconds=round(time.time() - t0, 3))
     return {**done, "skipped": False}

@@ -49,6 +49,8 @@ from typing import ClassVar
 import numpy as np
 
 from capo import artifacts, tracking
+from capo import dist
+from capo import models
 from capo.config import stage_config, to_dict
 from capo.eval.divergence import divergence_rows, divergence_summary, param_distance_of, times_from_uniform
 from capo.eval.winrate import win_rate
@@ -166,13 +168,11 @@ _REWARDS: dict = {}
 
 
 def _model(spec: str):
-    from capo.models import load_model, model_fingerprint
-
-    key = (spec, model_fingerprint(spec))
+    key = (spec, models.model_fingerprint(spec))
     if key not in _MODELS:
         if len(_MODELS) > 2:
             _MODELS.pop(next(iter(_MODELS)))
-        _MODELS[key] = load_model(spec)
+        _MODELS[key] = models.load_model(spec)
     return _MODELS[key]
 
 
@@ -205,11 +205,9 @@ def sample_and_score(model, records: list[dict], n: int, seed: int, rewards: lis
 
 def base_validation(cfg: SweepConfig, records: list[dict], rewards: list[str]):
     """The base model's validation scores, computed once per (model, prompts, n, seed, rewards)."""
-    from capo.models import model_fingerprint
-
     d = Path(cfg.base_cache or Path(cfg.out) / "base-val")
     key = artifacts.run_key({"n": cfg.val_n, "seed": cfg.eval_seed, "rewards": sorted(rewards)},
-                            {"model": model_fingerprint(cfg.model), "prompts": records_fingerprint(records)})
+                            {"model": models.model_fingerprint(cfg.model), "prompts": records_fingerprint(records)})
     f = d / f"scores-{key[:16]}.parquet"
     if f.is_file():
         return artifacts.read_table(f)
@@ -255,8 +253,6 @@ def select(values: list[float | None]) -> int | None:
 
 # ----------------------------------------------------------------------------- run
 def run(cfg: SweepConfig) -> dict:
-    from capo.dist import run_stage
-    from capo.models import model_fingerprint
 
     t0 = time.time()
     records = load_prompts(cfg.val_prompts, limit=cfg.val_limit, stratify=True)
@@ -270,7 +266,7 @@ def run(cfg: SweepConfig) -> dict:
     config = tracking.unkeyed(to_dict(cfg)) | {"out": None, "overwrite": None, "quiet": None, "base_cache": None,
                                                "batch": None}
     manifest = artifacts.make_manifest("sweep", config, {
-        "model": {"path": cfg.model, "sha256": model_fingerprint(cfg.model)},
+        "model": {"path": cfg.model, "sha256": models.model_fingerprint(cfg.model)},
         "pairs": {"path": cfg.pairs, "sha256": pm["run_key"]},
         "val_prompts": {"path": cfg.val_prompts, "sha256": records_fingerprint(records)}})
     if artifacts.prepare_out_dir(out, manifest, cfg.overwrite):
@@ -291,7 +287,7 @@ def run(cfg: SweepConfig) -> dict:
             d = out / f"beta-{fmt_beta(beta)}"
             log(f"{cfg.objective} beta={fmt_beta(beta)} (trained as {beta / scale:.4g})")
             if cfg.rounds == 1:
-                run_stage("train", train.TrainConfig(model=cfg.model, pairs=cfg.pairs, out=str(d), objective=cfg.objective,
+                dist.run_stage("train", train.TrainConfig(model=cfg.model, pairs=cfg.pairs, out=str(d), objective=cfg.objective,
                                             beta=beta / scale, weighting=cfg.weighting, bias=cfg.bias, noise=cfg.noise,
                                             lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps,
                                             batch_size=cfg.batch_size, seed=cfg.seed, checkpoint_every=cfg.steps,

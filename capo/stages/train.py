@@ -34,19 +34,21 @@ from typing import ClassVar
 import numpy as np
 
 from capo import artifacts, tracking
+from capo import models
+from capo import plan
 from capo.config import stage_config, to_dict
 from capo.dist import accelerator as make_accelerator
 from capo.dist import prepare_out_dir
-from capo.progress import progress
-from capo.stages.training import (TrainingDiverged, frozen_reference,
-                                  latest_checkpoint, logged_step, make_optimizer, make_policy, reference_denoiser,
-                                  rotate_checkpoints, save_final, use_checkpointing)
-from capo.samples import LatentCache  # noqa: F401 (re-exported)
-from capo import plan
 from capo.method.implicit import implicit_reward, loss_factor, squared_error
 from capo.method.schedules import add_noise, alphas_cumprod_of, ddpm_terms, eps_from_prediction, flow_terms
 from capo.method.selection import frs
+from capo.progress import progress
 from capo.registry import OBJECTIVES
+from capo.samples import LatentCache  # noqa: F401 (re-exported)
+from capo.stages import grpo
+from capo.stages.training import (TrainingDiverged, frozen_reference,
+                                  latest_checkpoint, logged_step, make_optimizer, make_policy, reference_denoiser,
+                                  rotate_checkpoints, save_final, use_checkpointing)
 
 
 GRPO_KEYS = ("prompts", "rewards", "reward_weights", "reward_paths", "group_size", "advantage", "advantage_norm",
@@ -139,9 +141,7 @@ class TrainConfig:
         if err := tracking.missing(self.report_to):  # before anything is loaded or written
             yield err
         if self.objective == "grpo":
-            from capo.stages.grpo import contradictions
-
-            yield from contradictions(self)
+            yield from grpo.contradictions(self)
         else:
             if self.pairs is None:
                 yield f"pairs: objective={self.objective} trains on a `capo pairs` output: give pairs=DIR"
@@ -266,8 +266,6 @@ def draw_times_and_noise(model, latents_shape, seed: int, m: int, shared: bool):
 
 
 def _check_inputs(cfg: TrainConfig, pairs_dir: Path, samples: Path):
-    from capo.models import model_fingerprint
-
     pm = artifacts.read_json(pairs_dir / artifacts.MANIFEST) if (pairs_dir / artifacts.MANIFEST).is_file() else None
     if not pm or pm.get("stage") != "pairs" or not pm.get("complete"):
         raise artifacts.ArtifactError(f"{pairs_dir}: not a complete `capo pairs` output")
@@ -276,7 +274,7 @@ def _check_inputs(cfg: TrainConfig, pairs_dir: Path, samples: Path):
         raise artifacts.ArtifactError(
             f"{pairs_dir} was built from samples {pm['samples']['path']} ({pm['samples']['sha256'][:12]}), "
             f"not from {samples} ({sm['run_key'][:12]})")
-    want = model_fingerprint(cfg.model)
+    want = models.model_fingerprint(cfg.model)
     if sm["inputs"]["model"]["sha256"] != want:
         raise artifacts.ArtifactError(
             f"{samples} holds samples of model {sm['inputs']['model']['path']!r}, not of {cfg.model!r}: "
@@ -346,8 +344,6 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.objective == "grpo":  # the online policy-gradient baseline (issue #22) has its own loop
         if cfg.dry_run:
             return dry_run(cfg)
-        from capo.stages import grpo
-
         return grpo.run(cfg)
     runs = tracking.Runs()
     try:
@@ -439,8 +435,6 @@ def setup(cfg: TrainConfig) -> Run | dict:
     import torch
     from accelerate.utils import set_seed
 
-    from capo.models import load_model
-
     objective = OBJECTIVES.get(cfg.objective)
     pairs_dir = Path(cfg.pairs)
     pm_path = pairs_dir / artifacts.MANIFEST
@@ -462,13 +456,11 @@ def setup(cfg: TrainConfig) -> Run | dict:
         "samples": {"path": str(samples), "sha256": sm["run_key"]},
     }, processes=accelerator.num_processes)
     if cfg.reference:
-        from capo.models import model_fingerprint
-
-        manifest["inputs"]["reference"] = {"path": cfg.reference, "sha256": model_fingerprint(cfg.reference)}
+        manifest["inputs"]["reference"] = {"path": cfg.reference, "sha256": models.model_fingerprint(cfg.reference)}
     manifest["config"]["effective_batch_pairs"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     if artifacts.existing_run(out, manifest, cfg.overwrite) == "complete":
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}
-    model = load_model(cfg.model)  # inputs load before anything is written
+    model = models.load_model(cfg.model)  # inputs load before anything is written
     ref_net = reference_denoiser(cfg.reference, model.denoiser) if cfg.reference else None
     if prepare_out_dir(accelerator, out, manifest, cfg.overwrite):
         return {**artifacts.read_json(out / artifacts.MANIFEST), "skipped": True}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from capo import models
 from capo.models import save_checkpoint
 
 
@@ -31,9 +32,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 def reference_denoiser(spec: str, denoiser):
     """The denoiser of model ``spec`` as a frozen reference for ``denoiser``: the same
     architecture is required (same parameter names and shapes)."""
-    from capo.models import load_model
-
-    ref = load_model(spec).denoiser
+    ref = models.load_model(spec).denoiser
     mine = {k: tuple(v.shape) for k, v in denoiser.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     if mine != theirs:

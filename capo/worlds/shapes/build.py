@@ -22,9 +22,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from capo import artifacts
+from capo import models
 from capo.config import stage_config, to_dict
 from capo.eval.geneval import evaluate_image, summarize
 from capo.samples import item_seed
+from . import zoo
+from .evaluator import detect_batch
+from .grammar import prompt_sets
+from .pipeline import ShapesPipeline
+from .pretrain import train_base, train_vae
+from .rewards import train_rewards
 
 CHECKSUMS = "checksums.json"
 
@@ -87,8 +94,6 @@ def verify(root: Path) -> list[str]:
 
 def quality(pipe, records: list[dict], n: int, seed: int = 0) -> dict:
     """GenEval-like per-tag accuracy of a base model by the world's evaluator."""
-    from .evaluator import detect_batch
-
     prompts = [r["prompt"] for r in records for _ in range(n)]
     seeds = [item_seed(seed, r.get("id", r["prompt"]), k) for r in records for k in range(n)]
     t0 = time.time()
@@ -105,11 +110,6 @@ def quality(pipe, records: list[dict], n: int, seed: int = 0) -> dict:
 def run(cfg: WorldConfig) -> dict:
     import torch
 
-    from . import zoo
-    from .grammar import prompt_sets
-    from .pretrain import train_base, train_vae
-    from .rewards import train_rewards
-
     t0 = time.time()
     kinds = ("sdxl-like", "sd3-like")
     train = [k.strip() for k in cfg.train.split(",") if k.strip()]
@@ -121,8 +121,6 @@ def run(cfg: WorldConfig) -> dict:
     figures: dict = {}
     pipes = {}
     if cfg.init:
-        from .pipeline import ShapesPipeline
-
         pipes = {k: ShapesPipeline.from_pretrained(Path(cfg.init) / k) for k in kinds}
         vae, figures["vae"] = pipes["sdxl-like"].vae, {"init": str(cfg.init)}
         if (Path(cfg.init) / artifacts.MANIFEST).exists():  # keep the recipe of the warm start
@@ -177,16 +175,11 @@ def show(model: str, out: str, per_tag: int = 4, seed: int = 0) -> Path:
     (the evaluator says correct) or red (wrong), with the prompt above it."""
     from PIL import Image, ImageDraw
 
-    from capo.models import load_model
-
-    from .evaluator import detect_batch
-    from .grammar import prompt_sets
-
     held = prompt_sets(seed=seed, distinct=True)["geneval"]
     tags = list(dict.fromkeys(r["tag"] for r in held))
     chosen = [[r for r in held if r["tag"] == t][:per_tag] for t in tags]
     flat = [r for row in chosen for r in row]
-    pipe = load_model(model)
+    pipe = models.load_model(model)
     images, _ = pipe.sample([r["prompt"] for r in flat], [item_seed(seed, r["id"], 0) for r in flat])
     verdicts = [evaluate_image(r, d)[0] for r, d in zip(flat, detect_batch(images))]
     cell, pad, text_h, label_w = 128, 6, 26, 110

@@ -18,12 +18,11 @@ import numpy as np
 
 from capo import artifacts
 from capo.samples import load_images, load_samples
+from . import truth
 
 
 def label_pairs(samples: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
     import pandas as pd
-
-    from . import truth
 
     samples, out = Path(samples), Path(out)
     smanifest, index = load_samples(samples)

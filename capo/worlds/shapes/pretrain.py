@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from . import models as M
+from .grammar import sample_training_pair, VOCAB
 from .pipeline import ShapesPipeline, build_pipeline
+from .render import render_batch
 
 
 # ---------------------------------------------------------------------------- data
 def training_batch(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray]:
     """``n`` (prompt, image) pairs from the world: prompts and uint8 ``(n, 32, 32, 3)``."""
-    from .grammar import sample_training_pair
-    from .render import render_batch
 
     pairs = [sample_training_pair(rng) for _ in range(n)]
     prompts = [p for p, _ in pairs]
@@ -245,7 +245,7 @@ def train_base(kind: str, vae, vocab=None, size: str = "default", steps: int = 4
     either way, so the data stream does not depend on the device.
     """
     if vocab is None:
-        from .grammar import VOCAB as vocab
+        vocab = VOCAB
     with deterministic(seed):
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)

@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from capo.worlds.shapes.parsing import parse_prompt
 from .evaluator import ATTRIBUTES, compbench_position, detect, segment
 from .scene import BACKGROUND
 
@@ -121,7 +122,6 @@ def alignment(record: dict, image: np.ndarray | None, detections: Sequence[dict]
     """Graded prompt alignment in [0, 1]: the mean of ``alignment_parts``. Pass
     ``detections`` (of ``image``) to skip detection; ``image`` may then be ``None`` (32 px)."""
     if "include" not in record and record.get("prompt"):  # text only (a .txt prompt file): parse it
-        from capo.worlds.shapes.rewards.prompts import parse_prompt
 
         record = {**record, **parse_prompt(record["prompt"])}  # a prompt outside the grammar: ValueError
     dets = detect(image) if detections is None else detections

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from capo import artifacts
+from capo.models.errors import ModelLoadError
 from capo.worlds.shapes.pipeline import ShapesPipeline
 
 ARTIFACTS = Path(__file__).with_name("artifacts")
@@ -16,8 +17,6 @@ ARTIFACTS = Path(__file__).with_name("artifacts")
 def artifact_dir(name: str) -> Path:
     d = ARTIFACTS / name
     if not d.is_dir():
-        from capo.models.errors import ModelLoadError
-
         raise ModelLoadError(f"shapes-world model {name!r} is not built: expected {d}. Build the world with "
                              "`capo world build` (about 30 minutes on a CPU) or use a fresh clone, which ships it")
     return d

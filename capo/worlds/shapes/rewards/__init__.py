@@ -26,7 +26,7 @@ from .models import (AESTHETIC, AESTHETIC_TEMPERATURE, CLASSES, CONFIG_NAME, DEF
                      PrefReward, VQAReward, artifact_dir, images_to_tensor, load_aesthetic, load_gold, load_pref,
                      load_vqa)
 from .negatives import PERTURBATIONS, hard_negative, perturb_phrase, perturb_prompt
-from .prompts import parse_phrase, parse_prompt, phrase_record, phrase_text
+from ..parsing import parse_phrase, parse_prompt, phrase_record, phrase_text
 from .samplers import CONTENT_ERRORS, mixed_sampler, pipeline_sampler, render_sampler
 from .training import (AESTHETIC_LABEL_NOISE, MATCH_THRESHOLD, bt_loss, label_images, simulated_choices,
                        train_aesthetic, train_pref, train_vqa, vqa_targets)

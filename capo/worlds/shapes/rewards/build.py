@@ -28,6 +28,7 @@ import numpy as np
 from ..grammar import prompt_sets
 from .metrics import evaluate_rewards
 from .models import AESTHETIC, CLASSES, GOLD, LEARNED, PREF, VQA, GoldReward, _check_size
+from ..pipeline import ShapesPipeline
 from .samplers import mixed_sampler, pipeline_sampler, render_sampler
 from .training import _pool, _torch_threads, train_aesthetic, train_pref, train_vqa
 
@@ -95,8 +96,6 @@ def train_rewards(out_dir, seed: int = 0, minutes: float = 5.0, size: str = "def
     if sample_images is None:
         sample_images = render_sampler()
         if base is not None:
-            from ..pipeline import ShapesPipeline
-
             pipe = base if isinstance(base, ShapesPipeline) else ShapesPipeline.from_pretrained(base)
             sample_images = mixed_sampler([sample_images, pipeline_sampler(pipe)], [1 - base_fraction, base_fraction])
     source = getattr(sample_images, "description", repr(sample_images))

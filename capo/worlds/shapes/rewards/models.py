@@ -33,9 +33,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..grammar import VOCAB
-from .prompts import _prompt_text, parse_prompt
 from capo.rewards import RewardLoadError
+from .. import zoo
+from ..grammar import VOCAB
+from ..models import BOS_ID, build_tokenizer, EOS_ID, MAX_LENGTH, PAD_ID, SPECIAL_TOKENS
+from ..parsing import _prompt_text, parse_prompt
+from ..truth import utility_batch
 
 PREF, VQA, AESTHETIC, GOLD = "shapes-pref", "shapes-vqa", "shapes-aesthetic", "shapes-gold"
 LEARNED = (PREF, VQA, AESTHETIC)
@@ -67,8 +70,6 @@ def _vision_kwargs(spec: dict) -> dict:
 
 
 def _text_kwargs(spec: dict, vocab_size: int) -> dict:
-    from ..models import BOS_ID, EOS_ID, MAX_LENGTH, PAD_ID
-
     return dict(vocab_size=vocab_size, max_position_embeddings=MAX_LENGTH, pad_token_id=PAD_ID,
                 bos_token_id=BOS_ID, eos_token_id=EOS_ID, **spec["text"])
 
@@ -82,8 +83,6 @@ def images_to_tensor(images: np.ndarray):
 
 def _vocab_size(vocab: Sequence[str]) -> int:
     """Token ids of ``models.build_tokenizer(vocab)``: the special tokens plus the distinct words."""
-    from ..models import SPECIAL_TOKENS
-
     return len(SPECIAL_TOKENS) + len({w.lower() for w in vocab} - set(SPECIAL_TOKENS))
 
 
@@ -100,8 +99,6 @@ class LearnedReward:
     def __init__(self, module, spec: dict, vocab: Sequence[str] = VOCAB, device=None,
                  batch_size: int = DEFAULT_BATCH_SIZE, info: dict | None = None):
         import torch
-
-        from ..models import build_tokenizer
 
         self.spec = dict(spec)
         self.vocab = list(vocab)
@@ -130,8 +127,6 @@ class LearnedReward:
 
     # ------------------------------------------------------------------ scoring
     def tokenize(self, prompts: Sequence[str | dict]):
-        from ..models import MAX_LENGTH
-
         tok = self.tokenizer([_prompt_text(p) for p in prompts], padding="max_length", truncation=True,
                              max_length=MAX_LENGTH, return_tensors="pt")
         return tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
@@ -315,8 +310,6 @@ class GoldReward:
     bt_transform = "temperature:0.1"
 
     def __call__(self, images: np.ndarray, prompts: Sequence[str | dict]) -> np.ndarray:
-        from ..truth import utility_batch
-
         images = np.asarray(images)
         if len(prompts) != len(images):
             raise ValueError(f"{self.name}: {len(images)} images but {len(prompts)} prompts")
@@ -330,9 +323,7 @@ CLASSES = {PREF: PrefReward, VQA: VQAReward, AESTHETIC: AestheticReward}
 
 # =========================================================================== factories
 def artifact_dir(name: str) -> Path:
-    from ..zoo import ARTIFACTS
-
-    return ARTIFACTS / "rewards" / name
+    return zoo.ARTIFACTS / "rewards" / name  # looked up when called: a test or a caller may move the artifacts
 
 
 def _load(name: str, path=None, device=None, **kwargs) -> LearnedReward:

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from ..grammar import MAX_PROMPT_WORDS, tokenize_words
+from ..parsing import _ATTR_ORDER, _ATTR_VALUES, _prompt_text, parse_phrase, parse_prompt, phrase_record, phrase_text
 from ..scene import MAX_OBJECTS, SHAPES
-from .prompts import _ATTR_ORDER, _ATTR_VALUES, _prompt_text, parse_phrase, parse_prompt, phrase_record, phrase_text
 
 
 PERTURBATIONS = ("swap_attribute", "change_attribute", "add_attribute", "change_count", "change_shape",

@@ -15,11 +15,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..grammar import sample_scene
-from ..scene import MAX_OBJECTS, SHAPES, Scene
 from .degradations import DEGRADATIONS, degrade
+from ..grammar import sample_scene
 from .negatives import perturb_prompt
-from .prompts import _prompt_text
+from ..parsing import _prompt_text
+from ..render import render_batch
+from ..scene import MAX_OBJECTS, SHAPES, Scene
 
 CONTENT_ERRORS = ("perturbed", "missing", "extra")
 
@@ -44,8 +45,6 @@ def render_sampler(p_wrong: float = 0.35, p_degrade: float = 0.4) -> Callable:
     record; with probability ``p_wrong`` a content error instead (``CONTENT_ERRORS``, one
     drawn uniformly: a scene of a hard-negative prompt, one object missing, one extra
     object); then with probability ``p_degrade`` one or two ``DEGRADATIONS``."""
-    from ..render import render_batch
-
     def sample_images(records: Sequence[dict], rng: np.random.Generator) -> np.ndarray:
         scenes = []
         for record in records:

@@ -23,9 +23,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from capo.progress import progress
+from ..evaluator import detect
 from .models import AestheticReward, PrefReward, VQAReward, images_to_tensor
 from .negatives import hard_negative
-from capo.progress import progress
+from ..pretrain import lr_at
+from ..truth import aesthetic, alignment, ALIGNMENT_WEIGHT, preference_probability
 
 AESTHETIC_LABEL_NOISE = 0.03  # std of the noise on truth.aesthetic labels (aesthetic units, [0, 1])
 MATCH_THRESHOLD = 0.8  # truth.alignment at or above which an (image, prompt) pair is a "yes"
@@ -42,8 +45,6 @@ def bt_loss(score_a, score_b, choice):
 
 def simulated_choices(utility_a: np.ndarray, utility_b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``truth.simulate_choices``'s draw from precomputed utilities (0 = ``a`` preferred)."""
-    from ..truth import preference_probability
-
     p = preference_probability(utility_a, utility_b)
     return (rng.random(len(p)) >= p).astype(np.int64)
 
@@ -63,8 +64,6 @@ def _torch_threads(n: int | None):
 
 def label_images(records: Sequence[dict], images: np.ndarray) -> dict:
     """The truth's view of each image of its record: detections, alignment, aesthetic, utility."""
-    from ..evaluator import detect
-    from ..truth import ALIGNMENT_WEIGHT, aesthetic, alignment
 
     dets = [detect(im) for im in images]
     align = np.array([alignment(r, None, d) for r, d in zip(records, dets)])
@@ -77,8 +76,6 @@ def _pool(records: Sequence[dict], k: int, sample_images: Callable, rng: np.rand
           neg_rng: np.random.Generator, progress_desc: str, show: bool, chunk: int = 256) -> dict:
     """``k`` images per record (image ``i * k + j`` is record ``i``'s ``j``-th), truth
     labels, and one hard-negative prompt per image with its truth label."""
-    from ..truth import alignment
-
     recs = [r for r in records for _ in range(k)]
     images, labels = [], []
     neg_records, neg_kinds, neg_align = [], [], []
@@ -108,8 +105,6 @@ def _fit(params, loss_fn: Callable, steps: int, lr: float, deadline: float, desc
     """AdamW, linear warmup then cosine to 10% (``pretrain.lr_at``); ``loss_fn(step)``
     returns the batch loss. Stops early at ``deadline`` (``time.monotonic``)."""
     import torch
-
-    from ..pretrain import lr_at
 
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -197,8 +192,6 @@ def train_vqa(model: VQAReward, pool: dict, rng: np.random.Generator, steps: int
     and ``negatives`` hard-negative prompts drawn afresh at every step, targets from
     ``truth.alignment`` of the pair (``vqa_targets``, from the image's cached detections)."""
     import torch
-
-    from ..truth import alignment
 
     images = torch.from_numpy(pool["images"])
     records, dets = pool["records"], pool["detections"]

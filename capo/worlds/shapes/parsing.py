@@ -1,15 +1,15 @@
-"""Prompt parsing for the shapes world's rewards.
+"""Prompt parsing for the shapes world: the inverse of ``grammar``, used by its truth and its rewards.
 
 Prompts are strings (or prompt records, whose ``"prompt"`` is used); the gold reward
 parses strings back to records with ``parse_prompt``, which inverts every phrasing of
-``grammar`` (GenEval, CompBench and pretraining captions). ``negatives`` perturbs parsed
+``grammar`` (GenEval, CompBench and pretraining captions). ``rewards.negatives`` perturbs parsed
 prompts into hard negatives.
 """
 
 from __future__ import annotations
 
-from ..grammar import COMPLEX_WORDS, NUMBERS, PLURALS, RELATIONS, SPATIAL_WORDS, _article, tokenize_words
-from ..scene import COLORS, SHAPES, SIZES, TEXTURES
+from .grammar import COMPLEX_WORDS, NUMBERS, PLURALS, RELATIONS, SPATIAL_WORDS, _article, tokenize_words
+from .scene import COLORS, SHAPES, SIZES, TEXTURES
 
 
 # A parsed prompt ("phrase"): {"prefix": bool ("a photo of"), "nps": [np, ...],
