@@ -144,7 +144,7 @@ def layout_(samples, layout, out):
 @click.argument("kind", required=False)
 def ls_(kind):
     """List registered names: models, rewards, benchmarks, prompt sets, detectors, selectors,
-    objectives, transforms, world prompt families."""
+    objectives, transforms, world prompt families, saved-pipeline directory formats."""
 
     listed = {k: [(n, reg.doc(n)) for n in reg.names()] for k, reg in all_registries().items()}
     listed["prompt-sets"] = [(n, PROMPT_SETS[n].description) for n in sorted(PROMPT_SETS)]
