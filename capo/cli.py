@@ -155,8 +155,9 @@ def ls_(kind):
         if k not in listed:
             _fail(f"unknown kind {k!r}; known: {', '.join(sorted(listed))}")
         click.echo(f"{k}:")
+        width = max([16, *(len(name) + 1 for name, _ in listed[k])])
         for name, doc in listed[k]:
-            click.echo(f"  {name:<16} {doc}")
+            click.echo(f"  {name:<{width}} {doc}")
 
 
 STAGES = {  # command -> (module, config class, one-line help)

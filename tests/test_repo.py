@@ -83,5 +83,7 @@ def test_ls_lists_benchmarks_prompt_sets_detectors_and_world_prompts():
     assert listed("prompt-sets") == sorted(PROMPT_SETS) and "geneval" in listed("prompt-sets")
     assert {"mask2former", "mmdet", "owlv2", "unidet"} <= set(listed("detectors"))
     assert listed("world-prompts") == ["shapes"]
+    assert listed("pipeline-dirs") == ["capo_pipeline.json", "model_index.json"]
+    assert "capo_pipeline.json  a shapes-world pipeline" in sections["pipeline-dirs"]  # the column fits the name
     bad = CliRunner().invoke(main, ["ls", "benchmark"])
     assert bad.exit_code != 0 and "unknown kind 'benchmark'" in bad.output
