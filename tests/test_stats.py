@@ -12,6 +12,7 @@ from capo.eval.stats import (
     bootstrap_contrasts,
     t_quantile,
     two_level_bootstrap,
+    interval_text,
     verdict,
 )
 from capo.eval.winrate import bootstrap_delta, bootstrap_mean
@@ -256,6 +257,29 @@ def test_verdicts():
     assert verdict(-0.2, -0.01) == "contradicted"
     assert verdict(-0.1, 0.1) == "inconclusive"
     assert verdict(0.0, 0.1) == "inconclusive"     # touching zero counts as including it
+    # an end that is zero up to floating-point rounding touches zero too (seen in a real run:
+    # a bootstrap quantile of win-rates in steps of 2/3 pp summed to 6.9e-15, not 0)
+    assert verdict(6.92779167366129e-15, 12.666666666666664) == "inconclusive"
+    assert verdict(-2.000000000000014, -6.9e-15) == "inconclusive"
+    assert verdict(-12.0, 7e-15, expected_sign=-1) == "inconclusive"
+    # ... but the tolerance scales with the interval, so small units still decide
+    assert verdict(1e-6, 5e-6) == "reproduced"
+    assert verdict(0.001, 0.03) == "reproduced"
+    assert verdict(-0.03, -0.001) == "contradicted"
+
+
+def test_interval_text_never_prints_a_decided_end_as_zero():
+    # the committed full run's two cases: decided, with an end that rounds to 0.0
+    assert interval_text(5.5, 0.042546609981920724, 10.95745339001808) == "+5.5 [+0.04, +11.0]"
+    assert verdict(0.042546609981920724, 10.95745339001808) == "reproduced"
+    assert interval_text(-3.0, -5.966237967409243, -0.03376203259075705) == "-3.0 [-6.0, -0.03]"
+    # an end that is zero up to rounding prints as zero, as verdict() reads it
+    assert interval_text(6.0, 6.92779167366129e-15, 12.666666666666664) == "+6.0 [+0.0, +12.7]"
+    assert interval_text(0.0, 0.0, 0.0, 3) == "+0.000 [+0.000, +0.000]"
+    # ordinary ends keep their digits; unsigned for rates
+    assert interval_text(-0.083, -0.2661, 0.0994, 3) == "-0.083 [-0.266, +0.099]"
+    assert interval_text(64.2, 54.43, 73.94, sign=False) == "64.2 [54.4, 73.9]"
+    assert interval_text(0.1, 0.0004, 0.3, 3) == "+0.100 [+0.0004, +0.300]"
     assert verdict(-0.1, 0.0) == "inconclusive"
     assert verdict(0.0, 0.0) == "inconclusive"
     assert verdict(-0.2, -0.01, expected_sign=-1) == "reproduced"

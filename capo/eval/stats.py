@@ -347,17 +347,45 @@ def bootstrap_contrasts(values: Mapping[str, np.ndarray], prompt_ids, seed_ids, 
     return Contrasts(arms=summaries, meta=meta, draws=draws)
 
 
+ZERO_RTOL = 1e-9  # an interval end within this fraction of the interval's scale of 0 *is* 0
+
+
 def verdict(ci_low: float, ci_high: float, expected_sign: int = +1) -> str:
     """"reproduced" if the CI lies strictly on the ``expected_sign`` side of 0 (``ci_low > 0`` for
     +1, ``ci_high < 0`` for -1), "contradicted" if strictly on the other side, else
-    "inconclusive": a CI containing 0, ends included (``[0, 0.1]`` is inconclusive)."""
+    "inconclusive": a CI containing 0, ends included (``[0, 0.1]`` is inconclusive).
+
+    An end that is 0 up to rounding counts as 0: win-rates are multiples of 1/(prompts x
+    images), and a bootstrap quantile summed in floating point lands at ``7e-15`` instead of 0,
+    which must not decide a verdict. "Up to rounding" is ``ZERO_RTOL`` times the larger end's
+    magnitude, so the rule does not depend on the metric's unit."""
     if expected_sign not in (1, -1):
         raise ValueError(f"expected_sign must be +1 or -1, got {expected_sign!r}")
     lo, hi = float(ci_low), float(ci_high)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise ValueError(f"not a confidence interval: [{ci_low}, {ci_high}]")
     lo, hi = (lo, hi) if expected_sign == 1 else (-hi, -lo)  # flip: now "expected" means > 0
-    return "reproduced" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
+    tol = ZERO_RTOL * max(abs(lo), abs(hi))
+    return "reproduced" if lo > tol else "contradicted" if hi < -tol else "inconclusive"
+
+
+def interval_text(mean: float, ci_low: float, ci_high: float, digits: int = 1, sign: bool = True) -> str:
+    """``"+5.5 [+0.04, +11.0]"``: a statistic and its CI with ``digits`` decimals (``sign``: a
+    leading + on positives). An end that would print as 0 but is not 0 (beyond ``ZERO_RTOL``,
+    as in ``verdict``) gets the decimals its first significant digit needs, so a decided
+    verdict never sits beside an interval printed as touching zero."""
+    scale = max(abs(float(ci_low)), abs(float(ci_high)))
+
+    def end(v: float) -> str:
+        v = float(v)
+        d = digits
+        if abs(v) <= ZERO_RTOL * scale:
+            v = 0.0
+        while v != 0.0 and round(v, d) == 0 and d < digits + 6:
+            d += 1
+        return f"{v:+.{d}f}" if sign else f"{v:.{d}f}"
+
+    return f"{float(mean):{'+' if sign else ''}.{digits}f} [{end(ci_low)}, {end(ci_high)}]"
 
 
 def best_beyond_ci(contrasts: Contrasts, arms: Sequence[str], higher: bool = True) -> dict[str, str]:

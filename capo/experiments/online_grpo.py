@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
+from capo.eval.stats import interval_text
 from capo.experiments.online_report import base_markdown, run_label, selected_entry
 from capo.experiments.preset import base_dir
 from capo.report import figures, frontier
@@ -274,7 +275,7 @@ def answers(cfg, root: Path) -> list[str]:
         decided = [f for f in found if f[5] != "inconclusive"]
         out.append(f"**{q}** {len(decided)} of {len(found)} comparisons decided"
                    + (": " + "; ".join(f"{a} vs {b} on {m} ({base}): {a if v == 'reproduced' else b} ahead, "
-                                      f"{d['delta']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
+                                      f"{interval_text(d['delta'], d['ci_low'], d['ci_high'])}"
                                       for base, a, b, m, d, v in decided) + "." if decided else
                       ": every interval includes zero, so there is no verdict either way.")
                    + (f" The widest interval is ±{max((f[4]['ci_high'] - f[4]['ci_low']) / 2 for f in found):.1f} "

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from capo import artifacts
-from capo.eval.stats import two_level_bootstrap
+from capo.eval.stats import interval_text, two_level_bootstrap
 from capo.experiments.preset import base_dir
 from capo.report.evidence import eval_columns, Evidence, head_to_head
 from capo.report.figures import _plt, _save, COLORS
@@ -96,8 +96,8 @@ def base_markdown(cfg, b: Path, base: str, rows: list[tuple[str, str]] | None = 
     for comp in comps(cfg, ev):
         for r in head_to_head(ev, comp):
             d = r["delta"]
-            h2h.append(f"| {comp['a']} vs {comp['b']} | {r['metric']} | {d['delta']:+.1f} [{d['ci_low']:+.1f}, "
-                       f"{d['ci_high']:+.1f}] | {r['verdict']} |")
+            h2h.append(f"| {comp['a']} vs {comp['b']} | {r['metric']} | {interval_text(d['delta'], d['ci_low'], d['ci_high'])} | "
+                       f"{r['verdict']} |")
     lines += ["Head-to-head (paired on prompts, image seeds and training seeds; *reproduced* = A beats B beyond the "
               "CI, *contradicted* = B beats A beyond it):", "",
               "| A vs B | metric | Δ win-rate (pp) [95% CI] | verdict (A > B) |", "|---|---|---|---|", *h2h, ""]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from capo.eval.stats import verdict
+from capo.eval.stats import interval_text, verdict
 from capo.report import frontier
 from capo.report.evidence import cell_weighting, comparisons, Evidence, head_to_head
 from capo.report.paper import PAPER_BASES
@@ -167,16 +167,15 @@ def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> s
             comps = v["comparisons"]
             n_rep = sum(c["verdict"] == "reproduced" for c in comps)
             n_con = sum(c["verdict"] == "contradicted" for c in comps)
-            stat = "-" if not w else f"{w['delta']:+.{3 if k == 'C4' else 1}f} [{w['ci_low']:+.{3 if k == 'C4' else 1}f}, " \
-                                     f"{w['ci_high']:+.{3 if k == 'C4' else 1}f}]"
+            digits = 3 if k == "C4" else 1
+            stat = "-" if not w else interval_text(w["delta"], w["ci_low"], w["ci_high"], digits)
             weakest = "-" if not w else f"{w['a']} vs {w['b']} ({w['metric']})"
             verdict = v["verdict"] if comps else "not run"
             m = matched_rows(root, base, roles, pref, k, comps) if k != "C4" else "-"
             lines.append(f"| {k}: {text} | **{verdict}** | {weakest} | {stat} | {n_rep} / {n_con} / {len(comps)} | {m} |")
             for c in comps:
-                digits = 3 if k == "C4" else 1
-                details.append(f"| {base} | {k} | {c['a']} vs {c['b']} | {c['metric']} | {c['delta']:+.{digits}f} "
-                               f"[{c['ci_low']:+.{digits}f}, {c['ci_high']:+.{digits}f}] | {c['verdict']} |")
+                details.append(f"| {base} | {k} | {c['a']} vs {c['b']} | {c['metric']} | "
+                               f"{interval_text(c['delta'], c['ci_low'], c['ci_high'], digits)} | {c['verdict']} |")
         lines.append("")
     lines += ["## Every comparison\n", "| base | claim | A vs B | metric | A − B [95% CI] | verdict |",
               "|---|---|---|---|---|---|"] + details

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from capo.eval.stats import interval_text
 from capo.report.claims import evaluate
 from capo.report.tables import build
 
@@ -30,8 +31,7 @@ def render(runs: dict[str, str | Path], roles: dict[str, str], pref: str) -> tup
                     key = (base, k, f"{c['a']} vs {c['b']} ({c['metric']})")
                     verdicts.setdefault(key, {})[name] = c["verdict"]
                     d = 3 if k == "C4" else 1
-                    stats.setdefault(key, {})[name] = (f"{c['delta']:+.{d}f} [{c['ci_low']:+.{d}f}, "
-                                                       f"{c['ci_high']:+.{d}f}]")
+                    stats.setdefault(key, {})[name] = interval_text(c['delta'], c['ci_low'], c['ci_high'], d)
     names = list(runs)
     conflicts = [f"{b} {k}{' ' + comp if comp else ''}: " + ", ".join(f"{n} {v.get(n)}" for n in names)
                  for (b, k, comp), v in verdicts.items() if conflict(v)]

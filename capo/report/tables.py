@@ -34,7 +34,7 @@ import numpy as np
 
 from capo import artifacts
 from capo.eval import protocol
-from capo.eval.stats import two_level_bootstrap
+from capo.eval.stats import interval_text, two_level_bootstrap, verdict
 from capo.report import claims, frontier
 from capo.report.evidence import comparisons, eval_columns, Evidence, head_to_head, load_json, weighting_rows
 from capo.report.paper import PAPER_BASES, paper_table
@@ -152,13 +152,13 @@ def table3(bench_dir: Path, base: str) -> Table | None:
             rows["CaPO − base"].append(cell(float(diff.mean()), digits=digits, text=f"{diff.mean():+.{digits}f} (1 prompt)"))
             return
         d = two_level_bootstrap(diff, pids, sids)
-        better = "best" if d["ci_low"] > 0 else ""
-        worse = "best" if d["ci_high"] < 0 else ""
+        v = verdict(d["ci_low"], d["ci_high"], +1)
+        better = "best" if v == "reproduced" else ""
+        worse = "best" if v == "contradicted" else ""
         rows[base_name].append(cell(float(base_v.mean()), digits=digits, mark=worse))
         rows[f"CaPO+{base_name}"].append(cell(float(cap_v.mean()), digits=digits, mark=better))
         rows["CaPO − base"].append(cell(d["mean"], d["ci_low"], d["ci_high"], digits,
-                                        text=f"{d['mean']:+.{digits}f} [{d['ci_low']:+.{digits}f}, "
-                                             f"{d['ci_high']:+.{digits}f}]"))
+                                        text=interval_text(d["mean"], d["ci_low"], d["ci_high"], digits)))
 
     if (bench_dir / "results" / b / "geneval_per_image.parquet").is_file():
         fb, fc = frames("geneval")
@@ -210,9 +210,9 @@ def h2h_table(ev: Evidence, roles: dict[str, str], pref: str, base: str) -> Tabl
             d, dr = r["delta"], r["direct"]
             cells = [cell(text=r["metric"]),
                      cell(d["delta"], d["ci_low"], d["ci_high"],
-                          text=f"{d['delta']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"),
+                          text=interval_text(d["delta"], d["ci_low"], d["ci_high"])),
                      cell(dr["mean"], dr["ci_low"], dr["ci_high"],
-                          text=f"{dr['mean']:.1f} [{dr['ci_low']:.1f}, {dr['ci_high']:.1f}]") if dr else cell(),
+                          text=interval_text(dr["mean"], dr["ci_low"], dr["ci_high"], sign=False)) if dr else cell(),
                      cell(text=r["verdict"])]
             t.rows.append((f"{comp['table']}: {comp['a']} vs {comp['b']}", cells))
     return t
