@@ -35,6 +35,13 @@ settings on one half and reporting on the other:
 A file whose name itself ends in ``@...`` is read as that file; any other suffix after the
 last ``@`` is an error.
 
+Unions: ``A+B+...`` (``shapes:geneval@test+shapes:compbench:color@test``) is the records of
+every part, each part loaded, validated and split on its own as above, in the order given.
+Records keep their ids when no id repeats across the parts (the shapes world's sets: so a
+prompt gets the same image seeds in a union as in its own set); otherwise every id becomes
+``<part>/<its id>``. A prompt in two parts, or a part named twice, is an error naming them. A
+file whose name contains ``+`` is read as that file.
+
 Subsets: ``limit=K`` keeps the first ``K`` records (of the half, for a split spec); with
 ``stratify=True`` it draws ``K`` records stratified by tag/category instead
 (``stratified_subset``): largest-remainder proportional allocation, at least one per
@@ -187,16 +194,45 @@ def _parse_spec(spec: str) -> tuple[str, str | None]:
     return base, split
 
 
+def union_parts(spec: str) -> list[str]:
+    """``"A+B"`` -> ``["A", "B"]``; a single set (or a file whose name contains ``+``) -> ``[spec]``."""
+    if "+" not in spec or Path(spec).is_file():
+        return [spec]
+    parts = [p.strip() for p in spec.split("+")]
+    if not all(parts):
+        raise PromptError(f"{spec}: an empty part in a union of prompt sets (A+B+...)")
+    twice = sorted({p for p in parts if parts.count(p) > 1})
+    if twice:
+        raise PromptError(f"{spec}: {', '.join(twice)} named twice in a union of prompt sets")
+    return parts
+
+
 def load_prompts(spec: str, limit: int | None = None, max_words: int = MAX_WORDS, *, stratify: bool = False,
                  subset_seed: int = 0) -> list[dict]:
     """Validated prompt records for ``spec`` (see module docstring).
 
     ``limit``: the first ``limit`` records, or with ``stratify=True`` a subset of that size
     stratified by tag / category (``stratified_subset`` with ``subset_seed``). A ``@val`` /
-    ``@test`` suffix of ``spec`` selects that half first; ids are always the full set's.
+    ``@test`` suffix of ``spec`` selects that half first; ids are always the full set's. A union
+    ``A+B`` is its parts' records (ids ``<part>/<id>`` if the parts' ids collide), then the limit.
     """
     if limit is not None and limit < 0:
         raise PromptError(f"{spec}: limit must be >= 0 (0 or None: every prompt), got {limit}")
+    parts = union_parts(spec)
+    if len(parts) > 1:
+        out, seen = [], {}
+        for part in parts:
+            for r in load_prompts(part, max_words=max_words):
+                if r["prompt"] in seen:
+                    raise PromptError(f"{spec}: prompt {r['prompt']!r} is in both {seen[r['prompt']]} and {part}")
+                seen[r["prompt"]] = part
+                out.append((part, r))
+        ids = [r["prompt_id"] for _, r in out]
+        unique = len(set(ids)) == len(ids)
+        out = [r if unique else {**r, "prompt_id": f"{part}/{r['prompt_id']}"} for part, r in out]
+        if limit:
+            out = stratified_subset(out, limit, subset_seed) if stratify else out[:limit]
+        return out
     base, split = _parse_spec(spec)
     path = Path(base)
     records = _read_file(path) if path.is_file() else _named(base)

@@ -246,6 +246,7 @@ def test_unknown_names_suggest_nearest():
 # (they need no benchmark copies but for the parti one; the module's skip mark covers them all the same)
 
 from capo import prompts as CP  # noqa: E402
+from capo.stages.evaluate import prompt_set_dir  # noqa: E402
 
 
 def _tagged_jsonl(path: Path, sizes: dict[str, int], extra: list[dict] | None = None) -> Path:
@@ -403,3 +404,52 @@ def test_strata_of_counts_tag_then_category():
     recs = [{"prompt": "x", "tag": "t"}, {"prompt": "y", "category": "c"}, {"prompt": "z"},
             {"prompt": "w", "tag": "t", "category": "c"}]
     assert CP.strata_of(recs) == {"t": 2, "c": 1, CP.UNTAGGED: 1}
+
+
+# --------------------------------------------------------------------------- unions A+B
+SHAPES_TEST_UNION = "shapes:geneval@test+shapes:compbench:color@test+shapes:compbench:numeracy@test"
+
+
+def test_union_of_shapes_halves_keeps_ids_and_order():
+    parts = [CP.load_prompts(p) for p in SHAPES_TEST_UNION.split("+")]
+    u = CP.load_prompts(SHAPES_TEST_UNION)
+    assert len(u) == sum(len(p) for p in parts) == 50 + 25 + 25
+    # the shapes world's ids are unique across sets, so they are kept: the same prompt gets
+    # the same image seeds (item_seed(seed, prompt_id, k)) in the union as in its own set
+    assert u == [r for p in parts for r in p]
+    assert CP.strata_of(u)["color"] == 25 and CP.strata_of(u)["numeracy"] == 25
+    # a limit applies to the union; stratified, every part's strata stay represented
+    sub = CP.load_prompts(SHAPES_TEST_UNION, limit=24, stratify=True)
+    assert len(sub) == 24 and {"color", "numeracy", "position"} <= set(CP.strata_of(sub))
+    assert CP.load_prompts(SHAPES_TEST_UNION, limit=3) == u[:3]
+
+
+def test_union_namespaces_colliding_ids_and_refuses_shared_prompts(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("red\ngreen\n")
+    b.write_text("blue\n")
+    u = CP.load_prompts(f"{a}+{b}")
+    # both files number from 00000: every id gets its part's name
+    assert [r["prompt_id"] for r in u] == [f"{a}/00000", f"{a}/00001", f"{b}/00000"]
+    assert [r["prompt"] for r in u] == ["red", "green", "blue"]
+    b.write_text("blue\ngreen\n")
+    with pytest.raises(CP.PromptError, match=f"prompt 'green' is in both {a} and {b}"):
+        CP.load_prompts(f"{a}+{b}")
+    with pytest.raises(CP.PromptError, match="named twice"):
+        CP.load_prompts(f"{a}+{a}")
+    with pytest.raises(CP.PromptError, match="an empty part"):
+        CP.load_prompts(f"{a}+")
+    # each part is validated and split on its own; a file whose name holds '+' is that file
+    with pytest.raises(CP.PromptError, match="unknown split suffix"):
+        CP.load_prompts(f"{a}+{b}@train")
+    plus = tmp_path / "x+y.txt"
+    plus.write_text("one\n")
+    assert [r["prompt"] for r in CP.load_prompts(str(plus))] == ["one"]
+
+
+def test_union_sample_dir_name_is_short_and_distinct():
+    long = "+".join(f"shapes:compbench:{c}@test" for c in ("color", "shape", "texture", "spatial", "numeracy"))
+    d = prompt_set_dir(long)
+    assert len(d) <= 100 and d.startswith("shapes-compbench-color-test-shapes")
+    assert d != prompt_set_dir(long.replace("numeracy", "complex"))
+    assert prompt_set_dir("shapes:geneval@test") == "shapes-geneval-test"

@@ -30,6 +30,7 @@ Layout of ``out``: ``samples/<label>/`` (a generate run per model),
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from dataclasses import field
@@ -227,8 +228,12 @@ def load_images_of(samples: Path, index) -> np.ndarray:
 # ----------------------------------------------------------------------------- run
 def prompt_set_dir(prompt_set: str) -> str:
     """The directory name of a prompt set's samples: a named set as given, a file by its stem,
-    with anything but ``[A-Za-z0-9_.-]`` replaced by ``-``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(prompt_set).stem if Path(prompt_set).is_file() else prompt_set)
+    with anything but ``[A-Za-z0-9_.-]`` replaced by ``-``; a name over 100 characters (a long
+    union ``A+B+...``) keeps its first 80 and a hash of the whole."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(prompt_set).stem if Path(prompt_set).is_file() else prompt_set)
+    if len(name) > 100:
+        name = name[:80] + "-" + hashlib.sha256(prompt_set.encode()).hexdigest()[:12]
+    return name
 
 
 def run(cfg: EvalConfig) -> dict:
