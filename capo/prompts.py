@@ -207,6 +207,13 @@ def union_parts(spec: str) -> list[str]:
     return parts
 
 
+def short_name(spec: str, width: int = 60) -> str:
+    """``spec`` for a message: a union longer than ``width`` characters as its first part and
+    how many more (``"shapes:geneval@test+6 more sets"``)."""
+    parts = union_parts(spec)
+    return spec if len(parts) == 1 or len(spec) <= width else f"{parts[0]}+{len(parts) - 1} more sets"
+
+
 def load_prompts(spec: str, limit: int | None = None, max_words: int = MAX_WORDS, *, stratify: bool = False,
                  subset_seed: int = 0) -> list[dict]:
     """Validated prompt records for ``spec`` (see module docstring).

@@ -213,18 +213,25 @@ def test_planning_from_a_win_pilot_holds_in_simulation():
 
 # --------------------------------------------------------------------------- pilots without per-image data
 
-def test_committed_defaults_are_the_committed_reports():
-    """COMMITTED_FULL is what reports/tables.csv says (refresh it when the reports change:
-    capo.experiments.power.summary_pilot('reports/tables.csv'))."""
-    from capo.experiments import power as PW
-
+def test_committed_defaults_are_the_committed_per_image_parts():
+    """COMMITTED_FULL is what reports/power-full.json says (refresh both when the full run is
+    re-run: capo power runs/reproduce-full --json reports/power-full.json)."""
     from conftest import ROOT
 
-    pilot = PW.summary_pilot(ROOT / "reports" / "tables.csv", "gold")
-    assert {b: len(e["comparisons"]) for b, e in pilot["bases"].items()} == {"shapes-sd3": 16, "shapes-sdxl": 16}
-    assert tuple(pilot["bases"]["shapes-sdxl"]["design"]) == W.COMMITTED_FULL["design"]
-    for b, u in W.COMMITTED_FULL["u_seed"].items():
-        assert pilot["bases"][b]["u_seed"] == pytest.approx(u, abs=1e-4), b
+    pilot = json.loads((ROOT / "reports" / "power-full.json").read_text())["pilot"]
+    assert pilot["kind"] == "per-image" and pilot["metric"] == "gold"
+    assert set(pilot["bases"]) == set(W.COMMITTED_FULL["parts"])
+    for b, parts in W.COMMITTED_FULL["parts"].items():
+        e = pilot["bases"][b]
+        assert tuple(e["design"]) == W.COMMITTED_FULL["design"], b
+        assert len(e["comparisons"]) == 16, b
+        for k, v in e["pooled"]["measured"].items():
+            assert getattr(parts, k) == pytest.approx(v, abs=1e-3), (b, k)
+        assert W.committed_scenarios(b) == {"measured": parts}
+    # real bases take the shapes base of their family
+    assert W.committed_scenarios("stabilityai/stable-diffusion-3-medium-diffusers") == {"measured": W.COMMITTED_FULL["parts"]["shapes-sd3"]}
+    assert W.committed_scenarios("sd3-medium") == {"measured": W.COMMITTED_FULL["parts"]["shapes-sd3"]}
+    assert W.committed_scenarios("sdxl") == {"measured": W.COMMITTED_FULL["parts"]["shapes-sdxl"]}
 
 
 def test_splits_of_an_interval_agree_at_the_pilot_design_and_part_elsewhere():
@@ -312,10 +319,18 @@ def test_reproduce_dry_run_prints_the_power_table(tmp_path):
     r = CliRunner().invoke(main, ["reproduce", "--preset", "full", "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "power (capo.eval.power)" in r.output and "(this preset)" in r.output
-    assert "defaults from the committed full run" in r.output
-    # the committed 12-seed run's intervals: no design of the default grid reaches 80% at +5
-    assert "no design of the grid decides +5 with 80% probability" in r.output and "CPU-hours" in r.output
-    assert "shapes:geneval@test has 50 prompts" in r.output
+    assert "defaults from the committed full run" in r.output and "147 / 8.6 / 2205 pp² shapes-sd3" in r.output
+    # the preset as re-planned on those parts: 12 seeds x the 177 held-out test prompts is the
+    # smallest design of the grid that decides +5 with 80% probability on both bases
+    assert "| 12 x 177 x 1 (this preset) (smallest at 80%) |" in r.output
+    assert "smallest design deciding +5 with 80% probability on every base: 12 seeds x 177 prompts" in r.output
+    assert "10 x 177 x 1" in r.output and "CPU-hours" in r.output
+    assert "(shapes:geneval@test+6 more sets has 177 prompts)" in r.output
+    # on the old test set (50 prompts) nothing reaches it: the prompt part does not shrink with seeds
+    r = CliRunner().invoke(main, ["reproduce", "--preset", "full", "--dry-run", "eval_prompts=shapes:geneval@test"])
+    assert r.exit_code == 0, r.output
+    assert "no design of the grid decides +5 with 80% probability" in r.output
+    assert "(shapes:geneval@test has 50 prompts)" in r.output
     # a pilot: the parts `capo power --json` measured on a run (one base: it stands for both)
     _write_eval(tmp_path / "run")
     js = tmp_path / "power.json"

@@ -453,3 +453,10 @@ def test_union_sample_dir_name_is_short_and_distinct():
     assert len(d) <= 100 and d.startswith("shapes-compbench-color-test-shapes")
     assert d != prompt_set_dir(long.replace("numeracy", "complex"))
     assert prompt_set_dir("shapes:geneval@test") == "shapes-geneval-test"
+
+
+def test_short_name_of_a_long_union():
+    long = "+".join(f"shapes:compbench:{c}@test" for c in ("color", "shape", "texture"))
+    assert CP.short_name(long) == "shapes:compbench:color@test+2 more sets"
+    assert CP.short_name("shapes:geneval@test+shapes:train") == "shapes:geneval@test+shapes:train"
+    assert CP.short_name("shapes:geneval@test") == "shapes:geneval@test"

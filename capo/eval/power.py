@@ -334,29 +334,31 @@ def parts_from_half_width(half: float, S: int, P: int, K: int, ci: float = CI) -
     return {name: parts_from_seed_variance(u, S, P, K, name) for name in SPLITS}
 
 
-# The defaults where no pilot is given: the committed `capo reproduce --preset full` run
-# (reports/tables.csv, 2026-12-03; 12 training seeds x 50 test prompts x 1 image; the 3-seed run of
-# 2026-12-02 gave 5.62 / 9.01 pp^2). Its per-image
-# results are not committed, so the parts come from its intervals (4. above): per base, the mean
-# over the 16 head-to-head comparisons of u_S = (half-width of the gold win-rate difference /
-# t_{S-1})^2, in pp^2. `capo.experiments.power.summary_pilot("reports/tables.csv")` recomputes them
-# (tests/test_power.py checks that it gives these numbers).
+# The defaults where no pilot is given: the committed `capo reproduce --preset full` run's
+# per-image gold win-rate differences, as `capo power` measured them (reports/power-full.json,
+# `capo power runs/reproduce-full --json reports/power-full.json`): per base, the method-of-moments
+# parts (1. above) averaged over the 16 head-to-head comparisons, in pp^2. With one image per
+# prompt the image part cannot be told from the seed x prompt part and is counted there (more
+# images per prompt are assumed not to help). tests/test_power.py checks these numbers against
+# the committed JSON. (Until 2026-12-04 the defaults were u_S from the intervals of
+# reports/tables.csv, with no prompt part: optimistic about designs with few prompts.)
 COMMITTED_FULL = {
-    "source": "reports/tables.csv (capo reproduce --preset full, 2026-12-03): gold win-rate differences of the "
-              "16 head-to-head comparisons per base, u_S = (half-width / t_11)^2 averaged",
+    "source": "reports/power-full.json (capo power on the committed full run's per-image results): the mean "
+              "variance parts of the gold win-rate differences of its 16 head-to-head comparisons per base",
     "design": (12, 50, 1),
     "metric": "gold win-rate difference (pp)",
-    "u_seed": {"shapes-sd3": 5.9723, "shapes-sdxl": 5.4836},
+    "parts": {"shapes-sd3": Parts(prompt=147.2789, seed=8.5614, cell=2204.7368, image=0.0),
+              "shapes-sdxl": Parts(prompt=187.3686, seed=8.3565, cell=1238.6847, image=0.0)},
 }
 
 
 def committed_scenarios(base: str) -> dict[str, Parts]:
     """The default parts for a base: the committed full run's own base, or for real models the
-    shapes base of the same family (sdxl -> shapes-sdxl, sd3 -> shapes-sd3), every split."""
-    u = COMMITTED_FULL["u_seed"]
-    key = base if base in u else ("shapes-sd3" if "sd3" in base.lower() else "shapes-sdxl")
-    S, P, K = COMMITTED_FULL["design"]
-    return {name: parts_from_seed_variance(u[key], S, P, K, name) for name in SPLITS}
+    shapes base of the same family (sdxl -> shapes-sdxl, sd3 -> shapes-sd3)."""
+    parts = COMMITTED_FULL["parts"]
+    sd3 = any(k in base.lower() for k in ("sd3", "stable-diffusion-3"))
+    key = base if base in parts else ("shapes-sd3" if sd3 else "shapes-sdxl")
+    return {"measured": parts[key]}
 
 
 # --------------------------------------------------------------------------- planning

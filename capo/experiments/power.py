@@ -36,6 +36,7 @@ from capo.eval.stats import bootstrap_contrasts
 from capo.experiments import budget
 from capo.experiments import preset as R
 from capo.experiments.preset import prompt_count
+from capo.prompts import short_name
 from capo.report.evidence import comparisons, Evidence
 
 DEFAULT_SEEDS = (3, 5, 8, 10, 12, 15, 20)
@@ -223,7 +224,7 @@ def preset_cost(cfg, memo: dict | None = None):
             return cache[(S, P, K)]
         if have is not None and P > have:
             cache[(S, P, K)] = {"value": None, "unit": "", "feasible": False,
-                                "note": f"{cfg.eval_prompts} has {have} prompts"}
+                                "note": f"{short_name(cfg.eval_prompts)} has {have} prompts"}
             return cache[(S, P, K)]
         c = _design_cfg(cfg, S, P, K)
         if P == P0:  # the preset's own test prompts (its eval_limit, often none)
@@ -417,12 +418,11 @@ def preset_table(cfg, max_rows: int = 12, memo: dict | None = None) -> str:
                   + (f", its base {next(iter(have))} standing for every base" if len(have) == 1 else "") + ")")
     else:
         sets = {b: W.committed_scenarios(b) for b in cfg.bases}
-        u = W.COMMITTED_FULL["u_seed"]
         S, P, K = W.COMMITTED_FULL["design"]
         source = (f"defaults from the committed full run ({W.COMMITTED_FULL['source']}; {S} seeds x {P} prompts x "
-                  f"{K} images: u_S = " + ", ".join(f"{v:.2f} pp² {k}" for k, v in u.items())
-                  + "; real bases take their family's; worst case over the splits seeds / seed x prompt / images; "
-                  "no per-image pilot: give pilot=RUN for measured parts)")
+                  f"{K} images; prompt / seed / seed x prompt parts " + ", ".join(
+                      f"{p.prompt:.0f} / {p.seed:.1f} / {p.cell:.0f} pp² {b}" for b, p in W.COMMITTED_FULL["parts"].items())
+                  + "; real bases take their family's; give pilot=RUN for your own)")
     cost = preset_cost(cfg, memo)
     seeds = sorted(set(DEFAULT_SEEDS) | {S0} - {1})
     prompts = [P0, 2 * P0, 4 * P0]
@@ -449,6 +449,6 @@ def preset_table(cfg, max_rows: int = 12, memo: dict | None = None) -> str:
     infeasible = [r for r in rows if not r["cost"]["feasible"]]
     if infeasible:
         best = min(infeasible, key=lambda r: r["min_detectable"])
-        lines.append(f"  more test prompts than {cfg.eval_prompts} holds ({infeasible[0]['cost']['note']}) would "
+        lines.append(f"  more test prompts than the test set holds ({infeasible[0]['cost']['note']}) would "
                      f"reach further: e.g. {W.design_name(best)}, +{best['min_detectable']:.1f} decided with {level:.0%}")
     return "\n".join(lines)
