@@ -226,20 +226,28 @@ def load_prompts(spec: str, limit: int | None = None, max_words: int = MAX_WORDS
     if limit is not None and limit < 0:
         raise PromptError(f"{spec}: limit must be >= 0 (0 or None: every prompt), got {limit}")
     parts = union_parts(spec)
-    if len(parts) > 1:
-        out, seen = [], {}
-        for part in parts:
-            for r in load_prompts(part, max_words=max_words):
-                if r["prompt"] in seen:
-                    raise PromptError(f"{spec}: prompt {r['prompt']!r} is in both {seen[r['prompt']]} and {part}")
-                seen[r["prompt"]] = part
-                out.append((part, r))
-        ids = [r["prompt_id"] for _, r in out]
-        unique = len(set(ids)) == len(ids)
-        out = [r if unique else {**r, "prompt_id": f"{part}/{r['prompt_id']}"} for part, r in out]
-        if limit:
-            out = stratified_subset(out, limit, subset_seed) if stratify else out[:limit]
-        return out
+    out = _load_union(spec, parts, max_words) if len(parts) > 1 else _load_set(spec, max_words)
+    if limit:
+        out = stratified_subset(out, limit, subset_seed) if stratify else out[:limit]
+    return out
+
+
+def _load_union(spec: str, parts: list[str], max_words: int) -> list[dict]:
+    """Every part's records in order; ids kept if unique across the parts, else ``<part>/<id>``."""
+    out, seen = [], {}
+    for part in parts:
+        for r in _load_set(part, max_words):
+            if r["prompt"] in seen:
+                raise PromptError(f"{spec}: prompt {r['prompt']!r} is in both {seen[r['prompt']]} and {part}")
+            seen[r["prompt"]] = part
+            out.append((part, r))
+    ids = [r["prompt_id"] for _, r in out]
+    unique = len(set(ids)) == len(ids)
+    return [r if unique else {**r, "prompt_id": f"{part}/{r['prompt_id']}"} for part, r in out]
+
+
+def _load_set(spec: str, max_words: int) -> list[dict]:
+    """One set's (or half's) validated records, ids of the full set."""
     base, split = _parse_spec(spec)
     path = Path(base)
     records = _read_file(path) if path.is_file() else _named(base)
@@ -270,11 +278,7 @@ def load_prompts(spec: str, limit: int | None = None, max_words: int = MAX_WORDS
     ids = [r["prompt_id"] for r in out]
     if len(set(ids)) != len(ids):
         raise PromptError(f"{base}: duplicate prompt ids")
-    if split:
-        out = split_records(out, split)
-    if limit:
-        out = stratified_subset(out, limit, subset_seed) if stratify else out[:limit]
-    return out
+    return split_records(out, split) if split else out
 
 
 def records_fingerprint(records: list[dict]) -> str:
