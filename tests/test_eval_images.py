@@ -118,6 +118,8 @@ def test_images_mode_config_errors(tmp_path):
         evaluate.EvalConfig(out=str(tmp_path), images=["b=x"])
     with pytest.raises(ConfigError, match="divergence"):
         evaluate.EvalConfig(out=str(tmp_path), images=["b=x"], detector="shapes", benchmarks=["divergence"])
+    with pytest.raises(ConfigError, match="nothing is sampled"):
+        evaluate.EvalConfig(out=str(tmp_path), images=["b=x"], detector="shapes", compile="inductor")
 
 
 def test_checkpoints_follow_the_umask_and_a_truncated_one_leaves_no_eval_dir(tiny_chain, tmp_path):

@@ -51,6 +51,42 @@ def test_eval_pairs_images_by_prompt_and_seed(tiny_chain, tuned, tmp_path):
     assert ia["seed"].tolist() == ib["seed"].tolist()  # the same per-item seeds for every model
 
 
+def test_compiled_sampling_gives_each_models_eager_images(tiny_chain, tuned, tmp_path):
+    """`compile=eager` (dynamo traces the denoiser, nothing is fused) samples exactly the eager
+    images for every model, the second model too: its compiled graph reuses the first one's
+    but must read its own weights (this fails if a stale graph kept the base's). The default
+    `off` leaves the key out of the manifest, so earlier runs keep their run keys."""
+    import pandas as pd
+
+    from capo.config import ConfigError
+
+    models = [f"base={tiny_chain / 'base'}", f"tuned={tuned}"]
+    frames = {}
+    for backend in ("off", "eager"):
+        out = tmp_path / backend
+        evaluate.run(evaluate.EvalConfig(models=models, out=str(out), limit=3, n=2, benchmarks=["winrate"],
+                                         rewards=["toy-bright", "toy-red"], compile=backend, quiet=True))
+        frames[backend] = {lab: pd.read_parquet(out / "results" / lab / "winrate_per_image.parquet")
+                           for lab in ("base", "tuned")}
+        gen = json.loads((out / "samples" / "shapes-geneval" / "tuned" / "manifest.json").read_text())
+        assert ("compile" in gen["config"]) == (backend != "off")
+        assert ("compile" in json.loads((out / "manifest.json").read_text())["config"]) == (backend != "off")
+    for lab in ("base", "tuned"):
+        pd.testing.assert_frame_equal(frames["off"][lab], frames["eager"][lab])
+    assert not frames["eager"]["tuned"]["toy-red"].equals(frames["eager"]["base"]["toy-red"])
+    with pytest.raises(ConfigError, match="compile"):
+        evaluate.EvalConfig(models=models, out=str(tmp_path / "x"), compile="max-autotune")
+
+
+def test_compile_denoiser_refuses_an_unknown_backend(tiny_chain):
+    from capo import models
+
+    pipe = models.load_model(str(tiny_chain / "base"))
+    with pytest.raises(ValueError, match="off | inductor | eager"):
+        pipe.compile_denoiser("tensorrt")
+    assert pipe.compile_denoiser("off") is pipe and pipe.denoiser._compiled_call_impl is None
+
+
 def test_compare_prints_table_and_gates(tiny_chain, tuned, tmp_path):
     args = ["compare", str(tiny_chain / "base"), str(tuned), "--limit", "3", "--n", "2", "--rewards", "toy-bright",
             "--out", str(tmp_path / "c")]
