@@ -64,6 +64,26 @@ def test_each_verdict_is_reached(tmp_path):
     assert "**reproduced**" in row and "3 / 0 / 3" in row
     assert "**contradicted**" in next(line for line in md.splitlines() if line.startswith("| C3:"))
     assert "**not run**" in next(line for line in md.splitlines() if line.startswith("| C5:"))
+    # the "Decided" lines restate the rows' counts, per base and over the bases together
+    rows = [line.split(" | ")[4].split(" / ") for line in md.splitlines() if line.startswith("| C")]
+    rep, con, tot = (sum(int(r[i]) for r in rows) for i in range(3))
+    assert f"Decided on b: **{rep + con} of {tot}** comparisons decided ({rep} reproduced, {con} contradicted)" in md
+    assert rep >= 3 and con >= 1 and "bases together" not in md
+    md2 = claims.render(tmp_path / "exp", {"b": {"evidence": ev, "tables": {}}, "b2": {"evidence": ev, "tables": {}}},
+                        ROLES, "ra")
+    together = next(line for line in md2.splitlines() if "bases together" in line)
+    assert f"**{2 * (rep + con)} of {2 * tot}** comparisons" in together and "C2" not in together
+    assert md2.index("bases together") < md2.index("## Every comparison")
+
+
+def test_decided_text_counts_comparisons_and_names_the_decided_claims():
+    rows = [("C1", "contradicted", 0, 2, 6), ("C2", "inconclusive", 0, 0, 3), ("C5", "reproduced", 1, 0, 1),
+            ("C6", "not run", 0, 0, 0)]
+    assert claims.decided_text(rows) == ("**3 of 10** comparisons decided (1 reproduced, 2 contradicted); "
+                                         "**2 of 4** claims (reproduced: C5; contradicted: C1)")
+    assert claims.decided_text([("C2", "inconclusive", 0, 0, 3)]) == (
+        "**0 of 3** comparisons decided (0 reproduced, 0 contradicted); **0 of 1** claims")
+    assert claims.decided_text(rows, names=False).endswith("**2 of 4** claims")
 
 
 def test_no_effect_is_inconclusive_in_most_repetitions(tmp_path):

@@ -143,6 +143,19 @@ def matched_rows(root: Path, base: str, roles: dict[str, str], pref: str, claim:
     return "; ".join(out) or "-"
 
 
+def decided_text(rows: list[tuple[str, str, int, int, int]], names: bool = True) -> str:
+    """How much a run decides, from its claim rows ``(claim, verdict, reproduced, contradicted,
+    total comparisons)``: decided comparisons out of all, and decided claims (with their names
+    unless ``names`` is false: rows of several bases repeat them)."""
+    n = sum(t for *_, t in rows)
+    rep = sum(r for _, _, r, _, _ in rows)
+    con = sum(c for _, _, _, c, _ in rows)
+    by = {v: [k for k, vv, *_ in rows if vv == v] for v in ("reproduced", "contradicted")}
+    which = "; ".join(f"{v}: {', '.join(ks)}" for v, ks in by.items() if ks) if names else ""
+    return (f"**{rep + con} of {n}** comparisons decided ({rep} reproduced, {con} contradicted); "
+            f"**{len(by['reproduced']) + len(by['contradicted'])} of {len(rows)}** claims" + (f" ({which})" if which else ""))
+
+
 def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> str:
     """claims.md: the verdict table per base model, then every comparison behind it."""
     root = Path(root)
@@ -154,13 +167,14 @@ def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> s
              "comparison (a contradicted claim: its clearest contradiction; otherwise the weakest support), A − B in win-rate over the base (percentage points), or the absolute change for C4. "
              "The last column restates the claim at matched divergence on the validation frontiers "
              "(A − B in validation win-rate @ divergence level; one seed, descriptive, no verdict).\n"]
-    details = []
+    details, every = [], []
     for base, entry in built.items():
         ev = entry["evidence"]
         res = evaluate(ev, entry["tables"], roles, pref, base)
         lines += [f"## base: {base}\n", f"*{ev.footer().strip('*')}*\n",
                   "| claim | verdict | deciding comparison | statistic [95% CI] | comparisons reproduced / "
                   "contradicted / total | at matched divergence (validation) |", "|---|---|---|---|---|---|"]
+        rows = []
         for k, text in CLAIMS.items():
             v = res[k]
             w = v["weakest"]
@@ -173,10 +187,14 @@ def render(root: str | Path, built: dict, roles: dict[str, str], pref: str) -> s
             verdict = v["verdict"] if comps else "not run"
             m = matched_rows(root, base, roles, pref, k, comps) if k != "C4" else "-"
             lines.append(f"| {k}: {text} | **{verdict}** | {weakest} | {stat} | {n_rep} / {n_con} / {len(comps)} | {m} |")
+            rows.append((k, verdict, n_rep, n_con, len(comps)))
             for c in comps:
                 details.append(f"| {base} | {k} | {c['a']} vs {c['b']} | {c['metric']} | "
                                f"{interval_text(c['delta'], c['ci_low'], c['ci_high'], digits)} | {c['verdict']} |")
-        lines.append("")
+        lines += ["", f"Decided on {base}: {decided_text(rows)}.", ""]
+        every += rows
+    if len(built) > 1:
+        lines += [f"Decided on the {len(built)} bases together: {decided_text(every, names=False)}.", ""]
     lines += ["## Every comparison\n", "| base | claim | A vs B | metric | A − B [95% CI] | verdict |",
               "|---|---|---|---|---|---|"] + details
     return "\n".join(lines) + "\n"
