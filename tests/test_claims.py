@@ -147,3 +147,17 @@ def test_a_contradicted_claim_shows_a_contradicting_comparison():
     ok = [{"a": "p", "ci_low": 1.0, "ci_high": 9.0, "verdict": "reproduced"},
           {"a": "q", "ci_low": 0.5, "ci_high": 20.0, "verdict": "reproduced"}]
     assert weakest(ok, "reproduced")["a"] == "q" and weakest([], "inconclusive") is None
+
+
+def test_the_footer_counts_images_per_prompt_in_words(tmp_path):
+    """"1 image per prompt", "2 images per prompt"; capo power reads the design back from either."""
+    import re
+
+    from capo.report.render import plural
+
+    assert (plural(1, "image"), plural(2, "image"), plural(0, "seed")) == ("1 image", "2 images", "0 seeds")
+    for k in (1, 2):
+        ev = _experiment(tmp_path / str(k), {"capo-frs": 0.1}, K=k, P=5)
+        foot = ev.footer()
+        assert f"5 prompts; {k} image{'s' if k > 1 else ''} per prompt," in foot
+        assert re.search(r"(\d+) prompts; (\d+) images? per prompt", foot).group(2) == str(k)

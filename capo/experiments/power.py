@@ -61,7 +61,7 @@ def summary_pilot(path: str | Path, metric: str = "gold", design: tuple | None =
     path = Path(path)
     if design is None:
         md = path.with_name("tables.md")
-        m = re.search(r"(\d+) prompts; (\d+) images per prompt.*?(\d+) training seeds per cell",
+        m = re.search(r"(\d+) prompts; (\d+) images? per prompt.*?(\d+) training seeds per cell",
                       md.read_text() if md.is_file() else "")
         if not m:
             raise ValueError(f"{path}: no tables.md beside it stating the design (N prompts; K images per prompt; "

@@ -11,6 +11,7 @@ from typing import NamedTuple
 from capo.eval.geneval import TAGS
 from capo.eval.protocol import render
 from capo.eval.t2i_compbench import CATEGORIES
+from capo.report.render import plural
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -90,7 +91,7 @@ def compare_table(results: dict, label: str) -> str:
         rows.append(f"| {name} | {_fmt(b, 'abs')} | {_fmt(a, 'abs')} | {change} |")
     rows.append("")
     sets = ", ".join(f"{ps} ({n} prompts)" for ps, n in results["n_prompts"].items())
-    rows.append(f"{results['n_per_prompt']} images per prompt of {sets}; the same per-item seeds for both models; "
+    rows.append(f"{plural(results['n_per_prompt'], 'image')} per prompt of {sets}; the same per-item seeds for both models; "
                 "95% CIs from a bootstrap over prompts.")
     note = _strata_note(results, shown)
     if note:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from capo.eval.stats import bootstrap_contrasts, two_level_bootstrap, verdict
+from capo.report.render import plural
 from capo.vocabulary import bias_name, label, OBJECTIVES, split_label
 
 
@@ -106,7 +107,7 @@ class Evidence:
         S = max((len(v) for v in self.seeds.values()), default=1)
         seeds = f"{S} training seeds per cell, CIs over prompts and seeds" if S > 1 else \
             "one training seed per cell, CIs over prompts only (conditional on that seed)"
-        return (f"*{sets}; {self.res['n_per_prompt']} images per prompt, the same per-item seeds for every model; "
+        return (f"*{sets}; {plural(self.res['n_per_prompt'], 'image')} per prompt, the same per-item seeds for every model; "
                 f"{seeds}; cells: mean ±half-width of the 95% CI; bold: best beyond its CI, italics: tied with "
                 "the best.*")
 

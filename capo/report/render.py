@@ -19,6 +19,11 @@ class Table:
     note: str = ""
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 image"``, ``"2 images"``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def cell(value=None, ci_low=None, ci_high=None, digits: int = 1, text: str | None = None, mark: str = "") -> dict:
     if text is None:
         if value is None:

@@ -38,7 +38,7 @@ from capo.eval.stats import interval_text, two_level_bootstrap, verdict
 from capo.report import claims, frontier
 from capo.report.evidence import comparisons, eval_columns, Evidence, head_to_head, load_json, weighting_rows
 from capo.report.paper import PAPER_BASES, paper_table
-from capo.report.render import cell, mark_column, stat_cell, Table, to_csv_rows, to_latex, to_markdown
+from capo.report.render import cell, mark_column, plural, stat_cell, Table, to_csv_rows, to_latex, to_markdown
 from capo.vocabulary import label, MULTI_REWARD, obj_name, OBJECTIVES, split_label
 
 
@@ -191,7 +191,7 @@ def table3(bench_dir: Path, base: str) -> Table | None:
         add("CompBench mean", base_s * w, cap * np.tile(w, len(fc)), pids, sids)
     t.rows = list(rows.items())
     sets = ", ".join(f"{ps}: {n} prompts" for ps, n in res["n_prompts"].items())
-    t.note = (f"*{sets}; {res['n_per_prompt']} images per prompt; CaPO+FRS averaged over {len(labs)} training "
+    t.note = (f"*{sets}; {plural(res['n_per_prompt'], 'image')} per prompt; CaPO+FRS averaged over {len(labs)} training "
               "seed(s); the last row is the paired difference with its 95% CI (prompts and seeds); bold: the better "
               "model where that CI excludes zero.*")
     return t
