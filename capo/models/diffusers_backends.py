@@ -114,14 +114,6 @@ class _DiffusersModel(GuidedSampling):
             m.to(device=device, dtype=torch.float32 if (name == "vae" and upcast_vae) else dtype)
         return self
 
-    def eval(self):
-        for m in self.modules().values():
-            m.eval()
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

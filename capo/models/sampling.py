@@ -5,8 +5,9 @@ the diffusers backends SDXL / SD3).
 (its native output: eps, velocity, ...), ``encode_prompts(prompts) -> (hidden, pooled)``,
 ``unconditional(n)``, ``sampler(steps)`` (a diffusers scheduler with its timesteps set),
 ``initial_noise(seeds)`` (item k from seed k alone, on the model's device),
-``decode_latents``, ``eval``, ``latent_shape``, ``resolution``, ``default_steps``,
-``default_guidance`` and ``default_batch_size``.
+``decode_latents``, ``modules()`` (component name -> ``nn.Module``), ``denoiser``,
+``latent_shape``, ``resolution``, ``default_steps``, ``default_guidance`` and
+``default_batch_size``; the mixin adds ``eval``, ``device`` and ``compile_denoiser``.
 
 CFG (Ho & Salimans): ``out = out(x, "") + g (out(x, c) - out(x, "")))``, both branches in
 one batched call of size 2B; with ``g == 1`` only the conditional branch is computed.
@@ -31,6 +32,17 @@ def _stacked(cond: tuple, uncond: tuple | None, guidance: float) -> tuple | None
 
 
 class GuidedSampling:
+    def eval(self):
+        """Every component in eval mode."""
+        for m in self.modules().values():
+            m.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the denoiser (and so sampling) runs."""
+        return next(self.denoiser.parameters()).device
+
     @staticmethod
     def _t_vector(t, b: int, device) -> torch.Tensor:
         """A timestep (scalar or per item) as a vector of ``b`` items on ``device``."""

@@ -94,14 +94,6 @@ class ShapesPipeline(GuidedSampling):
             m.to(device=device, dtype=dtype)
         return self
 
-    def eval(self):
-        for m in self.modules().values():
-            m.eval()
-        return self
-
-    @property
-    def device(self):
-        return next(self.denoiser.parameters()).device
 
     def train_scheduler(self):
         """The training-time noise schedule (``DDPMScheduler`` or ``FlowMatchEulerDiscreteScheduler``)."""
