@@ -129,3 +129,41 @@ def test_table3_rows_name_the_base_model_and_bold_the_better(tmp_path):
     o = t.columns.index("GenEval overall") - 1  # unweighted mean of the tags: (1.0 + 0.5) / 2
     assert rows["CaPO+shapes-sd3"][o]["value"] == pytest.approx(0.75)
     assert "**1.000**" in to_markdown(t)
+
+
+def test_compile_reaches_every_sampling_stage(monkeypatch, tmp_path):
+    """`compile=` is passed to each stage that samples (training samples, every sweep's
+    validation, the test eval and the benchmarks) and to no training run; `off` stays out of the
+    reproduce config's manifest dict so that earlier runs keep their keys."""
+    from capo.config import ConfigError, to_dict
+
+    seen = []
+
+    def record(name, result=None):
+        def stage(cfg, *args, **kwargs):
+            seen.append((name, cfg))
+            return result(cfg) if result else {}
+        return stage
+
+    selected = lambda c: {"selected": {"beta": 1.0, "beta_trained": 1.0, "checkpoint": str(tmp_path / c.out)}}  # noqa: E731
+    monkeypatch.setattr(reproduce.dist, "run_stage", lambda name, cfg, launch=None: seen.append((name, cfg)))
+    monkeypatch.setattr(reproduce.pairs, "run", record("pairs"))
+    monkeypatch.setattr(reproduce, "label_pairs", lambda *a, **k: None)
+    monkeypatch.setattr(reproduce.sweep, "run", record("sweep", selected))
+    monkeypatch.setattr(reproduce.merge, "run", record("merge"))
+    monkeypatch.setattr(reproduce.evaluate, "run", record("eval"))
+    monkeypatch.setattr(reproduce, "write_reports", lambda *a, **k: None)
+    cfg = reproduce.ReproduceConfig(preset="t", out=str(tmp_path / "exp"), bases=["shapes-sdxl"], seeds=[0, 1],
+                                    compile="eager", quiet=True)
+    reproduce.run(cfg)
+    kinds = {}
+    for name, c in seen:
+        kinds.setdefault(name, set()).add(getattr(c, "compile", None))
+    assert kinds["generate"] == kinds["sweep"] == kinds["eval"] == {"eager"}
+    assert len([1 for n, _ in seen if n == "eval"]) == 2  # test win-rates and the benchmarks
+    trains = [c for n, c in seen if n == "train"]  # seed 1 of every cell
+    assert trains and all(c.compile == "off" for c in trains)  # training's compile comes from train_options
+    assert "compile" not in to_dict(reproduce.ReproduceConfig(preset="t", out="x"))
+    assert to_dict(cfg)["compile"] == "eager"
+    with pytest.raises(ConfigError, match="compile"):
+        reproduce.ReproduceConfig(preset="t", out="x", compile="fast")

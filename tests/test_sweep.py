@@ -98,6 +98,22 @@ def test_sigmoid_scale_is_the_mean_loss_factor(tiny_chain):
     assert sweep.factor_scale(m, "sigmoid", 1.0) < sweep.factor_scale(m, "sigmoid", 2.0)  # w_t grows with b
 
 
+def test_compiled_validation_equals_eager_and_keeps_its_own_base_cache(tiny_chain, tmp_path):
+    """`compile=eager` (dynamo only) validates to exactly the eager figures; the base model's
+    cached validation scores are kept apart per sampler (an inductor run's images differ by
+    rounding), and the eager cache key is the one earlier runs wrote."""
+    common = dict(model=str(tiny_chain / "base"), pairs=str(tiny_chain / "pairs-frs"), objective="capo",
+                  betas=[50.0], widen=0, rewards=["toy-bright", "toy-red"], val_prompts="shapes:geneval@val",
+                  val_limit=4, val_n=1, steps=2, batch_size=2, lr=1e-3, base_cache=str(tmp_path / "base-val"),
+                  quiet=True)
+    a = sweep.run(sweep.SweepConfig(out=str(tmp_path / "a"), **common))
+    b = sweep.run(sweep.SweepConfig(out=str(tmp_path / "b"), compile="eager", **common))
+    assert a["grid"][0]["winrate"] == b["grid"][0]["winrate"]
+    assert a["grid"][0]["criterion"] == b["grid"][0]["criterion"]
+    assert len(list((tmp_path / "base-val").glob("scores-*.parquet"))) == 2
+    assert "compile" not in json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]
+
+
 @pytest.mark.slow
 def test_gold_and_test_prompts_do_not_change_the_selection(tiny_chain, tmp_path):
     """A real tiny sweep: adding a report-only (gold) reward leaves the criterion values and

@@ -58,6 +58,7 @@ class ReproduceConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # training seeds; the sweep trains on seeds[0]
     seed: int = 0  # data seed: training samples, pair draws, evaluation images
     train_options: dict = field(default_factory=dict)  # further capo train keys of every run (mixed_precision, grad_accum, ...)
+    compile: str = "off"  # torch.compile of every sampling denoiser (training samples, validation, test, benchmarks); training's is train_options' compile
     pickapic: str | None = None  # Table 4 on real base models: Pick-a-Pic v2 parquet shards (a glob)
     pickapic_limit: int | None = None  # first K Pick-a-Pic comparisons (default: all)
     launch: str | None = None  # launcher of generate, score and every training run ("accelerate launch ...")
@@ -78,11 +79,11 @@ class ReproduceConfig:
         "batch_size": ">= 1", "lr": "> 0", "betas": "> 0", "widen": ">= 0", "criterion": "mean-winrate | budget",
         "divergence_budget": "> 0", "n_t": ">= 1", "weighting": "constant | sigmoid", "lora_rank": ">= 0",
         "seeds": ">= 0", "seed": ">= 0", "gpus": ">= 1", "scale": "(0, 1]", "pickapic_limit": ">= 1",
-        "power_target": "> 0", "power_level": "(0, 1)",
+        "power_target": "> 0", "power_level": "(0, 1)", "compile": "off | inductor | eager",
         "report_to": tracking.RULE}
     LATER: ClassVar[dict] = {  # capo.config.to_dict: keys added after runs existed
         "train_options": {}, "pickapic": None, "pickapic_limit": None, "launch": None, "gpus": 1, "gpu": "H100",
-        "scale": 1.0, "dry_run": False,
+        "scale": 1.0, "dry_run": False, "compile": "off",
         **dict.fromkeys(("pilot", "power_target", "power_level"), lambda c: True),  # the dry run's power table only
         "grpo": lambda c: True}  # the dry run's GRPO cells only (reproduce does not run them yet)
 

@@ -73,7 +73,8 @@ def run(cfg: ReproduceConfig) -> dict:
         b = root / base_dir(base)
         log(f"{base}: generate {cfg.train_limit or 'all'} prompts x {n_max}")
         dist.run_stage("generate", generate.GenerateConfig(model=base, prompts=cfg.train_prompts, out=str(b / "samples"),
-                                                      n=n_max, limit=cfg.train_limit, seed=cfg.seed, quiet=q), cfg.launch)
+                                                      n=n_max, limit=cfg.train_limit, seed=cfg.seed, compile=cfg.compile,
+                                                      quiet=q), cfg.launch)
         dist.run_stage("score", score.ScoreConfig(samples=str(b / "samples"), rewards=list(cfg.rewards), quiet=q), cfg.launch)
         tables = {r: str(b / "samples" / "rewards" / r / "scores.parquet") for r in cfg.rewards}
         pair_dirs: dict[str, Path] = {}
@@ -107,7 +108,7 @@ def run(cfg: ReproduceConfig) -> dict:
                 report_rewards=gold, val_prompts=cfg.val_prompts, val_limit=cfg.val_limit, val_n=cfg.val_n,
                 eval_seed=cfg.seed, n_t=cfg.n_t, base_cache=str(b / "val-base"), weighting=c["weighting"],
                 bias=c["bias"], lora_rank=cfg.lora_rank, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
-                seed=cfg.seeds[0], train_options=dict(cfg.train_options), launch=cfg.launch, quiet=q,
+                seed=cfg.seeds[0], train_options=dict(cfg.train_options), launch=cfg.launch, compile=cfg.compile, quiet=q,
                 report_to=cfg.report_to, run_name=f"{base_dir(base)}.{lab}"))
             sel = res["selected"]
             selected[lab] = sel
@@ -135,14 +136,15 @@ def run(cfg: ReproduceConfig) -> dict:
         models = [f"base={base}"] + [f"{lab}={ck}" for lab, ck in checkpoints.items()]
         evaluate.run(evaluate.EvalConfig(models=models, out=str(b / "eval"), benchmarks=["winrate"],
                                          prompts=cfg.eval_prompts, rewards=list(cfg.rewards) + gold, n=cfg.eval_n,
-                                         seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
+                                         seed=cfg.seed, limit=cfg.eval_limit, compile=cfg.compile, quiet=q))
         if cfg.benchmarks:
             log(f"{base}: GenEval + CompBench")
             frs = [f"{lab}={ck}" for lab, ck in checkpoints.items() if lab.startswith("capo-frs.s")]
             geneval, compbench = benchmark_sets(cfg, base)
             evaluate.run(evaluate.EvalConfig(models=[f"base={base}"] + frs, out=str(b / "bench"),
                                              benchmarks=["geneval", "compbench"], geneval_prompts=geneval,
-                                             compbench_prompts=compbench, n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit, quiet=q))
+                                             compbench_prompts=compbench, n=cfg.eval_n, seed=cfg.seed, limit=cfg.eval_limit,
+                                             compile=cfg.compile, quiet=q))
         summary[base] = {"models": len(checkpoints), "selected": {k: v["beta"] for k, v in selected.items()}}
     write_reports(root, reports, cfg)
     artifacts.unlock(root)

@@ -73,8 +73,9 @@ class GuidedSampling:
         compiled graph, so a process compiles once however many checkpoints it samples."""
         if backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile: unknown backend {backend!r}; expected one of {' | '.join(COMPILE_BACKENDS)}")
-        if backend != "off":
+        if backend != "off" and getattr(self, "_compiled_with", None) != backend:  # a cached model: once
             self.denoiser.compile(backend=backend)
+            self._compiled_with = backend
         return self
 
     @torch.no_grad()

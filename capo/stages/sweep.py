@@ -100,6 +100,7 @@ class SweepConfig:
     train_options: dict = field(default_factory=dict)  # further capo train keys of every run (mixed_precision, ...)
     launch: str | None = None  # launcher of each training run, e.g. "accelerate launch --num_processes 8" (capo.dist.run_stage)
     batch: int = 64  # images per sampler / reward call
+    compile: str = "off"  # torch.compile of the validation sampler's denoisers (as capo generate's compile)
     n_boot: int = 1000  # bootstrap resamples for the CIs
     overwrite: bool = False
     quiet: bool = False
@@ -113,10 +114,10 @@ class SweepConfig:
         "weighting": "constant | sigmoid", "noise": "shared | independent", "lora_rank": ">= 0", "lr": "> 0",
         "steps": ">= 1", "batch_size": ">= 1", "rounds": ">= 1", "calibration": "reference | self",
         "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1",
-        "report_to": tracking.RULE}
+        "compile": "off | inductor | eager", "report_to": tracking.RULE}
     LATER: ClassVar[dict] = {"rounds": 1, "calibration": lambda c: c.rounds == 1,  # capo.config.to_dict:
                              "reference": lambda c: c.rounds == 1,  # online keys matter only with rounds > 1
-                             "train_options": {}, "launch": None}
+                             "train_options": {}, "launch": None, "compile": "off"}
 
     def contradictions(self):
         if not self.betas:
@@ -206,12 +207,14 @@ def sample_and_score(model, records: list[dict], n: int, seed: int, rewards: lis
 def base_validation(cfg: SweepConfig, records: list[dict], rewards: list[str]):
     """The base model's validation scores, computed once per (model, prompts, n, seed, rewards)."""
     d = Path(cfg.base_cache or Path(cfg.out) / "base-val")
-    key = artifacts.run_key({"n": cfg.val_n, "seed": cfg.eval_seed, "rewards": sorted(rewards)},
+    sampler = {"compile": cfg.compile} if cfg.compile != "off" else {}  # eager keys stay as they were
+    key = artifacts.run_key({"n": cfg.val_n, "seed": cfg.eval_seed, "rewards": sorted(rewards)} | sampler,
                             {"model": models.model_fingerprint(cfg.model), "prompts": records_fingerprint(records)})
     f = d / f"scores-{key[:16]}.parquet"
     if f.is_file():
         return artifacts.read_table(f)
-    df, _ = sample_and_score(_model(cfg.model), records, cfg.val_n, cfg.eval_seed, rewards, cfg.batch)
+    df, _ = sample_and_score(_model(cfg.model).compile_denoiser(cfg.compile), records, cfg.val_n, cfg.eval_seed,
+                             rewards, cfg.batch)
     artifacts.write_table(df, f)
     return df
 
@@ -219,7 +222,7 @@ def base_validation(cfg: SweepConfig, records: list[dict], rewards: list[str]):
 def validate(cfg: SweepConfig, spec: str, records: list[dict], base_scores, rewards: list[str]) -> dict:
     """Validation figures of checkpoint ``spec``: win-rates over the base per reward,
     divergence (mean, CI), parameter distance."""
-    model, base = _model(spec), _model(cfg.model)
+    model, base = _model(spec).compile_denoiser(cfg.compile), _model(cfg.model)
     df, latents = sample_and_score(model, records, cfg.val_n, cfg.eval_seed, rewards, cfg.batch)
     f = df.merge(base_scores, on=["prompt_id", "sample_id"], suffixes=("", "@base"))
     if len(f) != len(df):
