@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from capo import tracking
 from capo.config import build, load_yaml, stage_config
+from capo.models import COMPILE_RULE
 from capo.plan import kind_of
 from capo.prompts import load_prompts
 from capo.stages import evaluate
@@ -79,7 +80,7 @@ class ReproduceConfig:
         "batch_size": ">= 1", "lr": "> 0", "betas": "> 0", "widen": ">= 0", "criterion": "mean-winrate | budget",
         "divergence_budget": "> 0", "n_t": ">= 1", "weighting": "constant | sigmoid", "lora_rank": ">= 0",
         "seeds": ">= 0", "seed": ">= 0", "gpus": ">= 1", "scale": "(0, 1]", "pickapic_limit": ">= 1",
-        "power_target": "> 0", "power_level": "(0, 1)", "compile": "off | inductor | eager",
+        "power_target": "> 0", "power_level": "(0, 1)", "compile": COMPILE_RULE,
         "report_to": tracking.RULE}
     LATER: ClassVar[dict] = {  # capo.config.to_dict: keys added after runs existed
         "train_options": {}, "pickapic": None, "pickapic_limit": None, "launch": None, "gpus": 1, "gpu": "H100",

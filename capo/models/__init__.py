@@ -27,6 +27,8 @@ from capo.models.errors import ModelLoadError  # noqa: F401 - part of this packa
 from capo.registry import MODELS, PIPELINE_DIRS
 
 CHECKPOINT_FILE = "capo_checkpoint.json"
+COMPILE_BACKENDS = ("off", "inductor", "eager")  # torch.compile of a denoiser (capo train; GuidedSampling.compile_denoiser)
+COMPILE_RULE = " | ".join(COMPILE_BACKENDS)  # the RULES entry of a ``compile`` key
 DENOISER_WEIGHTS = "denoiser.safetensors"
 
 

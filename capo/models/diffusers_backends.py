@@ -114,7 +114,6 @@ class _DiffusersModel(GuidedSampling):
             m.to(device=device, dtype=torch.float32 if (name == "vae" and upcast_vae) else dtype)
         return self
 
-
     @property
     def dtype(self) -> torch.dtype:
         return next(self.denoiser.parameters()).dtype

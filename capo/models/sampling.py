@@ -20,8 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-
-COMPILE_BACKENDS = ("off", "inductor", "eager")  # torch.compile backends a sampling stage accepts
+from capo.models import COMPILE_BACKENDS, COMPILE_RULE
 
 
 def _stacked(cond: tuple, uncond: tuple | None, guidance: float) -> tuple | None:
@@ -72,7 +71,7 @@ class GuidedSampling:
         with dynamo only and changes nothing). Fresh models of one architecture reuse the
         compiled graph, so a process compiles once however many checkpoints it samples."""
         if backend not in COMPILE_BACKENDS:
-            raise ValueError(f"compile: unknown backend {backend!r}; expected one of {' | '.join(COMPILE_BACKENDS)}")
+            raise ValueError(f"compile: unknown backend {backend!r}; expected one of {COMPILE_RULE}")
         if backend != "off" and getattr(self, "_compiled_with", None) != backend:  # a cached model: once
             self.denoiser.compile(backend=backend)
             self._compiled_with = backend

@@ -41,6 +41,7 @@ import numpy as np
 
 from capo import artifacts
 from capo import models
+from capo.models import COMPILE_RULE
 from capo.config import stage_config, to_dict
 from capo.eval import divergence, geneval, protocol as P, t2i_compbench as T
 from capo.eval.divergence import divergence_rows, param_distance_of
@@ -98,7 +99,7 @@ class EvalConfig:
         "benchmarks": "@benchmarks", "dpg_vqa": "mplug | blip-vqa", "rewards": "@rewards", "n": ">= 1", "seed": ">= 0",
         "limit": ">= 1", "subset_seed": ">= 0", "n_t": ">= 1", "detector": "auto | shapes | mask2former | mmdet",
         "compbench_detector": "auto | unidet | owlv2 | mask2former",
-        "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1", "n_boot": ">= 1", "compile": "off | inductor | eager"}
+        "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1", "n_boot": ">= 1", "compile": COMPILE_RULE}
     LATER: ClassVar[dict] = {"compile": "off"}  # keys added later (capo.config.to_dict)
 
     def contradictions(self):

@@ -32,6 +32,7 @@ import numpy as np
 
 from capo import artifacts
 from capo import models
+from capo.models import COMPILE_RULE
 from capo.config import stage_config, to_dict
 from capo.dist import partial_state, prepare_out_dir
 from capo.eval.geneval import upstream_metadata
@@ -61,7 +62,7 @@ class GenerateConfig:
 
     RULES: ClassVar[dict[str, str]] = {
         "n": ">= 1", "seed": ">= 0", "steps": ">= 1", "guidance": ">= 0", "batch_size": ">= 1",
-        "shard_prompts": ">= 1", "limit": ">= 1", "subset_seed": ">= 0", "compile": "off | inductor | eager"}
+        "shard_prompts": ">= 1", "limit": ">= 1", "subset_seed": ">= 0", "compile": COMPILE_RULE}
     LATER: ClassVar[dict] = {"compile": "off"}  # keys added later (capo.config.to_dict)
 
 

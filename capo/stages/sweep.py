@@ -51,6 +51,7 @@ import numpy as np
 from capo import artifacts, tracking
 from capo import dist
 from capo import models
+from capo.models import COMPILE_RULE
 from capo.config import stage_config, to_dict
 from capo.eval.divergence import divergence_rows, divergence_summary, param_distance_of, times_from_uniform
 from capo.eval.winrate import win_rate
@@ -114,7 +115,7 @@ class SweepConfig:
         "weighting": "constant | sigmoid", "noise": "shared | independent", "lora_rank": ">= 0", "lr": "> 0",
         "steps": ">= 1", "batch_size": ">= 1", "rounds": ">= 1", "calibration": "reference | self",
         "reference": "base | previous", "seed": ">= 0", "batch": ">= 1", "n_boot": ">= 1",
-        "compile": "off | inductor | eager", "report_to": tracking.RULE}
+        "compile": COMPILE_RULE, "report_to": tracking.RULE}
     LATER: ClassVar[dict] = {"rounds": 1, "calibration": lambda c: c.rounds == 1,  # capo.config.to_dict:
                              "reference": lambda c: c.rounds == 1,  # online keys matter only with rounds > 1
                              "train_options": {}, "launch": None, "compile": "off"}
@@ -222,7 +223,7 @@ def base_validation(cfg: SweepConfig, records: list[dict], rewards: list[str]):
 def validate(cfg: SweepConfig, spec: str, records: list[dict], base_scores, rewards: list[str]) -> dict:
     """Validation figures of checkpoint ``spec``: win-rates over the base per reward,
     divergence (mean, CI), parameter distance."""
-    model, base = _model(spec).compile_denoiser(cfg.compile), _model(cfg.model)
+    model, base = (_model(s).compile_denoiser(cfg.compile) for s in (spec, cfg.model))  # one sampler for both
     df, latents = sample_and_score(model, records, cfg.val_n, cfg.eval_seed, rewards, cfg.batch)
     f = df.merge(base_scores, on=["prompt_id", "sample_id"], suffixes=("", "@base"))
     if len(f) != len(df):

@@ -35,6 +35,7 @@ import numpy as np
 
 from capo import artifacts, tracking
 from capo import models
+from capo.models import COMPILE_RULE
 from capo import plan
 from capo.config import stage_config, to_dict
 from capo.dist import accelerator as make_accelerator
@@ -120,7 +121,7 @@ class TrainConfig:
         "noise": "shared | independent", "lora_rank": ">= 0", "lora_alpha": "> 0", "lr": "> 0",
         "weight_decay": ">= 0", "warmup_steps": ">= 0", "steps": ">= 1", "batch_size": ">= 1", "grad_accum": ">= 1",
         "max_grad_norm": "> 0", "mixed_precision": "no | fp16 | bf16", "gradient_checkpointing": "auto | on | off",
-        "optimizer": "adamw | adamw-8bit", "compile": "off | inductor | eager", "data_workers": ">= 0",
+        "optimizer": "adamw | adamw-8bit", "compile": COMPILE_RULE, "data_workers": ">= 0",
         "ema": "[0, 1)", "checkpoint_every": ">= 1",
         "keep_checkpoints": ">= 0", "log_every": ">= 1", "seed": ">= 0", "stop_after": ">= 0",
         "report_to": tracking.RULE, "rewards": "@rewards", "monitor_rewards": "@rewards", "reward_weights": ">= 0", "group_size": ">= 2",

@@ -94,7 +94,6 @@ class ShapesPipeline(GuidedSampling):
             m.to(device=device, dtype=dtype)
         return self
 
-
     def train_scheduler(self):
         """The training-time noise schedule (``DDPMScheduler`` or ``FlowMatchEulerDiscreteScheduler``)."""
         from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
